@@ -1,0 +1,1 @@
+"""Board tops and bitstream builds (issue 5): nothing here yet."""

@@ -1,0 +1,1 @@
+"""Amaranth accelerator engine (issue 3): nothing here yet."""

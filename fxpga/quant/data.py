@@ -1,0 +1,120 @@
+"""Datasets: scikit-learn's bundled 8×8 digits (no download) or a user's ``.npz``.
+
+A dataset gives a calibration set (for the greedy format search) and a test set with labels
+(for top-1 accuracy). Images are float32, NCHW.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FxpgaError
+
+# digits: 1797 images. A fixed permutation (seed 0) splits them into
+# test (first 500), calibration (next 256) and training (the remaining 1041).
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST = 500
+DIGITS_CALIB = 256
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_calib: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    x_train: np.ndarray | None = None
+    y_train: np.ndarray | None = None
+    note: str = ""
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_test.shape[1:])
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.x_calib, self.x_test, self.y_test):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+    def calib(self, n: int | None) -> np.ndarray:
+        if n is None:
+            return self.x_calib
+        if n < 1:
+            raise FxpgaError(f"--calib must be at least 1, not {n}")
+        return self.x_calib[:n]
+
+
+def digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
+    y = d.target.astype(np.int64)
+    perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(x))
+    te = perm[:DIGITS_TEST]
+    ca = perm[DIGITS_TEST : DIGITS_TEST + DIGITS_CALIB]
+    tr = perm[DIGITS_TEST + DIGITS_CALIB :]
+    return Dataset("digits", x[ca], x[te], y[te], x[tr], y[tr])
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """``x`` (float32, NCHW or NF), ``y`` (integer labels), optional ``x_calib``.
+
+    Without ``x_calib`` the first images of ``x`` calibrate (and are also evaluated).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FxpgaError(f"{p}: no such dataset file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        raise FxpgaError(f"{p}: refusing to load: {e}") from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise FxpgaError(f"{p}: not a readable .npz file: {e}") from e
+    for k in ("x", "y"):
+        if k not in arrays:
+            raise FxpgaError(f"{p}: missing array '{k}' (has: {', '.join(arrays) or 'nothing'})")
+    x, y = arrays["x"], arrays["y"]
+    _check_x(p, "x", x)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise FxpgaError(f"{p}: 'y' must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if len(y) != len(x):
+        raise FxpgaError(f"{p}: 'x' has {len(x)} samples but 'y' has {len(y)}")
+    xc = arrays.get("x_calib")
+    note = ""
+    if xc is None:
+        xc = x
+        note = "calibration uses the first images of x (no x_calib given)"
+    else:
+        _check_x(p, "x_calib", xc)
+        if xc.shape[1:] != x.shape[1:]:
+            raise FxpgaError(f"{p}: 'x_calib' samples are {xc.shape[1:]}, 'x' samples are "
+                             f"{x.shape[1:]}")
+    return Dataset(p.name, xc.astype(np.float32), x.astype(np.float32), y.astype(np.int64),
+                   note=note)
+
+
+def _check_x(p: Path, k: str, x: np.ndarray):
+    if x.ndim not in (2, 4):
+        raise FxpgaError(f"{p}: '{k}' must be NCHW (4-D) or NF (2-D), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise FxpgaError(f"{p}: '{k}' must be floating point, got {x.dtype}")
+    if len(x) == 0:
+        raise FxpgaError(f"{p}: '{k}' is empty")
+    if not np.all(np.isfinite(x)):
+        raise FxpgaError(f"{p}: '{k}' has non-finite values")
+
+
+def load(spec: str) -> Dataset:
+    if spec == "digits":
+        return digits()
+    if spec.endswith(".npz") or Path(spec).exists():
+        return load_npz(spec)
+    raise FxpgaError(f"unknown dataset '{spec}': use 'digits' or a .npz file with x and y")

@@ -1,0 +1,455 @@
+"""PyTorch → graph IR, through torch.fx (nn.Module) or a torch.export ``.pt2`` archive.
+
+Each supported op has a converter registered with ``@converts(...)``; a node that no converter
+matches is an error naming the node, its op, the source line fx recorded, and what is supported.
+BatchNorm is converted to an IR node and folded away afterwards (``ir.fold_batchnorm``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import operator
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import FxpgaError
+from . import ir
+
+SUPPORTED = ("Conv2d (groups=1, dilation=1, zero padding), Linear, BatchNorm1d/2d after a "
+             "Conv2d/Linear, ReLU, MaxPool2d, AvgPool2d, Flatten/view(N, -1), Dropout, Identity")
+
+_CONVERTERS: dict[object, Callable] = {}
+_DROP = object()  # a converter returns this for ops that vanish at inference (Dropout, Identity)
+
+
+def converts(*targets):
+    def register(fn):
+        for t in targets:
+            _CONVERTERS[t] = fn
+        return fn
+
+    return register
+
+
+_TORCH_DIR = str(Path(torch.__file__).parent)
+
+
+def source_of(node: torch.fx.Node) -> str | None:
+    """``file.py:line`` of the innermost user frame in the node's recorded stack, if any."""
+    trace = node.meta.get("stack_trace") or getattr(node, "stack_trace", None)
+    if not trace:
+        return None
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    user = [(f, ln) for f, ln in frames if not f.startswith(_TORCH_DIR) and "/torch/" not in f]
+    if not user:
+        return None
+    f, ln = user[-1]
+    return f"{Path(f).name}:{ln}"
+
+
+class _Ctx:
+    """What a converter can see: the node, its resolved arguments and the traced module."""
+
+    def __init__(self, gm: torch.fx.GraphModule, node: torch.fx.Node, name: str):
+        self.gm, self.node, self.name = gm, node, name
+        self.source = source_of(node)
+
+    def where(self) -> str:
+        s = f"node '{self.node.name}' ({self.node.op} {_target_name(self.node)})"
+        return s + (f" at {self.source}" if self.source else "")
+
+    def fail(self, why: str):
+        raise FxpgaError(f"{self.where()}: {why}")
+
+    def tensor(self, arg) -> np.ndarray | None:
+        """A parameter/buffer argument (a get_attr node) as float64 numpy, or None."""
+        if arg is None:
+            return None
+        if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+            t = self.gm
+            for part in arg.target.split("."):
+                t = getattr(t, part)
+            return t.detach().to(torch.float64).cpu().numpy().copy()
+        self.fail(f"expected a parameter, got {arg!r}")
+
+    def out_shape(self) -> tuple[int, ...] | None:
+        v = self.node.meta.get("val")
+        if v is None:
+            v = self.node.meta.get("tensor_meta")
+        return tuple(v.shape) if v is not None and hasattr(v, "shape") else None
+
+
+def _target_name(node: torch.fx.Node) -> str:
+    t = node.target
+    if node.op == "call_module":
+        return t
+    if isinstance(t, str):
+        return t
+    return getattr(t, "__name__", None) or str(t)
+
+
+def _finite(ctx: _Ctx, **arrays):
+    for k, a in arrays.items():
+        if a is not None and not np.all(np.isfinite(a)):
+            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+            ctx.fail(f"{k} has {bad} non-finite value(s) (NaN or inf)")
+
+
+def _conv(ctx, w, b, stride, padding, dilation, groups, padding_mode="zeros"):
+    if w is None or w.ndim != 4:
+        ctx.fail("only 2-D convolution is supported")
+    if groups != 1:
+        ctx.fail(f"groups={groups} is not supported (only groups=1)")
+    if tuple(ir._pair(dilation)) != (1, 1):
+        ctx.fail(f"dilation={dilation} is not supported (only 1)")
+    if padding_mode != "zeros":
+        ctx.fail(f"padding_mode='{padding_mode}' is not supported (only 'zeros')")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same" and all(k % 2 == 1 for k in w.shape[2:]):
+            padding = (w.shape[2] // 2, w.shape[3] // 2)
+        else:
+            ctx.fail(f"padding='{padding}' is only supported as 'valid' or 'same' with odd kernels")
+    if b is None:
+        b = np.zeros(w.shape[0])
+    _finite(ctx, weight=w, bias=b)
+    return ir.Conv(ctx.name, weight=w, bias=b, stride=ir._pair(stride),
+                   padding=ir._pair(padding), source=ctx.source)
+
+
+def _linear(ctx, w, b):
+    if b is None:
+        b = np.zeros(w.shape[0])
+    _finite(ctx, weight=w, bias=b)
+    return ir.Linear(ctx.name, weight=w, bias=b, source=ctx.source)
+
+
+def _bn(ctx, gamma, beta, mean, var, eps):
+    if mean is None or var is None:
+        ctx.fail("BatchNorm without running statistics (track_running_stats=False) cannot be folded")
+    c = mean.shape[0]
+    gamma = np.ones(c) if gamma is None else gamma
+    beta = np.zeros(c) if beta is None else beta
+    _finite(ctx, weight=gamma, bias=beta, running_mean=mean, running_var=var)
+    scale = gamma / np.sqrt(var + eps)
+    return ir.BatchNorm(ctx.name, scale=scale, shift=beta - mean * scale, source=ctx.source)
+
+
+def _pool(ctx, cls, kernel, stride, padding, ceil_mode=False, extra_ok=True):
+    if ceil_mode:
+        ctx.fail("ceil_mode=True is not supported")
+    if not extra_ok:
+        ctx.fail("dilation, count_include_pad=False and divisor_override are not supported")
+    kernel = ir._pair(kernel)
+    stride = kernel if stride is None or stride == [] else ir._pair(stride)
+    return cls(ctx.name, kernel=kernel, stride=stride, padding=ir._pair(padding),
+               source=ctx.source)
+
+
+def _flatten(ctx):
+    """A reshape is a Flatten only when it maps (N, ...) to (N, prod(...))."""
+    inp = ctx.node.all_input_nodes[0]
+    src = inp.meta.get("val", inp.meta.get("tensor_meta"))
+    dst = ctx.out_shape()
+    if src is None or dst is None:
+        ctx.fail("cannot tell the shapes of this reshape")
+    src = tuple(src.shape)
+    if len(dst) == 2 and dst[0] == src[0] and dst[1] == int(np.prod(src[1:])):
+        return ir.Flatten(ctx.name, source=ctx.source)
+    ctx.fail(f"reshape {src} → {dst} is not a flatten to (N, -1)")
+
+
+# ---- nn.Module converters (torch.fx symbolic_trace) -------------------------------------
+
+
+@converts(nn.Conv2d)
+def _m_conv(ctx, m: nn.Conv2d):
+    return _conv(ctx, ctx_param(m.weight), ctx_param(m.bias), m.stride, m.padding, m.dilation,
+                 m.groups, m.padding_mode)
+
+
+@converts(nn.Linear)
+def _m_linear(ctx, m: nn.Linear):
+    return _linear(ctx, ctx_param(m.weight), ctx_param(m.bias))
+
+
+@converts(nn.BatchNorm1d, nn.BatchNorm2d)
+def _m_bn(ctx, m):
+    if m.training:
+        ctx.fail("BatchNorm is in training mode; call model.eval() first")
+    w = ctx_param(m.weight) if m.affine else None
+    b = ctx_param(m.bias) if m.affine else None
+    return _bn(ctx, w, b, ctx_param(m.running_mean), ctx_param(m.running_var), m.eps)
+
+
+@converts(nn.ReLU)
+def _m_relu(ctx, m):
+    return ir.ReLU(ctx.name, source=ctx.source)
+
+
+@converts(nn.MaxPool2d)
+def _m_maxpool(ctx, m):
+    return _pool(ctx, ir.MaxPool, m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                 extra_ok=ir._pair(m.dilation) == (1, 1) and not m.return_indices)
+
+
+@converts(nn.AvgPool2d)
+def _m_avgpool(ctx, m):
+    return _pool(ctx, ir.AvgPool, m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                 extra_ok=m.count_include_pad and m.divisor_override is None)
+
+
+@converts(nn.Flatten)
+def _m_flatten(ctx, m):
+    return _flatten(ctx)
+
+
+@converts(nn.Dropout, nn.Identity)
+def _m_drop(ctx, m):
+    return _DROP
+
+
+def ctx_param(p) -> np.ndarray | None:
+    return None if p is None else p.detach().to(torch.float64).cpu().numpy().copy()
+
+
+# ---- functions and methods (torch.fx) ----------------------------------------------------
+
+
+@converts(F.relu, torch.relu, "relu", torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
+def _f_relu(ctx, *args, **kw):
+    return ir.ReLU(ctx.name, source=ctx.source)
+
+
+@converts(torch.flatten, "flatten", "view", "reshape", torch.ops.aten.view.default,
+          torch.ops.aten.reshape.default, torch.ops.aten.flatten.using_ints,
+          torch.ops.aten._unsafe_view.default)
+def _f_flatten(ctx, *args, **kw):
+    return _flatten(ctx)
+
+
+@converts(F.dropout, torch.ops.aten.dropout.default, torch.ops.aten.clone.default,
+          torch.ops.aten.contiguous.default, "contiguous")
+def _f_drop(ctx, *args, **kw):
+    return _DROP
+
+
+# ---- aten ops (torch.export) -------------------------------------------------------------
+
+
+@converts(torch.ops.aten.conv2d.default)
+def _a_conv(ctx, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    return _conv(ctx, ctx.tensor(w), ctx.tensor(b), stride, padding, dilation, groups)
+
+
+@converts(torch.ops.aten.linear.default)
+def _a_linear(ctx, x, w, b=None):
+    return _linear(ctx, ctx.tensor(w), ctx.tensor(b))
+
+
+@converts(torch.ops.aten.batch_norm.default)
+def _a_bn(ctx, x, w, b, mean, var, training, momentum, eps, cudnn=False):
+    if training:
+        ctx.fail("BatchNorm is in training mode; export the model after model.eval()")
+    return _bn(ctx, ctx.tensor(w), ctx.tensor(b), ctx.tensor(mean), ctx.tensor(var), eps)
+
+
+@converts(torch.ops.aten._native_batch_norm_legit_no_training.default)
+def _a_bn_legit(ctx, x, w, b, mean, var, momentum, eps):
+    return _bn(ctx, ctx.tensor(w), ctx.tensor(b), ctx.tensor(mean), ctx.tensor(var), eps)
+
+
+@converts(torch.ops.aten.max_pool2d.default)
+def _a_maxpool(ctx, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+    return _pool(ctx, ir.MaxPool, kernel, stride, padding, ceil_mode,
+                 extra_ok=ir._pair(dilation) == (1, 1))
+
+
+@converts(torch.ops.aten.avg_pool2d.default)
+def _a_avgpool(ctx, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    return _pool(ctx, ir.AvgPool, kernel, stride, padding, ceil_mode,
+                 extra_ok=count_include_pad and divisor_override is None)
+
+
+# ---- the walk ------------------------------------------------------------------------------
+
+
+def _layer_name(gm, node: torch.fx.Node, used: set[str]) -> str:
+    """Module path for modules (``features.0``); for export, the owner of the first parameter."""
+    if node.op == "call_module":
+        name = node.target
+    else:
+        name = node.name
+        for a in node.all_input_nodes:
+            if a.op == "get_attr" and "." in a.target:
+                name = a.target.rsplit(".", 1)[0]
+                break
+    base, k = name, 1
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    used.add(name)
+    return name
+
+
+def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
+    """Convert a traced (and shape-propagated) GraphModule into a folded ``ir.Graph``."""
+    nodes: list[ir.Node] = []
+    value: dict[torch.fx.Node, str] = {}  # fx node → the IR value it carries ("input" or layer)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise FxpgaError(f"the model must take exactly one input tensor, it takes "
+                         f"{len(placeholders)}")
+    used: set[str] = set()
+    last = "input"
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            value[n] = "input"
+            continue
+        if n.op == "get_attr":
+            continue
+        if n.op == "output":
+            outs = [a for a in torch.fx.node.map_arg(n.args, lambda a: a) if a is not None]
+            out = outs[0]
+            while isinstance(out, tuple | list):
+                if len(out) != 1:
+                    raise FxpgaError(f"the model must return one tensor, it returns {len(out)}")
+                out = out[0]
+            if value.get(out) != last:
+                raise FxpgaError("the model's output is not the last layer of a chain")
+            continue
+        if n.op == "call_module" and str(n.target).startswith("_guards"):
+            continue  # torch.export's shape-guard check
+        if n.op == "call_method" and n.target == "size":
+            continue  # only feeds a view(x.size(0), -1), checked by shape there
+        if n.op == "call_function" and n.target is operator.getitem:
+            src = n.args[0]
+            if n.args[1] == 0 and src in value:  # batch norm's (out, mean, invstd) tuple
+                value[n] = value[src]
+                continue
+        if n.op == "call_module":
+            mod = gm.get_submodule(n.target)
+            key = type(mod)
+            args = (mod,)
+            kwargs = {}
+        else:
+            key = n.target
+            args = n.args
+            kwargs = n.kwargs
+        conv = _CONVERTERS.get(key)
+        ctx = _Ctx(gm, n, "")
+        if conv is None:
+            ctx.fail(f"unsupported op; supported are {SUPPORTED}")
+        tensor_in = [a for a in n.all_input_nodes if a.op != "get_attr" and not
+                     (a.op == "call_method" and a.target == "size")]
+        if len(tensor_in) != 1 or tensor_in[0] not in value:
+            ctx.fail("takes more than one tensor; only chains of single-input layers are supported")
+        if value[tensor_in[0]] != last:
+            ctx.fail("the network branches; only chains of layers are supported")
+        ctx.name = _layer_name(gm, n, used)
+        layer = conv(ctx, *args, **kwargs)
+        if layer is _DROP:
+            value[n] = last
+            continue
+        nodes.append(layer)
+        last = value[n] = layer.name
+    if not nodes:
+        raise FxpgaError("the model has no supported layers")
+    graph = ir.Graph(input_shape, nodes)
+    return ir.fold_batchnorm(graph)
+
+
+def from_module(model: nn.Module, input_shape) -> ir.Graph:
+    """Trace ``model`` with torch.fx and convert it; ``input_shape`` is per sample, e.g. (1, 8, 8)."""
+    model = model.eval()
+    tracer = torch.fx.Tracer()
+    tracer.record_stack_traces = True
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # symbolic tracing fails on data-dependent control flow
+        raise FxpgaError(f"torch.fx cannot trace {type(model).__name__}: "
+                         f"{type(e).__name__}: {e}".splitlines()[0]) from e
+    gm = torch.fx.GraphModule(tracer.root, graph)
+    try:
+        ShapeProp(gm).propagate(torch.zeros((2, *input_shape)))
+    except Exception as e:
+        raise FxpgaError(f"model {type(model).__name__} does not accept inputs of shape "
+                         f"(N, {', '.join(map(str, input_shape))}): "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    for n in gm.graph.nodes:
+        if "tensor_meta" in n.meta and not isinstance(n.meta["tensor_meta"], tuple | list):
+            n.meta["val"] = n.meta["tensor_meta"]
+    return graph_from_fx(gm, input_shape)
+
+
+def from_export(path: Path) -> ir.Graph:
+    """Load a ``torch.export`` archive (``.pt2``); the input shape comes from its example input."""
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:
+        raise FxpgaError(f"{path}: not a loadable torch.export archive: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    gm = ep.module()
+    ph = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(ph) != 1 or "val" not in ph[0].meta:
+        raise FxpgaError(f"{path}: the exported program must take exactly one tensor input")
+    shape = tuple(int(d) for d in ph[0].meta["val"].shape[1:])
+    return graph_from_fx(gm, shape)
+
+
+def load_factory(spec: str, weights: str | None):
+    """``path/file.py:factory`` → the nn.Module it returns, with ``weights`` loaded if given."""
+    path_s, _, attr = spec.rpartition(":")
+    path = Path(path_s)
+    if not path.is_file():
+        raise FxpgaError(f"{spec}: no such file '{path}'")
+    modname = f"_fxpga_user_{abs(hash(str(path.resolve())))}"
+    loader = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[modname] = module
+    try:
+        loader.loader.exec_module(module)
+    except Exception as e:
+        raise FxpgaError(f"{path}: importing it raised {type(e).__name__}: {e}") from e
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise FxpgaError(f"{path}: has no attribute '{attr}'")
+    if not callable(fn):
+        raise FxpgaError(f"{path}: '{attr}' is not callable")
+    try:
+        model = fn()
+    except Exception as e:
+        raise FxpgaError(f"{path}: {attr}() raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise FxpgaError(f"{path}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        try:
+            model.load_state_dict(load_state_dict(weights))
+        except RuntimeError as e:
+            first = str(e).splitlines()[1:2] or str(e).splitlines()[:1]
+            raise FxpgaError(f"{weights}: does not match {attr}(): {first[0].strip()}") from e
+    return model.eval()
+
+
+def load_state_dict(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FxpgaError(f"{path}: no such weights file")
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FxpgaError(f"{path}: cannot load as weights (torch.load weights_only=True): "
+                         f"{str(e).splitlines()[0]}") from e
+    if not isinstance(sd, dict):
+        raise FxpgaError(f"{path}: expected a state_dict (a dict of tensors), got {type(sd).__name__}")
+    return sd

@@ -1,0 +1,111 @@
+"""The golden model: the integer every later stage (engine, cocotb, board) must reproduce.
+
+Vectorised numpy over a batch. Per layer (docs/numerics.md):
+
+- conv/linear: ``acc = Σ x·w + b`` exactly (int64, or Python integers when the recorded
+  accumulator width exceeds 62 bits), then ``requantize(acc, shift, out_bits)``: rounding
+  shift (round half up) and saturation.
+- relu: ``max(x, 0)``; maxpool: window max, padding never wins (pads with the format's minimum);
+  avgpool: window sum with zero padding, ``floor(sum/k + 1/2)`` for a k-element window;
+  flatten: C-order reshape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ir
+from .qformat import avg_round, quantize, requantize
+from .qmodel import QLayer, QModel
+
+INT64_SAFE_BITS = 62  # acc plus the rounding constant stays inside int64
+
+
+def _windows(x: np.ndarray, kernel, stride, padding, pad_value) -> np.ndarray:
+    """(N, C, H, W) → (N, C, OH, OW, KH, KW) view of every window."""
+    ph, pw = padding
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    win = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))
+    return win[:, :, :: stride[0], :: stride[1]]
+
+
+def conv_acc(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride, padding) -> np.ndarray:
+    """Exact accumulators of a convolution: (N, C, H, W) ints → (N, O, OH, OW)."""
+    win = _windows(x, w.shape[2:], stride, padding, 0)
+    acc = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # (N, OH, OW, O)
+    return np.moveaxis(acc, 3, 1) + b.reshape(1, -1, 1, 1)
+
+
+def linear_acc(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return x @ w.T + b
+
+
+def maxpool(x, kernel, stride, padding, pad_value) -> np.ndarray:
+    return _windows(x, kernel, stride, padding, pad_value).max(axis=(4, 5))
+
+
+def avgpool(x, kernel, stride, padding) -> np.ndarray:
+    total = _windows(x, kernel, stride, padding, 0).sum(axis=(4, 5))
+    return avg_round(total, kernel[0] * kernel[1])
+
+
+def accumulate(layer: QLayer, x: np.ndarray) -> np.ndarray:
+    """The exact accumulator of a conv/linear layer on integer input ``x``."""
+    wide = layer.acc_bits > INT64_SAFE_BITS
+    dt = object if wide else np.int64
+    x = x.astype(dt)
+    w, b = layer.w.astype(dt), layer.b.astype(dt)
+    if isinstance(layer.node, ir.Conv):
+        return conv_acc(x, w, b, layer.node.stride, layer.node.padding)
+    return linear_acc(x, w, b)
+
+
+def step(layer: QLayer, x: np.ndarray) -> np.ndarray:
+    """One layer of the golden model on a batch of integers."""
+    n = layer.node
+    if isinstance(n, ir.Conv | ir.Linear):
+        out = requantize(accumulate(layer, x), layer.shift, layer.out_fmt.bits)
+        return out.astype(np.int64)
+    if isinstance(n, ir.ReLU):
+        return np.maximum(x, 0)
+    if isinstance(n, ir.MaxPool):
+        return maxpool(x, n.kernel, n.stride, n.padding, layer.in_fmt.qmin)
+    if isinstance(n, ir.AvgPool):
+        return avgpool(x, n.kernel, n.stride, n.padding)
+    if isinstance(n, ir.Flatten):
+        return x.reshape(len(x), -1)
+    raise TypeError(f"golden model has no rule for op '{n.op}'")
+
+
+def quantize_input(qm: QModel, x: np.ndarray) -> np.ndarray:
+    return quantize(x, qm.input_fmt)
+
+
+def run_int(qm: QModel, x_int: np.ndarray, keep: bool = False, batch: int = 4096):
+    """Run on integer inputs. Returns the integer output, or with ``keep`` a dict of every
+    layer's integer output by name (``"input"`` included), to locate mismatches."""
+    x_int = np.asarray(x_int, dtype=np.int64)
+    outs: dict[str, list[np.ndarray]] = {"input": [x_int]}
+    finals = []
+    for i in range(0, max(len(x_int), 1), batch):
+        t = x_int[i : i + batch]
+        for layer in qm.layers:
+            t = step(layer, t)
+            if keep:
+                outs.setdefault(layer.name, []).append(t)
+        finals.append(t)
+    if keep:
+        return {k: np.concatenate(v) for k, v in outs.items()}
+    return np.concatenate(finals)
+
+
+def run(qm: QModel, x: np.ndarray, keep: bool = False):
+    """Quantize float inputs with the model's input format, then ``run_int``."""
+    return run_int(qm, quantize_input(qm, x), keep=keep)
+
+
+def predict(qm: QModel, x: np.ndarray) -> np.ndarray:
+    """Top-1 class per sample (first maximum on ties)."""
+    out = run(qm, x)
+    return out.reshape(len(out), -1).argmax(axis=1)

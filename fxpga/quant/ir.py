@@ -1,0 +1,284 @@
+"""A small typed graph IR: a chain of layers, each with its per-sample input and output shape.
+
+The supported ops take one tensor and give one tensor, so every supported network is a chain
+in topological order. Shapes exclude the batch dimension: ``(C, H, W)`` or ``(F,)``.
+Weights are float64 numpy arrays (after BatchNorm folding, see ``fold_batchnorm``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import FxpgaError
+
+Shape = tuple[int, ...]
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) == 1:
+        return (v[0], v[0])
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair, not {v!r}")
+    return v
+
+
+def _window_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+@dataclass
+class Node:
+    name: str
+    source: str | None = field(default=None, kw_only=True)  # "file.py:12" where fx knows it
+    in_shape: Shape = field(default=(), kw_only=True)
+    out_shape: Shape = field(default=(), kw_only=True)
+
+    op = "node"
+    has_weights = False
+
+    def where(self) -> str:
+        return f"layer '{self.name}'" + (f" ({self.source})" if self.source else "")
+
+    def infer(self, in_shape: Shape) -> Shape:
+        raise NotImplementedError
+
+    def attrs(self) -> dict:
+        return {}
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _need_chw(node: Node, shape: Shape):
+    if len(shape) != 3:
+        raise FxpgaError(f"{node.where()}: {node.op} needs a (C, H, W) input, got {shape}")
+
+
+@dataclass
+class Conv(Node):
+    """2-D convolution, groups=1, dilation=1, zero padding. ``weight``: (O, I, KH, KW)."""
+
+    weight: np.ndarray = None
+    bias: np.ndarray = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+
+    op = "conv"
+    has_weights = True
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return tuple(self.weight.shape[2:])
+
+    def infer(self, s):
+        _need_chw(self, s)
+        o, i, kh, kw = self.weight.shape
+        if s[0] != i:
+            raise FxpgaError(f"{self.where()}: conv expects {i} input channels, got shape {s}")
+        h = _window_out(s[1], kh, self.stride[0], self.padding[0])
+        w = _window_out(s[2], kw, self.stride[1], self.padding[1])
+        if h < 1 or w < 1:
+            raise FxpgaError(f"{self.where()}: input {s} is smaller than the kernel {kh}x{kw}")
+        return (o, h, w)
+
+    def attrs(self):
+        return {"kernel": list(self.kernel), "stride": list(self.stride),
+                "padding": list(self.padding)}
+
+    def float_forward(self, x):
+        w = torch.from_numpy(self.weight).to(x.dtype)
+        b = torch.from_numpy(self.bias).to(x.dtype)
+        return F.conv2d(x, w, b, stride=self.stride, padding=self.padding)
+
+
+@dataclass
+class Linear(Node):
+    """Fully connected: ``weight`` (O, I). The compiler runs it as a 1×1 convolution."""
+
+    weight: np.ndarray = None
+    bias: np.ndarray = None
+
+    op = "linear"
+    has_weights = True
+
+    def infer(self, s):
+        o, i = self.weight.shape
+        if s != (i,):
+            raise FxpgaError(f"{self.where()}: linear expects ({i},) inputs, got shape {s}")
+        return (o,)
+
+    def float_forward(self, x):
+        w = torch.from_numpy(self.weight).to(x.dtype)
+        b = torch.from_numpy(self.bias).to(x.dtype)
+        return F.linear(x, w, b)
+
+
+@dataclass
+class BatchNorm(Node):
+    """Inference BatchNorm, only present until ``fold_batchnorm`` merges it into a conv/linear."""
+
+    scale: np.ndarray = None  # gamma / sqrt(var + eps)
+    shift: np.ndarray = None  # beta - mean * scale
+
+    op = "batchnorm"
+
+    def infer(self, s):
+        if s[0] != self.scale.shape[0]:
+            raise FxpgaError(f"{self.where()}: batchnorm has {self.scale.shape[0]} channels, "
+                             f"input has shape {s}")
+        return s
+
+    def float_forward(self, x):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        sc = torch.from_numpy(self.scale).to(x.dtype).reshape(shape)
+        sh = torch.from_numpy(self.shift).to(x.dtype).reshape(shape)
+        return x * sc + sh
+
+
+@dataclass
+class ReLU(Node):
+    op = "relu"
+
+    def infer(self, s):
+        return s
+
+    def float_forward(self, x):
+        return torch.relu(x)
+
+
+@dataclass
+class _Pool(Node):
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    padding: tuple[int, int] = (0, 0)
+
+    def infer(self, s):
+        _need_chw(self, s)
+        kh, kw = self.kernel
+        if self.padding[0] * 2 > kh or self.padding[1] * 2 > kw:
+            raise FxpgaError(f"{self.where()}: padding {self.padding} exceeds half the kernel")
+        h = _window_out(s[1], kh, self.stride[0], self.padding[0])
+        w = _window_out(s[2], kw, self.stride[1], self.padding[1])
+        if h < 1 or w < 1:
+            raise FxpgaError(f"{self.where()}: input {s} is smaller than the window {kh}x{kw}")
+        return (s[0], h, w)
+
+    def attrs(self):
+        return {"kernel": list(self.kernel), "stride": list(self.stride),
+                "padding": list(self.padding)}
+
+
+@dataclass
+class MaxPool(_Pool):
+    op = "maxpool"
+
+    def float_forward(self, x):
+        return F.max_pool2d(x, self.kernel, self.stride, self.padding)
+
+
+@dataclass
+class AvgPool(_Pool):
+    """Average over the window, zero padding counted (``count_include_pad=True``)."""
+
+    op = "avgpool"
+
+    def float_forward(self, x):
+        return F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
+
+
+@dataclass
+class Flatten(Node):
+    op = "flatten"
+
+    def infer(self, s):
+        return (int(np.prod(s)),)
+
+    def float_forward(self, x):
+        return torch.flatten(x, 1)
+
+
+OPS = {cls.op: cls for cls in (Conv, Linear, BatchNorm, ReLU, MaxPool, AvgPool, Flatten)}
+
+
+@dataclass
+class Graph:
+    """A chain of nodes fed by one input of per-sample shape ``input_shape``."""
+
+    input_shape: Shape
+    nodes: list[Node]
+
+    def __post_init__(self):
+        self.input_shape = tuple(int(d) for d in self.input_shape)
+        self.infer_shapes()
+
+    def infer_shapes(self):
+        s = self.input_shape
+        names = set()
+        for n in self.nodes:
+            if n.name in names:
+                raise FxpgaError(f"duplicate layer name '{n.name}'")
+            names.add(n.name)
+            n.in_shape = tuple(s)
+            s = tuple(int(d) for d in n.infer(n.in_shape))
+            n.out_shape = s
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.nodes[-1].out_shape if self.nodes else self.input_shape
+
+    def __getitem__(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def weighted(self) -> list[Node]:
+        return [n for n in self.nodes if n.has_weights]
+
+    def float_forward(self, x, keep: bool = False, batch: int = 1024):
+        """Float64 reference on ``x`` (N, *input_shape).
+
+        Returns the output, or with ``keep`` a dict of every node's output by name.
+        """
+        x = np.asarray(x)
+        outs: dict[str, list] = {n.name: [] for n in self.nodes}
+        final = []
+        with torch.no_grad():
+            for i in range(0, max(len(x), 1), batch):
+                t = torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float64))
+                for n in self.nodes:
+                    t = n.float_forward(t)
+                    if keep:
+                        outs[n.name].append(t.numpy())
+                final.append(t.numpy())
+        if keep:
+            return {k: np.concatenate(v) for k, v in outs.items()}
+        return np.concatenate(final)
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    """Fold every BatchNorm into the conv/linear directly before it ("streaming slimming").
+
+    ``w' = w · γ/√(σ²+ε)`` per output channel, ``b' = (b − μ) · γ/√(σ²+ε) + β``.
+    """
+    nodes: list[Node] = []
+    for n in graph.nodes:
+        if isinstance(n, BatchNorm):
+            prev = nodes[-1] if nodes else None
+            if not isinstance(prev, Conv | Linear):
+                what = f"'{prev.name}' ({prev.op})" if prev else "the input"
+                raise FxpgaError(f"{n.where()}: BatchNorm can only be folded into a Conv2d or "
+                                 f"Linear directly before it, but it follows {what}")
+            shape = (-1,) + (1,) * (prev.weight.ndim - 1)
+            prev.weight = prev.weight * n.scale.reshape(shape)
+            prev.bias = prev.bias * n.scale + n.shift
+            continue
+        nodes.append(n)
+    return Graph(graph.input_shape, nodes)

@@ -1,0 +1,134 @@
+"""Dynamic fixed-point formats and the integer primitives every later stage must reproduce.
+
+A tensor in format ``QFormat(bits, fl)`` holds two's-complement integers ``q`` in
+``[-2**(bits-1), 2**(bits-1) - 1]`` that stand for ``q * 2**-fl``. ``fl`` may be negative or
+larger than ``bits``. See docs/numerics.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FxpgaError
+
+MIN_BITS = 2
+MAX_BITS = 32
+
+
+def check_bits(bits, where: str = "") -> int:
+    """Return ``bits`` if it is an integer in 2..32, else raise a one-line error."""
+    at = f"{where}: " if where else ""
+    if isinstance(bits, bool) or not isinstance(bits, int | np.integer):
+        raise FxpgaError(f"{at}bits must be an integer in {MIN_BITS}..{MAX_BITS}, not {bits!r}")
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise FxpgaError(f"{at}bits must be in {MIN_BITS}..{MAX_BITS}, not {bits}")
+    return int(bits)
+
+
+@dataclass(frozen=True, order=True)
+class QFormat:
+    """``bits``-wide two's complement with ``fl`` fractional bits: value = int × 2^-fl."""
+
+    bits: int
+    fl: int
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        if isinstance(self.fl, bool) or not isinstance(self.fl, int | np.integer):
+            raise FxpgaError(f"fl must be an integer, not {self.fl!r}")
+        object.__setattr__(self, "bits", int(self.bits))
+        object.__setattr__(self, "fl", int(self.fl))
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    @property
+    def step(self) -> float:
+        return 2.0**-self.fl
+
+    def to_json(self) -> dict:
+        return {"bits": self.bits, "fl": self.fl}
+
+    def __repr__(self):
+        return f"Q{self.bits}.{self.fl}"
+
+
+def signed_width(lo: int, hi: int) -> int:
+    """Smallest two's-complement width holding every integer in ``[lo, hi]`` (at least 1)."""
+    lo, hi = int(lo), int(hi)
+    bits = 1
+    while lo < -(1 << (bits - 1)) or hi > (1 << (bits - 1)) - 1:
+        bits += 1
+    return bits
+
+
+def fl_fit(absmax: float, bits: int) -> int:
+    """Largest fl with which ``absmax`` still fits ``bits`` signed bits (no saturation)."""
+    if not absmax > 0 or not math.isfinite(absmax):
+        return bits - 1
+    # need absmax * 2**fl <= 2**(bits-1) - 1/2 (rounds to qmax at most)
+    fl = (bits - 1) - math.ceil(math.log2(absmax))
+    while absmax * 2.0**fl + 0.5 >= 2 ** (bits - 1) + 0.0:
+        fl -= 1
+    while absmax * 2.0 ** (fl + 1) + 0.5 < 2 ** (bits - 1):
+        fl += 1
+    return fl
+
+
+def quantize(x, fmt: QFormat) -> np.ndarray:
+    """Float → integer: round half up (``floor(x·2^fl + 1/2)``), then saturate. Returns int64."""
+    x = np.asarray(x, dtype=np.float64)
+    q = np.floor(np.ldexp(x, fmt.fl) + 0.5)
+    return np.clip(q, fmt.qmin, fmt.qmax).astype(np.int64)
+
+
+def dequantize(q, fl: int) -> np.ndarray:
+    return np.ldexp(np.asarray(q, dtype=np.float64), -fl)
+
+
+def saturate(x: np.ndarray, bits: int) -> np.ndarray:
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return np.clip(x, lo, hi)
+
+
+def shift_round(acc: np.ndarray, s: int) -> np.ndarray:
+    """``s > 0``: ``(acc + 2^(s-1)) >> s`` (arithmetic, round half up); ``s ≤ 0``: ``acc << -s``.
+
+    No saturation here; callers that shift left must bound ``acc`` first (see requantize).
+    """
+    if s > 0:
+        return (acc + (1 << (s - 1))) >> s
+    return acc << (-s)
+
+
+def requantize(acc: np.ndarray, s: int, bits: int) -> np.ndarray:
+    """The requantizer: rounding shift by ``s = fl_in + fl_w − fl_out``, then saturate to ``bits``.
+
+    Works on int64 or Python-object arrays; a left shift never overflows int64 because values
+    that would leave the output range are saturated before shifting.
+    """
+    acc = np.asarray(acc)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if s > 0:
+        return saturate(shift_round(acc, s), bits)
+    k = -s
+    lo_k = -((-lo) >> k)  # ceil(lo / 2^k)
+    hi_k = hi >> k  # floor(hi / 2^k)
+    inside = np.clip(acc, lo_k, hi_k) << k
+    return np.where(acc > hi_k, hi, np.where(acc < lo_k, lo, inside))
+
+
+def avg_round(total: np.ndarray, d: int) -> np.ndarray:
+    """Average of ``d`` integers whose sum is ``total``, rounded half up: ``floor(total/d + 1/2)``.
+
+    Computed exactly as ``(2·total + d) // (2·d)`` (floor division).
+    """
+    return (2 * total + d) // (2 * d)

@@ -1,0 +1,308 @@
+"""Dynamic fixed-point quantization after Qiu et al. (FPGA 2016), and the static baseline.
+
+dynamic: per layer ``fl_w = argmin_fl Σ|W − Q(W; bits, fl)|``; then, greedily in topological
+order with every earlier layer already quantized, ``fl_out = argmin_fl Σ|y_float − Q(y_fixed)|``
+over the calibration set (the input's fl the same way). ``y`` is compared after a directly
+following ReLU, where it is consumed. static: one fl for all weights and one for all
+activations, each minimising the summed error over the whole float network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import FxpgaError
+from . import golden, ir
+from .qformat import QFormat, check_bits, dequantize, fl_fit, quantize, requantize, signed_width
+from .qmodel import QLayer, QModel
+
+SEARCH_BELOW = 2  # candidates: fl_fit − SEARCH_BELOW … fl_fit + bits (more saturation)
+
+
+@dataclass
+class Widths:
+    """Word widths: activations everywhere, weights per layer kind (the paper's "8/4")."""
+
+    act: int = 8
+    conv_w: int | None = None
+    fc_w: int | None = None
+
+    def __post_init__(self):
+        self.act = check_bits(self.act, "--bits")
+        self.conv_w = check_bits(self.conv_w if self.conv_w is not None else self.act,
+                                 "--conv-bits")
+        self.fc_w = check_bits(self.fc_w if self.fc_w is not None else self.act, "--fc-bits")
+
+    def weight_bits(self, node: ir.Node) -> int:
+        return self.conv_w if isinstance(node, ir.Conv) else self.fc_w
+
+
+@dataclass
+class Override:
+    """A per-tensor format from ``--config``: ``bits`` and optionally a fixed ``fl``."""
+
+    bits: int | None = None
+    fl: int | None = None
+
+
+@dataclass
+class Config:
+    """Hand-edited per-layer formats: ``{"input": {...}, "layers": {name: {"weight": {...},
+    "output": {...}}}}`` where each format is ``{"bits": B}`` or ``{"bits": B, "fl": F}``."""
+
+    input: Override | None = None
+    layers: dict[str, dict[str, Override]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj, where: str) -> Config:
+        if not isinstance(obj, dict):
+            raise FxpgaError(f"{where}: expected a JSON object at the top level")
+        unknown = set(obj) - {"input", "layers", "schema", "fxpga", "graph", "provenance",
+                              "scheme", "accuracy", "tensors"}
+        if unknown:
+            raise FxpgaError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        inp = obj.get("input")
+        cfg = cls()
+        if inp is not None:
+            cfg.input = _override(inp.get("format", inp) if isinstance(inp, dict) else inp,
+                                  f"{where}: input")
+        layers = obj.get("layers", {})
+        if isinstance(layers, list):  # an .fxq's layer list
+            layers = {la.get("name"): la for la in layers if isinstance(la, dict)}
+        if not isinstance(layers, dict):
+            raise FxpgaError(f"{where}: 'layers' must be an object keyed by layer name")
+        for name, spec in layers.items():
+            if not isinstance(spec, dict):
+                raise FxpgaError(f"{where}: layer '{name}': expected an object")
+            entry = {}
+            for key in ("weight", "output"):
+                if spec.get(key) is not None:
+                    entry[key] = _override(spec[key], f"{where}: layer '{name}' {key}")
+            bad = set(spec) - {"weight", "output", "name", "op", "in_shape", "out_shape",
+                               "attrs", "input", "shift", "acc_bits", "acc_range", "stats",
+                               "source", "in_range", "out_range"}
+            if bad:
+                raise FxpgaError(f"{where}: layer '{name}': unknown key(s) "
+                                 f"{', '.join(sorted(bad))} (expected 'weight', 'output')")
+            cfg.layers[name] = entry
+        return cfg
+
+    def check(self, graph: ir.Graph, where: str):
+        names = {n.name: n for n in graph.nodes}
+        for name, entry in self.layers.items():
+            if name not in names:
+                raise FxpgaError(f"{where}: unknown layer '{name}' (layers: "
+                                 f"{', '.join(n.name for n in graph.weighted())})")
+            node = names[name]
+            if entry and not node.has_weights:
+                raise FxpgaError(f"{where}: layer '{name}' is a {node.op}, which keeps its "
+                                 f"input's format; only conv/linear formats can be set")
+
+
+def _override(spec, where: str) -> Override:
+    if not isinstance(spec, dict):
+        raise FxpgaError(f"{where}: expected {{\"bits\": B, \"fl\": F}}, got {spec!r}")
+    bad = set(spec) - {"bits", "fl"}
+    if bad:
+        raise FxpgaError(f"{where}: unknown key(s) {', '.join(sorted(bad))}")
+    bits = spec.get("bits")
+    if bits is not None:
+        check_bits(bits, where)
+    fl = spec.get("fl")
+    if fl is not None and (isinstance(fl, bool) or not isinstance(fl, int)):
+        raise FxpgaError(f"{where}: fl must be an integer, not {fl!r}")
+    if fl is not None and bits is None:
+        raise FxpgaError(f"{where}: fl given without bits")
+    if fl is not None and abs(fl) > 64:
+        raise FxpgaError(f"{where}: fl={fl} is outside -64..64")
+    return Override(bits, fl)
+
+
+def l1_error(x: np.ndarray, fmt: QFormat) -> float:
+    return float(np.abs(x - dequantize(quantize(x, fmt), fmt.fl)).sum())
+
+
+def candidates(x: np.ndarray, bits: int) -> range:
+    f = fl_fit(float(np.max(np.abs(x))) if x.size else 0.0, bits)
+    return range(f - SEARCH_BELOW, f + bits + 1)
+
+
+def best_fl(err_of, cands) -> int:
+    """argmin over candidate fl; ties go to the smaller fl (less saturation)."""
+    best, best_err = None, math.inf
+    for fl in cands:
+        e = err_of(fl)
+        if e < best_err:
+            best, best_err = fl, e
+    return best
+
+
+def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
+    noise = float(np.sum((ref - approx) ** 2))
+    sig = float(np.sum(ref**2))
+    if noise == 0.0:
+        return math.inf
+    if sig == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(sig / noise)
+
+
+def _acc_bound(w: np.ndarray, b: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
+    """Bound Σ x·w + b over x in [lo, hi] (0 included for padding), per output, then overall."""
+    w = w.reshape(w.shape[0], -1).astype(object)
+    lo_t = np.minimum(np.minimum(w * lo, w * hi), 0).sum(axis=1) + b.astype(object)
+    hi_t = np.maximum(np.maximum(w * lo, w * hi), 0).sum(axis=1) + b.astype(object)
+    return int(min(lo_t.min(), 0)), int(max(hi_t.max(), 0))
+
+
+def quantize_bias(b: np.ndarray, fl: int, where: str) -> np.ndarray:
+    q = np.floor(np.ldexp(b, fl) + 0.5)
+    if q.size and np.max(np.abs(q)) >= 2.0**63:
+        raise FxpgaError(f"{where}: bias at the accumulator scale (fl={fl}) needs more than 64 "
+                         f"bits; lower the input or weight fl")
+    return q.astype(np.int64)
+
+
+def _followed_by_relu(graph: ir.Graph, i: int) -> bool:
+    return i + 1 < len(graph.nodes) and isinstance(graph.nodes[i + 1], ir.ReLU)
+
+
+def quantize_model(graph: ir.Graph, x_calib: np.ndarray, widths: Widths | None = None,
+                   scheme: str = "dynamic", config: Config | None = None,
+                   progress: bool = False, provenance: dict | None = None) -> QModel:
+    """Choose every format and build the integer model. See the module docstring."""
+    widths = widths or Widths()
+    config = config or Config()
+    if scheme not in ("dynamic", "static"):
+        raise FxpgaError(f"unknown scheme '{scheme}' (dynamic or static)")
+    x_calib = np.asarray(x_calib, dtype=np.float64)
+    if len(x_calib) == 0:
+        raise FxpgaError("the calibration set is empty")
+    if tuple(x_calib.shape[1:]) != graph.input_shape:
+        raise FxpgaError(f"calibration samples have shape {tuple(x_calib.shape[1:])}, the model "
+                         f"expects {graph.input_shape}")
+    config.check(graph, "config")
+    ref = graph.float_forward(x_calib, keep=True)
+    nodes = graph.nodes
+
+    # target of each conv/linear: its float output, after a directly following ReLU
+    def target(i: int) -> np.ndarray:
+        y = ref[nodes[i].name]
+        return np.maximum(y, 0) if _followed_by_relu(graph, i) else y
+
+    static_w = static_a = None
+    if scheme == "static":
+        static_w, static_a = _static_fls(graph, x_calib, widths, target)
+
+    # input format
+    ov = config.input or Override()
+    in_bits = ov.bits or widths.act
+    if ov.fl is not None:
+        in_fl = ov.fl
+    elif static_a is not None:
+        in_fl = static_a
+    else:
+        in_fl = best_fl(lambda fl: l1_error(x_calib, QFormat(in_bits, fl)),
+                        candidates(x_calib, in_bits))
+    input_fmt = QFormat(in_bits, in_fl)
+    cur = quantize(x_calib, input_fmt)
+    cur_fmt, cur_range = input_fmt, (input_fmt.qmin, input_fmt.qmax)
+
+    layers: list[QLayer] = []
+    bar = tqdm(list(enumerate(nodes)), desc=f"{scheme} search", disable=not progress,
+               leave=False)
+    for i, node in bar:
+        bar.set_postfix_str(node.name)
+        entry = config.layers.get(node.name, {})
+        if not isinstance(node, ir.Conv | ir.Linear):
+            la = QLayer(node, cur_fmt, cur_fmt, cur_range, cur_range)
+            if isinstance(node, ir.ReLU):
+                la.out_range = (max(cur_range[0], 0), max(cur_range[1], 0))
+            elif isinstance(node, ir.AvgPool) and any(node.padding):
+                la.out_range = (min(cur_range[0], 0), max(cur_range[1], 0))
+            cur = golden.step(la, cur)
+            layers.append(la)
+            continue
+        where = node.where()
+        # weights
+        wov = entry.get("weight", Override())
+        wbits = wov.bits or widths.weight_bits(node)
+        if wov.fl is not None:
+            wfl = wov.fl
+        elif static_w is not None:
+            wfl = static_w
+        else:
+            wfl = best_fl(lambda fl, b=wbits: l1_error(node.weight, QFormat(b, fl)),
+                          candidates(node.weight, wbits))
+        w_fmt = QFormat(wbits, wfl)
+        w = quantize(node.weight, w_fmt)
+        b = quantize_bias(node.bias, cur_fmt.fl + wfl, where)
+        acc_range = _acc_bound(w, b, *cur_range)
+        la = QLayer(node, cur_fmt, cur_fmt, cur_range, cur_range, w_fmt=w_fmt, w=w, b=b,
+                    acc_range=acc_range, acc_bits=signed_width(*acc_range))
+        acc = golden.accumulate(la, cur)
+        # output
+        oov = entry.get("output", Override())
+        obits = oov.bits or widths.act
+        y = target(i)
+        relu = _followed_by_relu(graph, i)
+        acc_fl = cur_fmt.fl + wfl
+
+        def out_err(fl, acc=acc, y=y, relu=relu, acc_fl=acc_fl, obits=obits):
+            q = requantize(acc, acc_fl - fl, obits).astype(np.float64)
+            if relu:
+                q = np.maximum(q, 0)
+            return float(np.abs(y - np.ldexp(q, -fl)).sum())
+
+        if oov.fl is not None:
+            ofl = oov.fl
+        elif static_a is not None:
+            ofl = static_a
+        else:
+            ofl = best_fl(out_err, candidates(y, obits))
+        la.out_fmt = QFormat(obits, ofl)
+        la.out_range = (la.out_fmt.qmin, la.out_fmt.qmax)
+        cur = requantize(acc, la.shift, obits).astype(np.int64)
+        fixed_out = dequantize(np.maximum(cur, 0) if relu else cur, ofl)
+        la.stats = {
+            "weight_sqnr_db": sqnr_db(node.weight, dequantize(w, wfl)),
+            "output_sqnr_db": sqnr_db(y, fixed_out),
+            "saturated_weights": int(np.sum((w == w_fmt.qmin) | (w == w_fmt.qmax))),
+            "saturated_outputs_pct": float(100.0 * np.mean(
+                (cur == la.out_fmt.qmax) | (cur == la.out_fmt.qmin))),
+        }
+        cur_fmt, cur_range = la.out_fmt, la.out_range
+        layers.append(la)
+    return QModel(graph, input_fmt, layers, scheme=scheme, provenance=dict(provenance or {}))
+
+
+def _static_fls(graph: ir.Graph, x_calib, widths: Widths, target) -> tuple[int, int]:
+    """One fl for all weights, one for all activations (input and conv/linear outputs)."""
+    wl = [(n.weight, widths.weight_bits(n)) for n in graph.weighted()]
+    acts = [x_calib] + [target(i) for i, n in enumerate(graph.nodes) if n.has_weights]
+    abits = widths.act
+
+    def w_err(fl):
+        return sum(l1_error(w, QFormat(b, fl)) for w, b in wl)
+
+    def a_err(fl):
+        return sum(l1_error(a, QFormat(abits, fl)) for a in acts)
+
+    w_cands = range(min(candidates(w, b).start for w, b in wl),
+                    max(candidates(w, b).stop for w, b in wl))
+    a_cands = range(min(candidates(a, abits).start for a in acts),
+                    max(candidates(a, abits).stop for a in acts))
+    return best_fl(w_err, w_cands), best_fl(a_err, a_cands)
+
+
+def accuracy(qm: QModel, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(golden.predict(qm, x) == y))
+
+
+def float_accuracy(graph: ir.Graph, x: np.ndarray, y: np.ndarray) -> float:
+    out = graph.float_forward(x)
+    return float(np.mean(out.reshape(len(out), -1).argmax(axis=1) == y))
