@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import FxpgaError
+from ..progress import bar as progress_bar
 from . import golden, ir
 from .qformat import QFormat, check_bits, dequantize, fl_fit, quantize, requantize, signed_width
 from .qmodel import QLayer, QModel
@@ -61,8 +61,8 @@ class Config:
     def from_json(cls, obj, where: str) -> Config:
         if not isinstance(obj, dict):
             raise FxpgaError(f"{where}: expected a JSON object at the top level")
-        unknown = set(obj) - {"input", "layers", "schema", "fxpga", "graph", "provenance",
-                              "scheme", "accuracy", "tensors"}
+        unknown = set(obj) - {"input", "layers", "schema", "schema_version", "fxpga", "output",
+                              "max_acc_bits", "provenance", "scheme", "accuracy", "tensors"}
         if unknown:
             raise FxpgaError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         inp = obj.get("input")
@@ -84,7 +84,7 @@ class Config:
                     entry[key] = _override(spec[key], f"{where}: layer '{name}' {key}")
             bad = set(spec) - {"weight", "output", "name", "op", "in_shape", "out_shape",
                                "attrs", "input", "shift", "acc_bits", "acc_range", "stats",
-                               "source", "in_range", "out_range"}
+                               "source", "in_range", "out_range", "format"}
             if bad:
                 raise FxpgaError(f"{where}: layer '{name}': unknown key(s) "
                                  f"{', '.join(sorted(bad))} (expected 'weight', 'output')")
@@ -213,8 +213,7 @@ def quantize_model(graph: ir.Graph, x_calib: np.ndarray, widths: Widths | None =
     cur_fmt, cur_range = input_fmt, (input_fmt.qmin, input_fmt.qmax)
 
     layers: list[QLayer] = []
-    bar = tqdm(list(enumerate(nodes)), desc=f"{scheme} search", disable=not progress,
-               leave=False)
+    bar = progress_bar(list(enumerate(nodes)), desc=f"{scheme} search", enabled=progress)
     for i, node in bar:
         bar.set_postfix_str(node.name)
         entry = config.layers.get(node.name, {})
@@ -225,6 +224,7 @@ def quantize_model(graph: ir.Graph, x_calib: np.ndarray, widths: Widths | None =
             elif isinstance(node, ir.AvgPool) and any(node.padding):
                 la.out_range = (min(cur_range[0], 0), max(cur_range[1], 0))
             cur = golden.step(la, cur)
+            cur_range = la.out_range
             layers.append(la)
             continue
         where = node.where()

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from ..errors import FxpgaError
+from ..progress import bar as progress_bar
 from . import data
 
 SEED = 1234
@@ -82,7 +82,8 @@ def train_digits_cnn(epochs: int = 60, progress: bool = True) -> nn.Module:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * 17)
     loss_fn = nn.CrossEntropyLoss()
-    bar = tqdm(range(epochs), desc="training digits-cnn", disable=not progress, leave=False)
+    bar = progress_bar(range(epochs), desc="training digits-cnn (once, then cached)",
+                       enabled=progress)
     for _ in bar:
         model.train()
         perm = torch.randperm(len(x), generator=gen)

@@ -1,0 +1,221 @@
+"""The ``fxpga`` command line.
+
+Errors are one line on stderr and exit status 1 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import FxpgaError
+
+
+def _positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _bits(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in 2..32, got {v!r}") from None
+    if not 2 <= n <= 32:
+        raise argparse.ArgumentTypeError(f"bits must be in 2..32, got {n}")
+    return n
+
+
+def _info(args, msg: str):
+    if not args.quiet:
+        print(msg, file=sys.stderr)
+
+
+def load_graph(spec: str, weights: str | None, progress: bool):
+    """MODEL → (nn.Module or ir.Graph, default dataset name or None, provenance dict)."""
+    from .quant import frontend, zoo
+
+    prov = {"model": spec}
+    if spec in zoo.BUILTIN:
+        if weights:
+            raise FxpgaError(f"--weights does not apply to the built-in model '{spec}'")
+        model, ds_name = zoo.builtin(spec, progress=progress)
+        prov["trained"] = {"seed": zoo.SEED, "cache_key": zoo.cache_key(spec)}
+        return model, ds_name, prov
+    if spec.endswith(".pt2"):
+        if weights:
+            raise FxpgaError("--weights does not apply to a .pt2 archive (it holds its weights)")
+        p = Path(spec)
+        if not p.is_file():
+            raise FxpgaError(f"{spec}: no such file")
+        prov["file_sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+        return frontend.from_export(p), None, prov
+    path, sep, attr = spec.rpartition(":")
+    if sep and path.endswith(".py") and attr:
+        if weights:
+            prov["weights"] = weights
+            prov["weights_sha256"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest() \
+                if Path(weights).is_file() else None
+        return frontend.load_factory(spec, weights), None, prov
+    raise FxpgaError(f"cannot interpret model '{spec}': expected a built-in name "
+                     f"({', '.join(zoo.BUILTIN)}), path/file.py:factory, or an export .pt2")
+
+
+def _graph_digest(graph) -> str:
+    h = hashlib.sha256()
+    for n in graph.nodes:
+        h.update(f"{n.op}:{n.name}:{n.in_shape}:{n.out_shape}:{n.attrs()}".encode())
+        if n.has_weights:
+            h.update(n.weight.tobytes())
+            h.update(n.bias.tobytes())
+    return h.hexdigest()
+
+
+def cmd_quantize(args) -> int:
+    import torch.nn as nn
+
+    from .quant import artifact, data, frontend, quantizer, report
+
+    progress = not args.quiet
+    t0 = time.monotonic()
+    out = Path(args.output)
+    if out.suffix != ".fxq":
+        raise FxpgaError(f"-o {out}: the output must end in .fxq")
+    if not out.parent.is_dir():
+        raise FxpgaError(f"-o {out}: directory '{out.parent}' does not exist")
+    config = None
+    if args.config:
+        config = quantizer.Config.from_json(artifact.read_json(args.config), args.config)
+    widths = quantizer.Widths(args.bits, args.conv_bits, args.fc_bits)
+    model, default_ds, prov = load_graph(args.model, args.weights, progress)
+    ds_spec = args.data or default_ds
+    if ds_spec is None:
+        raise FxpgaError(f"--data is required for model '{args.model}' (digits or file.npz)")
+    ds = data.load(ds_spec)
+    if isinstance(model, nn.Module):
+        graph = frontend.from_module(model, ds.sample_shape)
+    else:
+        graph = model
+    if ds.sample_shape != graph.input_shape:
+        raise FxpgaError(f"dataset {ds.name} has samples of shape {ds.sample_shape}, the model "
+                         f"takes {graph.input_shape}")
+    x_calib = ds.calib(args.calib)
+    if ds.note:
+        _info(args, f"note: {ds.note}")
+    _info(args, f"quantizing {args.model}: {len(graph.nodes)} layers, {args.scheme} scheme, "
+                f"{widths.act}-bit activations, conv/fc weights {widths.conv_w}/{widths.fc_w} "
+                f"bits, {len(x_calib)} calibration images")
+    qm = quantizer.quantize_model(graph, x_calib, widths, scheme=args.scheme, config=config,
+                                  progress=progress)
+    float_acc = quantizer.float_accuracy(graph, ds.x_test, ds.y_test)
+    fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
+    qm.provenance = {
+        **prov,
+        "model_sha256": _graph_digest(graph),
+        "dataset": ds_spec,
+        "dataset_sha256": ds.digest(),
+        "calib_images": len(x_calib),
+        "widths": {"act": widths.act, "conv_w": widths.conv_w, "fc_w": widths.fc_w},
+        "config": args.config,
+        "fxpga": __version__,
+    }
+    acc = {"dataset": ds_spec, "split": "test", "images": len(ds.y_test), "float": float_acc,
+           "fixed": fixed_acc}
+    artifact.save(qm, out, extra={"accuracy": acc})
+    print(report.layer_table(qm))
+    print(report.accuracy_line(float_acc, fixed_acc, len(ds.y_test), ds.name))
+    print(f"wrote {out} and {artifact.tensors_path(out).name} "
+          f"({time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .quant import artifact, data, quantizer, report
+
+    qm = artifact.load(args.model)
+    ds = data.load(args.data)
+    if ds.sample_shape != qm.graph.input_shape:
+        raise FxpgaError(f"dataset {ds.name} has samples of shape {ds.sample_shape}, "
+                         f"{args.model} takes {qm.graph.input_shape}")
+    float_acc = quantizer.float_accuracy(qm.graph, ds.x_test, ds.y_test)
+    fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
+    print(report.layer_table(qm))
+    print(report.accuracy_line(float_acc, fixed_acc, len(ds.y_test), ds.name))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``fxpga quantize: error: ...``), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fxpga", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"fxpga {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
+
+    q = sub.add_parser("quantize", parents=[common],
+                       help="quantize a PyTorch CNN to dynamic fixed point",
+                       description="Quantize MODEL to per-layer dynamic fixed point (Qiu et al. "
+                                   "2016) and write a .fxq artifact.")
+    q.add_argument("model", metavar="MODEL",
+                   help="built-in name (digits-cnn), path/file.py:factory, or a torch.export .pt2")
+    q.add_argument("--data", metavar="D",
+                   help="'digits' or a .npz with x (float32 NCHW) and y (labels) "
+                        "[default: the built-in model's dataset]")
+    q.add_argument("--weights", metavar="SD.pt",
+                   help="state_dict for a file.py:factory model (torch.load weights_only=True)")
+    q.add_argument("--bits", type=_bits, default=8, help="word width everywhere [8]")
+    q.add_argument("--conv-bits", type=_bits, help="conv weight width [--bits]")
+    q.add_argument("--fc-bits", type=_bits, help="fully-connected weight width [--bits]")
+    q.add_argument("--scheme", choices=("dynamic", "static"), default="dynamic",
+                   help="dynamic: per-layer fl (default); static: one fl everywhere (baseline)")
+    q.add_argument("--calib", type=_positive, metavar="N",
+                   help="calibration images [all the dataset provides]")
+    q.add_argument("--config", metavar="JSON",
+                   help="per-layer formats to re-apply (an edited .fxq or a config JSON)")
+    q.add_argument("-o", "--output", required=True, metavar="OUT.fxq")
+    q.set_defaults(func=cmd_quantize)
+
+    e = sub.add_parser("eval", parents=[common], help="re-evaluate a .fxq on a dataset")
+    e.add_argument("model", metavar="MODEL.fxq")
+    e.add_argument("--data", required=True, metavar="D", help="'digits' or a .npz")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FxpgaError as e:
+        if args.debug:
+            raise
+        print(f"fxpga: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fxpga: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"fxpga: internal error: {type(e).__name__}: {msg} (run with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return 2
