@@ -246,7 +246,7 @@ def _f_drop(ctx, *args, **kw):
 # ---- aten ops (torch.export) -------------------------------------------------------------
 
 
-@converts(torch.ops.aten.conv2d.default)
+@converts(torch.ops.aten.conv2d.default, torch.ops.aten.conv2d.padding)
 def _a_conv(ctx, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     return _conv(ctx, ctx.tensor(w), ctx.tensor(b), stride, padding, dilation, groups)
 

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from fxpga.quant import data, frontend, quantizer, zoo
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return data.digits()
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    model, _ = zoo.builtin("digits-cnn", progress=False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def digits_graph(digits_model, digits):
+    return frontend.from_module(digits_model, digits.sample_shape)
+
+
+@pytest.fixture(scope="session")
+def digits_q8(digits_graph, digits):
+    return quantizer.quantize_model(digits_graph, digits.x_calib, quantizer.Widths(8))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,201 @@
+"""Model import: every supported form, BN folding equivalence, and loud failures."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fxpga.errors import FxpgaError
+from fxpga.quant import frontend, ir
+
+
+def _randomize_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g))
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.2)
+            m.weight.data.copy_(torch.randn(c, generator=g))
+            m.bias.data.copy_(torch.randn(c, generator=g))
+    return model.eval()
+
+
+class AllForms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, (3, 5), stride=(1, 2), padding=(1, 2))
+        self.b1 = nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 5, 3, padding="same", bias=False)
+        self.b2 = nn.BatchNorm2d(5)
+        self.p = nn.MaxPool2d(2)
+        self.a = nn.AvgPool2d(3, stride=1, padding=1)
+        self.id = nn.Identity()
+        self.fl = nn.Flatten()
+        self.f1 = nn.Linear(5 * 4 * 2, 7)
+        self.b3 = nn.BatchNorm1d(7)
+        self.d = nn.Dropout(0.3)
+        self.f2 = nn.Linear(7, 4)
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        x = self.a(self.id(self.p(x)))
+        x = x.view(x.size(0), -1)
+        x = self.d(self.b3(self.f1(x)).relu())
+        return self.f2(x)
+
+
+def test_all_forms_fold_and_match_torch():
+    torch.manual_seed(0)
+    model = _randomize_bn(AllForms())
+    g = frontend.from_module(model, (3, 8, 8))
+    assert [n.op for n in g.nodes] == ["conv", "relu", "conv", "relu", "maxpool", "avgpool",
+                                       "flatten", "linear", "relu", "linear"]
+    assert [n.name for n in g.weighted()] == ["c1", "c2", "f1", "f2"]
+    x = torch.randn(16, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x).double().numpy()
+    np.testing.assert_allclose(g.float_forward(x.numpy()), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bn_folding_equivalence(seed):
+    torch.manual_seed(seed)
+    model = _randomize_bn(nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 6, bias=False), nn.BatchNorm1d(6)), seed)
+    g = frontend.from_module(model, (2, 5, 5))
+    assert not any(isinstance(n, ir.BatchNorm) for n in g.nodes)
+    x = torch.randn(32, 2, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        want = model.double()(x).numpy()
+    np.testing.assert_allclose(g.float_forward(x.numpy()), want, rtol=1e-12, atol=1e-12)
+
+
+def test_export_pt2_matches_fx(tmp_path):
+    torch.manual_seed(1)
+    model = _randomize_bn(AllForms())
+    ep = torch.export.export(model, (torch.randn(2, 3, 8, 8),))
+    torch.export.save(ep, tmp_path / "m.pt2")
+    ge = frontend.from_export(tmp_path / "m.pt2")
+    gf = frontend.from_module(model, (3, 8, 8))
+    assert [n.op for n in ge.nodes] == [n.op for n in gf.nodes]
+    assert [n.name for n in ge.weighted()] == ["c1", "c2", "f1", "f2"]
+    for a, b in zip(ge.weighted(), gf.weighted(), strict=True):
+        np.testing.assert_array_equal(a.weight, b.weight)
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8))
+    np.testing.assert_allclose(ge.float_forward(x), gf.float_forward(x), rtol=1e-12)
+
+
+class Sigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return torch.sigmoid(self.c(x))
+
+
+def test_unsupported_op_names_node_line_and_supported():
+    with pytest.raises(FxpgaError) as e:
+        frontend.from_module(Sigmoid(), (1, 5, 5))
+    msg = str(e.value)
+    assert msg.startswith("node 'sigmoid' (call_function sigmoid) at test_frontend.py:")
+    assert "unsupported op; supported are Conv2d" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("layer,why", [
+    (nn.Conv2d(1, 2, 3, groups=1, dilation=2), "dilation=(2, 2) is not supported"),
+    (nn.Conv2d(2, 2, 3, groups=2), "groups=2 is not supported"),
+    (nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), "padding_mode='circular'"),
+    (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True is not supported"),
+    (nn.AvgPool2d(2, count_include_pad=False, padding=1), "count_include_pad=False"),
+    (nn.Tanh(), "unsupported op"),
+])
+def test_unsupported_variants(layer, why):
+    cin = 2 if getattr(layer, "groups", 1) == 2 else 1
+    with pytest.raises(FxpgaError, match=re.escape(why)):
+        frontend.from_module(nn.Sequential(layer), (cin, 6, 6))
+
+
+def test_bn_not_after_conv_is_an_error():
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2)).eval()
+    with pytest.raises(FxpgaError, match=r"BatchNorm can only be folded .* follows '1' \(relu\)"):
+        frontend.from_module(m, (1, 5, 5))
+
+
+class Branch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 1, 1)
+
+    def forward(self, x):
+        return self.c(x) + x
+
+
+def test_branches_are_errors():
+    with pytest.raises(FxpgaError, match="unsupported op"):
+        frontend.from_module(Branch(), (1, 4, 4))
+
+
+def test_non_finite_weights():
+    m = nn.Sequential(nn.Linear(3, 2))
+    m[0].weight.data[0, 1] = float("nan")
+    with pytest.raises(FxpgaError, match=r"^node '_0' \(call_module 0\): weight has 1 non-finite value"):
+        frontend.from_module(m, (3,))
+
+
+def test_wrong_input_shape():
+    with pytest.raises(FxpgaError, match=r"does not accept inputs of shape \(N, 2, 8, 8\)"):
+        frontend.from_module(nn.Sequential(nn.Conv2d(1, 2, 3)), (2, 8, 8))
+
+
+FACTORY = """
+import torch.nn as nn
+
+def make():
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+
+def not_module():
+    return 3
+
+VALUE = 4
+"""
+
+
+def test_factory_and_weights(tmp_path):
+    f = tmp_path / "net.py"
+    f.write_text(FACTORY)
+    m = frontend.load_factory(f"{f}:make", None)
+    sd = {k: v + 1 for k, v in m.state_dict().items()}
+    torch.save(sd, tmp_path / "w.pt")
+    m2 = frontend.load_factory(f"{f}:make", str(tmp_path / "w.pt"))
+    torch.testing.assert_close(m2[0].weight, sd["0.weight"])
+    with pytest.raises(FxpgaError, match=r"no such file"):
+        frontend.load_factory(f"{tmp_path}/missing.py:make", None)
+    with pytest.raises(FxpgaError, match=r"has no attribute 'nope'"):
+        frontend.load_factory(f"{f}:nope", None)
+    with pytest.raises(FxpgaError, match=r"'VALUE' is not callable"):
+        frontend.load_factory(f"{f}:VALUE", None)
+    with pytest.raises(FxpgaError, match=r"not_module\(\) returned int, not a torch.nn.Module"):
+        frontend.load_factory(f"{f}:not_module", None)
+    torch.save({"other": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(FxpgaError, match=r"bad.pt: does not match make\(\)"):
+        frontend.load_factory(f"{f}:make", str(tmp_path / "bad.pt"))
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_weights_refuse_pickled_objects(tmp_path):
+    f = tmp_path / "net.py"
+    f.write_text(FACTORY)
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(FxpgaError, match=r"weights_only=True"):
+        frontend.load_factory(f"{f}:make", str(tmp_path / "evil.pt"))
