@@ -63,11 +63,16 @@ def load_graph(spec: str, weights: str | None, progress: bool):
     if sep and path.endswith(".py") and attr:
         if weights:
             prov["weights"] = weights
-            prov["weights_sha256"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest() \
-                if Path(weights).is_file() else None
+            prov["weights_sha256"] = (
+                hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+                if Path(weights).is_file()
+                else None
+            )
         return frontend.load_factory(spec, weights), None, prov
-    raise FxpgaError(f"cannot interpret model '{spec}': expected a built-in name "
-                     f"({', '.join(zoo.BUILTIN)}), path/file.py:factory, or an export .pt2")
+    raise FxpgaError(
+        f"cannot interpret model '{spec}': expected a built-in name "
+        f"({', '.join(zoo.BUILTIN)}), path/file.py:factory, or an export .pt2"
+    )
 
 
 def _graph_digest(graph) -> str:
@@ -106,16 +111,22 @@ def cmd_quantize(args) -> int:
     else:
         graph = model
     if ds.sample_shape != graph.input_shape:
-        raise FxpgaError(f"dataset {ds.name} has samples of shape {ds.sample_shape}, the model "
-                         f"takes {graph.input_shape}")
+        raise FxpgaError(
+            f"dataset {ds.name} has samples of shape {ds.sample_shape}, the model "
+            f"takes {graph.input_shape}"
+        )
     x_calib = ds.calib(args.calib)
     if ds.note:
         _info(args, f"note: {ds.note}")
-    _info(args, f"quantizing {args.model}: {len(graph.nodes)} layers, {args.scheme} scheme, "
-                f"{widths.act}-bit activations, conv/fc weights {widths.conv_w}/{widths.fc_w} "
-                f"bits, {len(x_calib)} calibration images")
-    qm = quantizer.quantize_model(graph, x_calib, widths, scheme=args.scheme, config=config,
-                                  progress=progress)
+    _info(
+        args,
+        f"quantizing {args.model}: {len(graph.nodes)} layers, {args.scheme} scheme, "
+        f"{widths.act}-bit activations, conv/fc weights {widths.conv_w}/{widths.fc_w} "
+        f"bits, {len(x_calib)} calibration images",
+    )
+    qm = quantizer.quantize_model(
+        graph, x_calib, widths, scheme=args.scheme, config=config, progress=progress
+    )
     float_acc = quantizer.float_accuracy(graph, ds.x_test, ds.y_test)
     fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
     qm.provenance = {
@@ -128,13 +139,17 @@ def cmd_quantize(args) -> int:
         "config": args.config,
         "fxpga": __version__,
     }
-    acc = {"dataset": ds_spec, "split": "test", "images": len(ds.y_test), "float": float_acc,
-           "fixed": fixed_acc}
+    acc = {
+        "dataset": ds_spec,
+        "split": "test",
+        "images": len(ds.y_test),
+        "float": float_acc,
+        "fixed": fixed_acc,
+    }
     artifact.save(qm, out, extra={"accuracy": acc})
     print(report.layer_table(qm))
     print(report.accuracy_line(float_acc, fixed_acc, len(ds.y_test), ds.name))
-    print(f"wrote {out} and {artifact.tensors_path(out).name} "
-          f"({time.monotonic() - t0:.1f} s)")
+    print(f"wrote {out} and {artifact.tensors_path(out).name} ({time.monotonic() - t0:.1f} s)")
     return 0
 
 
@@ -144,8 +159,10 @@ def cmd_eval(args) -> int:
     qm = artifact.load(args.model)
     ds = data.load(args.data)
     if ds.sample_shape != qm.graph.input_shape:
-        raise FxpgaError(f"dataset {ds.name} has samples of shape {ds.sample_shape}, "
-                         f"{args.model} takes {qm.graph.input_shape}")
+        raise FxpgaError(
+            f"dataset {ds.name} has samples of shape {ds.sample_shape}, "
+            f"{args.model} takes {qm.graph.input_shape}"
+        )
     float_acc = quantizer.float_accuracy(qm.graph, ds.x_test, ds.y_test)
     fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
     print(report.layer_table(qm))
@@ -166,29 +183,48 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    q = sub.add_parser("quantize", parents=[common],
-                       help="quantize a PyTorch CNN to dynamic fixed point",
-                       description="Quantize MODEL to per-layer dynamic fixed point (Qiu et al. "
-                                   "2016) and write a .fxq artifact.")
-    q.add_argument("model", metavar="MODEL",
-                   help="built-in name (digits-cnn), path/file.py:factory, or a torch.export .pt2")
-    q.add_argument("--data", metavar="D",
-                   help="'digits' or a .npz with x (float32 NCHW) and y (labels) "
-                        "[default: the built-in model's dataset]")
-    q.add_argument("--weights", metavar="SD.pt",
-                   help="state_dict for a file.py:factory model (torch.load weights_only=True)")
+    q = sub.add_parser(
+        "quantize",
+        parents=[common],
+        help="quantize a PyTorch CNN to dynamic fixed point",
+        description="Quantize MODEL to per-layer dynamic fixed point (Qiu et al. "
+        "2016) and write a .fxq artifact.",
+    )
+    q.add_argument(
+        "model",
+        metavar="MODEL",
+        help="built-in name (digits-cnn), path/file.py:factory, or a torch.export .pt2",
+    )
+    q.add_argument(
+        "--data",
+        metavar="D",
+        help="'digits' or a .npz with x (float32 NCHW) and y (labels) "
+        "[default: the built-in model's dataset]",
+    )
+    q.add_argument(
+        "--weights",
+        metavar="SD.pt",
+        help="state_dict for a file.py:factory model (torch.load weights_only=True)",
+    )
     q.add_argument("--bits", type=_bits, default=8, help="word width everywhere [8]")
     q.add_argument("--conv-bits", type=_bits, help="conv weight width [--bits]")
     q.add_argument("--fc-bits", type=_bits, help="fully-connected weight width [--bits]")
-    q.add_argument("--scheme", choices=("dynamic", "static"), default="dynamic",
-                   help="dynamic: per-layer fl (default); static: one fl everywhere (baseline)")
-    q.add_argument("--calib", type=_positive, metavar="N",
-                   help="calibration images [all the dataset provides]")
-    q.add_argument("--config", metavar="JSON",
-                   help="per-layer formats to re-apply (an edited .fxq or a config JSON)")
+    q.add_argument(
+        "--scheme",
+        choices=("dynamic", "static"),
+        default="dynamic",
+        help="dynamic: per-layer fl (default); static: one fl everywhere (baseline)",
+    )
+    q.add_argument(
+        "--calib", type=_positive, metavar="N", help="calibration images [all the dataset provides]"
+    )
+    q.add_argument(
+        "--config",
+        metavar="JSON",
+        help="per-layer formats to re-apply (an edited .fxq or a config JSON)",
+    )
     q.add_argument("-o", "--output", required=True, metavar="OUT.fxq")
     q.set_defaults(func=cmd_quantize)
 
@@ -216,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"fxpga: internal error: {type(e).__name__}: {msg} (run with --debug for the "
-              f"traceback)", file=sys.stderr)
+        print(
+            f"fxpga: internal error: {type(e).__name__}: {msg} (run with --debug for the "
+            f"traceback)",
+            file=sys.stderr,
+        )
         return 2

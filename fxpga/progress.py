@@ -8,5 +8,11 @@ from tqdm import tqdm
 
 
 def bar(iterable=None, desc: str = "", enabled: bool = True, **kw):
-    return tqdm(iterable, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False,
-                dynamic_ncols=True, **kw)
+    return tqdm(
+        iterable,
+        desc=desc,
+        disable=not (enabled and sys.stderr.isatty()),
+        leave=False,
+        dynamic_ncols=True,
+        **kw,
+    )

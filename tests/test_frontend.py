@@ -53,8 +53,18 @@ def test_all_forms_fold_and_match_torch():
     torch.manual_seed(0)
     model = _randomize_bn(AllForms())
     g = frontend.from_module(model, (3, 8, 8))
-    assert [n.op for n in g.nodes] == ["conv", "relu", "conv", "relu", "maxpool", "avgpool",
-                                       "flatten", "linear", "relu", "linear"]
+    assert [n.op for n in g.nodes] == [
+        "conv",
+        "relu",
+        "conv",
+        "relu",
+        "maxpool",
+        "avgpool",
+        "flatten",
+        "linear",
+        "relu",
+        "linear",
+    ]
     assert [n.name for n in g.weighted()] == ["c1", "c2", "f1", "f2"]
     x = torch.randn(16, 3, 8, 8)
     with torch.no_grad():
@@ -65,9 +75,17 @@ def test_all_forms_fold_and_match_torch():
 @pytest.mark.parametrize("seed", range(4))
 def test_bn_folding_equivalence(seed):
     torch.manual_seed(seed)
-    model = _randomize_bn(nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 5 * 5, 6, bias=False), nn.BatchNorm1d(6)), seed)
+    model = _randomize_bn(
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 5 * 5, 6, bias=False),
+            nn.BatchNorm1d(6),
+        ),
+        seed,
+    )
     g = frontend.from_module(model, (2, 5, 5))
     assert not any(isinstance(n, ir.BatchNorm) for n in g.nodes)
     x = torch.randn(32, 2, 5, 5, dtype=torch.float64)
@@ -108,14 +126,17 @@ def test_unsupported_op_names_node_line_and_supported():
     assert "unsupported op; supported are Conv2d" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("layer,why", [
-    (nn.Conv2d(1, 2, 3, groups=1, dilation=2), "dilation=(2, 2) is not supported"),
-    (nn.Conv2d(2, 2, 3, groups=2), "groups=2 is not supported"),
-    (nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), "padding_mode='circular'"),
-    (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True is not supported"),
-    (nn.AvgPool2d(2, count_include_pad=False, padding=1), "count_include_pad=False"),
-    (nn.Tanh(), "unsupported op"),
-])
+@pytest.mark.parametrize(
+    "layer,why",
+    [
+        (nn.Conv2d(1, 2, 3, groups=1, dilation=2), "dilation=(2, 2) is not supported"),
+        (nn.Conv2d(2, 2, 3, groups=2), "groups=2 is not supported"),
+        (nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), "padding_mode='circular'"),
+        (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True is not supported"),
+        (nn.AvgPool2d(2, count_include_pad=False, padding=1), "count_include_pad=False"),
+        (nn.Tanh(), "unsupported op"),
+    ],
+)
 def test_unsupported_variants(layer, why):
     cin = 2 if getattr(layer, "groups", 1) == 2 else 1
     with pytest.raises(FxpgaError, match=re.escape(why)):
@@ -145,7 +166,8 @@ def test_branches_are_errors():
 def test_non_finite_weights():
     m = nn.Sequential(nn.Linear(3, 2))
     m[0].weight.data[0, 1] = float("nan")
-    with pytest.raises(FxpgaError, match=r"^node '_0' \(call_module 0\): weight has 1 non-finite value"):
+    msg = r"^node '_0' \(call_module 0\): weight has 1 non-finite value"
+    with pytest.raises(FxpgaError, match=msg):
         frontend.from_module(m, (3,))
 
 

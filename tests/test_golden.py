@@ -23,8 +23,9 @@ def networks(draw):
         sh, sw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
         if h + 2 * ph < kh or w + 2 * pw < kw:
             continue
-        mods.append(nn.Conv2d(c, co, (kh, kw), stride=(sh, sw), padding=(ph, pw),
-                              bias=draw(st.booleans())))
+        mods.append(
+            nn.Conv2d(c, co, (kh, kw), stride=(sh, sw), padding=(ph, pw), bias=draw(st.booleans()))
+        )
         c, h, w = co, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         if draw(st.booleans()):
             mods.append(nn.BatchNorm2d(c))
@@ -43,8 +44,9 @@ def networks(draw):
         f = o
         if i == 0 and draw(st.booleans()):
             mods.append(nn.ReLU())
-    widths = quantizer.Widths(draw(st.integers(2, 12)), draw(st.integers(2, 12)),
-                              draw(st.integers(2, 12)))
+    widths = quantizer.Widths(
+        draw(st.integers(2, 12)), draw(st.integers(2, 12)), draw(st.integers(2, 12))
+    )
     return mods, in_shape, draw(st.integers(0, 2**31 - 1)), widths
 
 
@@ -146,11 +148,13 @@ def test_digits_golden_equals_fake_quant(digits_q8, digits):
     fk = fakequant.fake_run(digits_q8, digits.x_test, keep=True)
     for la in digits_q8.layers:
         np.testing.assert_array_equal(
-            fk[la.name], np.ldexp(gi[la.name].astype(np.float64), -la.out_fmt.fl))
+            fk[la.name], np.ldexp(gi[la.name].astype(np.float64), -la.out_fmt.fl)
+        )
 
 
 @pytest.mark.parametrize("batch", [1, 7, 500])
 def test_batching_does_not_change_results(digits_q8, digits, batch):
     xi = golden.quantize_input(digits_q8, digits.x_test)
-    np.testing.assert_array_equal(golden.run_int(digits_q8, xi, batch=batch),
-                                  golden.run_int(digits_q8, xi))
+    np.testing.assert_array_equal(
+        golden.run_int(digits_q8, xi, batch=batch), golden.run_int(digits_q8, xi)
+    )

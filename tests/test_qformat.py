@@ -39,10 +39,10 @@ def test_requantize_rounds_half_up_not_to_even():
 
 def test_requantize_left_shift_saturates_without_overflow():
     acc = np.array([2**40, -(2**40), 3, -3, 2**62 - 1], dtype=np.int64)
-    np.testing.assert_array_equal(requantize(acc, -30, 32),
-                                  [2**31 - 1, -(2**31), 2**31 - 1, -(2**31), 2**31 - 1])
-    np.testing.assert_array_equal(requantize(np.array([1, -1]), -30, 32),
-                                  [2**30, -(2**30)])
+    np.testing.assert_array_equal(
+        requantize(acc, -30, 32), [2**31 - 1, -(2**31), 2**31 - 1, -(2**31), 2**31 - 1]
+    )
+    np.testing.assert_array_equal(requantize(np.array([1, -1]), -30, 32), [2**30, -(2**30)])
 
 
 def test_requantize_python_ints():
@@ -57,8 +57,9 @@ def test_quantize_exhaustive_grid(bits):
     for fl in range(-2, 6):
         fmt = QFormat(bits, fl)
         got = quantize(np.array([float(x) for x in xs]), fmt)
-        want = [max(fmt.qmin, min(fmt.qmax, floor(x * Fraction(2) ** fl + Fraction(1, 2))))
-                for x in xs]
+        want = [
+            max(fmt.qmin, min(fmt.qmax, floor(x * Fraction(2) ** fl + Fraction(1, 2)))) for x in xs
+        ]
         np.testing.assert_array_equal(got, want, err_msg=f"{fmt}")
 
 

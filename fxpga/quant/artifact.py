@@ -48,18 +48,36 @@ def to_json(qm: QModel, tensors_name: str, tensors_sha: str, extra: dict | None 
     layers = []
     for la in qm.layers:
         n = la.node
-        e = {"name": n.name, "op": n.op, "source": n.source, "in_shape": list(n.in_shape),
-             "out_shape": list(n.out_shape), "attrs": n.attrs()}
+        e = {
+            "name": n.name,
+            "op": n.op,
+            "source": n.source,
+            "in_shape": list(n.in_shape),
+            "out_shape": list(n.out_shape),
+            "attrs": n.attrs(),
+        }
         if la.w_fmt is not None:
-            e.update({
-                "input": _fmt(la.in_fmt), "weight": _fmt(la.w_fmt), "output": _fmt(la.out_fmt),
-                "shift": la.shift, "acc_bits": la.acc_bits, "acc_range": list(la.acc_range),
-                "in_range": list(la.in_range), "out_range": list(la.out_range),
-                "stats": {k: _num(v) for k, v in la.stats.items()},
-            })
+            e.update(
+                {
+                    "input": _fmt(la.in_fmt),
+                    "weight": _fmt(la.w_fmt),
+                    "output": _fmt(la.out_fmt),
+                    "shift": la.shift,
+                    "acc_bits": la.acc_bits,
+                    "acc_range": list(la.acc_range),
+                    "in_range": list(la.in_range),
+                    "out_range": list(la.out_range),
+                    "stats": {k: _num(v) for k, v in la.stats.items()},
+                }
+            )
         else:
-            e.update({"format": _fmt(la.out_fmt), "in_range": list(la.in_range),
-                      "out_range": list(la.out_range)})
+            e.update(
+                {
+                    "format": _fmt(la.out_fmt),
+                    "in_range": list(la.in_range),
+                    "out_range": list(la.out_range),
+                }
+            )
         layers.append(e)
     obj = {
         "schema": SCHEMA,
@@ -132,7 +150,7 @@ def read_json(path: str | Path) -> dict:
 
 def _qf(obj, where: str) -> QFormat:
     if not isinstance(obj, dict) or "bits" not in obj or "fl" not in obj:
-        raise FxpgaError(f"{where}: expected a format {{\"bits\": B, \"fl\": F}}, got {obj!r}")
+        raise FxpgaError(f'{where}: expected a format {{"bits": B, "fl": F}}, got {obj!r}')
     try:
         return QFormat(obj["bits"], obj["fl"])
     except FxpgaError as e:
@@ -146,8 +164,10 @@ def load(path: str | Path) -> QModel:
     if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
         raise FxpgaError(f"{path}: not an fxpga quantized model (schema '{SCHEMA}' expected)")
     if obj.get("schema_version") != SCHEMA_VERSION:
-        raise FxpgaError(f"{path}: schema version {obj.get('schema_version')!r} is not "
-                         f"supported (this fxpga reads {SCHEMA_VERSION})")
+        raise FxpgaError(
+            f"{path}: schema version {obj.get('schema_version')!r} is not "
+            f"supported (this fxpga reads {SCHEMA_VERSION})"
+        )
     tinfo = obj.get("tensors", {})
     tpath = path.with_name(tinfo.get("file", tensors_path(path).name))
     if not tpath.is_file():
@@ -184,8 +204,13 @@ def load(path: str | Path) -> QModel:
                     kw.update(stride=tuple(a["stride"]), padding=tuple(a["padding"]))
                 node = ir.OPS[op](name, source=e.get("source"), **kw)
             elif op in ("maxpool", "avgpool"):
-                node = ir.OPS[op](name, kernel=tuple(a["kernel"]), stride=tuple(a["stride"]),
-                                  padding=tuple(a["padding"]), source=e.get("source"))
+                node = ir.OPS[op](
+                    name,
+                    kernel=tuple(a["kernel"]),
+                    stride=tuple(a["stride"]),
+                    padding=tuple(a["padding"]),
+                    source=e.get("source"),
+                )
             else:
                 node = ir.OPS[op](name, source=e.get("source"))
         except KeyError as err:
@@ -202,18 +227,28 @@ def load(path: str | Path) -> QModel:
             in_range = tuple(int(v) for v in e["in_range"])
             out_range = tuple(int(v) for v in e["out_range"])
             if node.has_weights:
-                la = QLayer(node, _qf(e["input"], where), _qf(e["output"], where), in_range,
-                            out_range, w_fmt=_qf(e["weight"], where),
-                            w=arrays[f"{node.name}.w"], b=arrays[f"{node.name}.b"],
-                            acc_range=tuple(int(v) for v in e["acc_range"]),
-                            acc_bits=int(e["acc_bits"]), stats=e.get("stats", {}))
+                la = QLayer(
+                    node,
+                    _qf(e["input"], where),
+                    _qf(e["output"], where),
+                    in_range,
+                    out_range,
+                    w_fmt=_qf(e["weight"], where),
+                    w=arrays[f"{node.name}.w"],
+                    b=arrays[f"{node.name}.b"],
+                    acc_range=tuple(int(v) for v in e["acc_range"]),
+                    acc_bits=int(e["acc_bits"]),
+                    stats=e.get("stats", {}),
+                )
                 if la.w.shape != node.weight.shape or la.b.shape != (node.weight.shape[0],):
                     raise FxpgaError(f"{where}: integer tensors do not match the weight shape")
                 if la.w.min() < la.w_fmt.qmin or la.w.max() > la.w_fmt.qmax:
                     raise FxpgaError(f"{where}: weights exceed the {la.w_fmt} range")
                 if e.get("shift") != la.shift:
-                    raise FxpgaError(f"{where}: shift {e.get('shift')} disagrees with the "
-                                     f"formats (expected {la.shift})")
+                    raise FxpgaError(
+                        f"{where}: shift {e.get('shift')} disagrees with the "
+                        f"formats (expected {la.shift})"
+                    )
             else:
                 f = _qf(e["format"], where)
                 la = QLayer(node, f, f, in_range, out_range)
@@ -224,11 +259,18 @@ def load(path: str | Path) -> QModel:
     prev = input_fmt
     for la in layers:
         if la.in_fmt != prev:
-            raise FxpgaError(f"{path}: layer '{la.name}' input format {la.in_fmt} does not match "
-                             f"the previous output {prev}")
+            raise FxpgaError(
+                f"{path}: layer '{la.name}' input format {la.in_fmt} does not match "
+                f"the previous output {prev}"
+            )
         prev = la.out_fmt
-    qm = QModel(graph, input_fmt, layers, scheme=obj.get("scheme", "dynamic"),
-                provenance=obj.get("provenance", {}))
+    qm = QModel(
+        graph,
+        input_fmt,
+        layers,
+        scheme=obj.get("scheme", "dynamic"),
+        provenance=obj.get("provenance", {}),
+    )
     return qm
 
 

@@ -95,10 +95,12 @@ def load_npz(path: str | Path) -> Dataset:
     else:
         _check_x(p, "x_calib", xc)
         if xc.shape[1:] != x.shape[1:]:
-            raise FxpgaError(f"{p}: 'x_calib' samples are {xc.shape[1:]}, 'x' samples are "
-                             f"{x.shape[1:]}")
-    return Dataset(p.name, xc.astype(np.float32), x.astype(np.float32), y.astype(np.int64),
-                   note=note)
+            raise FxpgaError(
+                f"{p}: 'x_calib' samples are {xc.shape[1:]}, 'x' samples are {x.shape[1:]}"
+            )
+    return Dataset(
+        p.name, xc.astype(np.float32), x.astype(np.float32), y.astype(np.int64), note=note
+    )
 
 
 def _check_x(p: Path, k: str, x: np.ndarray):

@@ -32,11 +32,14 @@ def fake_run(qm: QModel, x: np.ndarray, keep: bool = False):
         for la in qm.layers:
             n = la.node
             if isinstance(n, ir.Conv | ir.Linear):
-                w = torch.ldexp(torch.from_numpy(la.w.astype(np.float64)),
-                                torch.tensor(float(-la.w_fmt.fl), dtype=torch.float64))
-                b = torch.ldexp(torch.from_numpy(la.b.astype(np.float64)),
-                                torch.tensor(float(-(la.in_fmt.fl + la.w_fmt.fl)),
-                                             dtype=torch.float64))
+                w = torch.ldexp(
+                    torch.from_numpy(la.w.astype(np.float64)),
+                    torch.tensor(float(-la.w_fmt.fl), dtype=torch.float64),
+                )
+                b = torch.ldexp(
+                    torch.from_numpy(la.b.astype(np.float64)),
+                    torch.tensor(float(-(la.in_fmt.fl + la.w_fmt.fl)), dtype=torch.float64),
+                )
                 if isinstance(n, ir.Conv):
                     y = F.conv2d(t, w, b, stride=n.stride, padding=n.padding)
                 else:

@@ -7,7 +7,9 @@ BatchNorm is converted to an IR node and folded away afterwards (``ir.fold_batch
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import operator
 import re
 import sys
@@ -23,8 +25,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import FxpgaError
 from . import ir
 
-SUPPORTED = ("Conv2d (groups=1, dilation=1, zero padding), Linear, BatchNorm1d/2d after a "
-             "Conv2d/Linear, ReLU, MaxPool2d, AvgPool2d, Flatten/view(N, -1), Dropout, Identity")
+SUPPORTED = (
+    "Conv2d (groups=1, dilation=1, zero padding), Linear, BatchNorm1d/2d after a "
+    "Conv2d/Linear, ReLU, MaxPool2d, AvgPool2d, Flatten/view(N, -1), Dropout, Identity"
+)
 
 _CONVERTERS: dict[object, Callable] = {}
 _DROP = object()  # a converter returns this for ops that vanish at inference (Dropout, Identity)
@@ -122,8 +126,14 @@ def _conv(ctx, w, b, stride, padding, dilation, groups, padding_mode="zeros"):
     if b is None:
         b = np.zeros(w.shape[0])
     _finite(ctx, weight=w, bias=b)
-    return ir.Conv(ctx.name, weight=w, bias=b, stride=ir._pair(stride),
-                   padding=ir._pair(padding), source=ctx.source)
+    return ir.Conv(
+        ctx.name,
+        weight=w,
+        bias=b,
+        stride=ir._pair(stride),
+        padding=ir._pair(padding),
+        source=ctx.source,
+    )
 
 
 def _linear(ctx, w, b):
@@ -135,7 +145,9 @@ def _linear(ctx, w, b):
 
 def _bn(ctx, gamma, beta, mean, var, eps):
     if mean is None or var is None:
-        ctx.fail("BatchNorm without running statistics (track_running_stats=False) cannot be folded")
+        ctx.fail(
+            "BatchNorm without running statistics (track_running_stats=False) cannot be folded"
+        )
     c = mean.shape[0]
     gamma = np.ones(c) if gamma is None else gamma
     beta = np.zeros(c) if beta is None else beta
@@ -151,8 +163,7 @@ def _pool(ctx, cls, kernel, stride, padding, ceil_mode=False, extra_ok=True):
         ctx.fail("dilation, count_include_pad=False and divisor_override are not supported")
     kernel = ir._pair(kernel)
     stride = kernel if stride is None or stride == [] else ir._pair(stride)
-    return cls(ctx.name, kernel=kernel, stride=stride, padding=ir._pair(padding),
-               source=ctx.source)
+    return cls(ctx.name, kernel=kernel, stride=stride, padding=ir._pair(padding), source=ctx.source)
 
 
 def _flatten(ctx):
@@ -173,8 +184,16 @@ def _flatten(ctx):
 
 @converts(nn.Conv2d)
 def _m_conv(ctx, m: nn.Conv2d):
-    return _conv(ctx, ctx_param(m.weight), ctx_param(m.bias), m.stride, m.padding, m.dilation,
-                 m.groups, m.padding_mode)
+    return _conv(
+        ctx,
+        ctx_param(m.weight),
+        ctx_param(m.bias),
+        m.stride,
+        m.padding,
+        m.dilation,
+        m.groups,
+        m.padding_mode,
+    )
 
 
 @converts(nn.Linear)
@@ -198,14 +217,28 @@ def _m_relu(ctx, m):
 
 @converts(nn.MaxPool2d)
 def _m_maxpool(ctx, m):
-    return _pool(ctx, ir.MaxPool, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                 extra_ok=ir._pair(m.dilation) == (1, 1) and not m.return_indices)
+    return _pool(
+        ctx,
+        ir.MaxPool,
+        m.kernel_size,
+        m.stride,
+        m.padding,
+        m.ceil_mode,
+        extra_ok=ir._pair(m.dilation) == (1, 1) and not m.return_indices,
+    )
 
 
 @converts(nn.AvgPool2d)
 def _m_avgpool(ctx, m):
-    return _pool(ctx, ir.AvgPool, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                 extra_ok=m.count_include_pad and m.divisor_override is None)
+    return _pool(
+        ctx,
+        ir.AvgPool,
+        m.kernel_size,
+        m.stride,
+        m.padding,
+        m.ceil_mode,
+        extra_ok=m.count_include_pad and m.divisor_override is None,
+    )
 
 
 @converts(nn.Flatten)
@@ -230,15 +263,27 @@ def _f_relu(ctx, *args, **kw):
     return ir.ReLU(ctx.name, source=ctx.source)
 
 
-@converts(torch.flatten, "flatten", "view", "reshape", torch.ops.aten.view.default,
-          torch.ops.aten.reshape.default, torch.ops.aten.flatten.using_ints,
-          torch.ops.aten._unsafe_view.default)
+@converts(
+    torch.flatten,
+    "flatten",
+    "view",
+    "reshape",
+    torch.ops.aten.view.default,
+    torch.ops.aten.reshape.default,
+    torch.ops.aten.flatten.using_ints,
+    torch.ops.aten._unsafe_view.default,
+)
 def _f_flatten(ctx, *args, **kw):
     return _flatten(ctx)
 
 
-@converts(F.dropout, torch.ops.aten.dropout.default, torch.ops.aten.clone.default,
-          torch.ops.aten.contiguous.default, "contiguous")
+@converts(
+    F.dropout,
+    torch.ops.aten.dropout.default,
+    torch.ops.aten.clone.default,
+    torch.ops.aten.contiguous.default,
+    "contiguous",
+)
 def _f_drop(ctx, *args, **kw):
     return _DROP
 
@@ -270,15 +315,31 @@ def _a_bn_legit(ctx, x, w, b, mean, var, momentum, eps):
 
 @converts(torch.ops.aten.max_pool2d.default)
 def _a_maxpool(ctx, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
-    return _pool(ctx, ir.MaxPool, kernel, stride, padding, ceil_mode,
-                 extra_ok=ir._pair(dilation) == (1, 1))
+    return _pool(
+        ctx, ir.MaxPool, kernel, stride, padding, ceil_mode, extra_ok=ir._pair(dilation) == (1, 1)
+    )
 
 
 @converts(torch.ops.aten.avg_pool2d.default)
-def _a_avgpool(ctx, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None):
-    return _pool(ctx, ir.AvgPool, kernel, stride, padding, ceil_mode,
-                 extra_ok=count_include_pad and divisor_override is None)
+def _a_avgpool(
+    ctx,
+    x,
+    kernel,
+    stride=(),
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
+    return _pool(
+        ctx,
+        ir.AvgPool,
+        kernel,
+        stride,
+        padding,
+        ceil_mode,
+        extra_ok=count_include_pad and divisor_override is None,
+    )
 
 
 # ---- the walk ------------------------------------------------------------------------------
@@ -308,8 +369,9 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
     value: dict[torch.fx.Node, str] = {}  # fx node → the IR value it carries ("input" or layer)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
-        raise FxpgaError(f"the model must take exactly one input tensor, it takes "
-                         f"{len(placeholders)}")
+        raise FxpgaError(
+            f"the model must take exactly one input tensor, it takes {len(placeholders)}"
+        )
     used: set[str] = set()
     last = "input"
     for n in gm.graph.nodes:
@@ -350,8 +412,11 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
         ctx = _Ctx(gm, n, "")
         if conv is None:
             ctx.fail(f"unsupported op; supported are {SUPPORTED}")
-        tensor_in = [a for a in n.all_input_nodes if a.op != "get_attr" and not
-                     (a.op == "call_method" and a.target == "size")]
+        tensor_in = [
+            a
+            for a in n.all_input_nodes
+            if a.op != "get_attr" and not (a.op == "call_method" and a.target == "size")
+        ]
         if len(tensor_in) != 1 or tensor_in[0] not in value:
             ctx.fail("takes more than one tensor; only chains of single-input layers are supported")
         if value[tensor_in[0]] != last:
@@ -370,22 +435,29 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
 
 
 def from_module(model: nn.Module, input_shape) -> ir.Graph:
-    """Trace ``model`` with torch.fx and convert it; ``input_shape`` is per sample, e.g. (1, 8, 8)."""
+    """Trace ``model`` with torch.fx and convert it; ``input_shape`` is per sample (C, H, W)."""
     model = model.eval()
     tracer = torch.fx.Tracer()
     tracer.record_stack_traces = True
     try:
         graph = tracer.trace(model)
     except Exception as e:  # symbolic tracing fails on data-dependent control flow
-        raise FxpgaError(f"torch.fx cannot trace {type(model).__name__}: "
-                         f"{type(e).__name__}: {e}".splitlines()[0]) from e
+        raise FxpgaError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {e}".splitlines()[0]
+        ) from e
     gm = torch.fx.GraphModule(tracer.root, graph)
     try:
-        ShapeProp(gm).propagate(torch.zeros((2, *input_shape)))
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints its own traceback
+            ShapeProp(gm).propagate(torch.zeros((2, *input_shape)))
     except Exception as e:
-        raise FxpgaError(f"model {type(model).__name__} does not accept inputs of shape "
-                         f"(N, {', '.join(map(str, input_shape))}): "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        cause = e.__cause__ or e
+        at = re.search(r"node=%(\S+)", str(e))
+        at = f" at node '{at.group(1)}'" if at else ""
+        raise FxpgaError(
+            f"model {type(model).__name__} does not accept inputs of shape "
+            f"(N, {', '.join(map(str, input_shape))}){at}: "
+            f"{str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
+        ) from e
     for n in gm.graph.nodes:
         if "tensor_meta" in n.meta and not isinstance(n.meta["tensor_meta"], tuple | list):
             n.meta["val"] = n.meta["tensor_meta"]
@@ -397,8 +469,10 @@ def from_export(path: Path) -> ir.Graph:
     try:
         ep = torch.export.load(str(path))
     except Exception as e:
-        raise FxpgaError(f"{path}: not a loadable torch.export archive: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise FxpgaError(
+            f"{path}: not a loadable torch.export archive: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
     gm = ep.module()
     ph = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(ph) != 1 or "val" not in ph[0].meta:
@@ -412,7 +486,7 @@ def load_factory(spec: str, weights: str | None):
     path_s, _, attr = spec.rpartition(":")
     path = Path(path_s)
     if not path.is_file():
-        raise FxpgaError(f"{spec}: no such file '{path}'")
+        raise FxpgaError(f"{path}: no such file (model '{spec}')")
     modname = f"_fxpga_user_{abs(hash(str(path.resolve())))}"
     loader = importlib.util.spec_from_file_location(modname, path)
     module = importlib.util.module_from_spec(loader)
@@ -448,8 +522,12 @@ def load_state_dict(path: str) -> dict:
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FxpgaError(f"{path}: cannot load as weights (torch.load weights_only=True): "
-                         f"{str(e).splitlines()[0]}") from e
+        raise FxpgaError(
+            f"{path}: cannot load as weights (torch.load weights_only=True): "
+            f"{str(e).splitlines()[0]}"
+        ) from e
     if not isinstance(sd, dict):
-        raise FxpgaError(f"{path}: expected a state_dict (a dict of tensors), got {type(sd).__name__}")
+        raise FxpgaError(
+            f"{path}: expected a state_dict (a dict of tensors), got {type(sd).__name__}"
+        )
     return sd

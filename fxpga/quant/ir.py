@@ -89,8 +89,11 @@ class Conv(Node):
         return (o, h, w)
 
     def attrs(self):
-        return {"kernel": list(self.kernel), "stride": list(self.stride),
-                "padding": list(self.padding)}
+        return {
+            "kernel": list(self.kernel),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+        }
 
     def float_forward(self, x):
         w = torch.from_numpy(self.weight).to(x.dtype)
@@ -131,8 +134,9 @@ class BatchNorm(Node):
 
     def infer(self, s):
         if s[0] != self.scale.shape[0]:
-            raise FxpgaError(f"{self.where()}: batchnorm has {self.scale.shape[0]} channels, "
-                             f"input has shape {s}")
+            raise FxpgaError(
+                f"{self.where()}: batchnorm has {self.scale.shape[0]} channels, input has shape {s}"
+            )
         return s
 
     def float_forward(self, x):
@@ -171,8 +175,11 @@ class _Pool(Node):
         return (s[0], h, w)
 
     def attrs(self):
-        return {"kernel": list(self.kernel), "stride": list(self.stride),
-                "padding": list(self.padding)}
+        return {
+            "kernel": list(self.kernel),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+        }
 
 
 @dataclass
@@ -274,8 +281,10 @@ def fold_batchnorm(graph: Graph) -> Graph:
             prev = nodes[-1] if nodes else None
             if not isinstance(prev, Conv | Linear):
                 what = f"'{prev.name}' ({prev.op})" if prev else "the input"
-                raise FxpgaError(f"{n.where()}: BatchNorm can only be folded into a Conv2d or "
-                                 f"Linear directly before it, but it follows {what}")
+                raise FxpgaError(
+                    f"{n.where()}: BatchNorm can only be folded into a Conv2d or "
+                    f"Linear directly before it, but it follows {what}"
+                )
             shape = (-1,) + (1,) * (prev.weight.ndim - 1)
             prev.weight = prev.weight * n.scale.reshape(shape)
             prev.bias = prev.bias * n.scale + n.shift

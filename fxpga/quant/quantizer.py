@@ -33,8 +33,9 @@ class Widths:
 
     def __post_init__(self):
         self.act = check_bits(self.act, "--bits")
-        self.conv_w = check_bits(self.conv_w if self.conv_w is not None else self.act,
-                                 "--conv-bits")
+        self.conv_w = check_bits(
+            self.conv_w if self.conv_w is not None else self.act, "--conv-bits"
+        )
         self.fc_w = check_bits(self.fc_w if self.fc_w is not None else self.act, "--fc-bits")
 
     def weight_bits(self, node: ir.Node) -> int:
@@ -56,20 +57,33 @@ class Config:
 
     input: Override | None = None
     layers: dict[str, dict[str, Override]] = field(default_factory=dict)
+    source: str = "config"
 
     @classmethod
     def from_json(cls, obj, where: str) -> Config:
         if not isinstance(obj, dict):
             raise FxpgaError(f"{where}: expected a JSON object at the top level")
-        unknown = set(obj) - {"input", "layers", "schema", "schema_version", "fxpga", "output",
-                              "max_acc_bits", "provenance", "scheme", "accuracy", "tensors"}
+        unknown = set(obj) - {
+            "input",
+            "layers",
+            "schema",
+            "schema_version",
+            "fxpga",
+            "output",
+            "max_acc_bits",
+            "provenance",
+            "scheme",
+            "accuracy",
+            "tensors",
+        }
         if unknown:
             raise FxpgaError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         inp = obj.get("input")
-        cfg = cls()
+        cfg = cls(source=where)
         if inp is not None:
-            cfg.input = _override(inp.get("format", inp) if isinstance(inp, dict) else inp,
-                                  f"{where}: input")
+            cfg.input = _override(
+                inp.get("format", inp) if isinstance(inp, dict) else inp, f"{where}: input"
+            )
         layers = obj.get("layers", {})
         if isinstance(layers, list):  # an .fxq's layer list
             layers = {la.get("name"): la for la in layers if isinstance(la, dict)}
@@ -82,30 +96,52 @@ class Config:
             for key in ("weight", "output"):
                 if spec.get(key) is not None:
                     entry[key] = _override(spec[key], f"{where}: layer '{name}' {key}")
-            bad = set(spec) - {"weight", "output", "name", "op", "in_shape", "out_shape",
-                               "attrs", "input", "shift", "acc_bits", "acc_range", "stats",
-                               "source", "in_range", "out_range", "format"}
+            bad = set(spec) - {
+                "weight",
+                "output",
+                "name",
+                "op",
+                "in_shape",
+                "out_shape",
+                "attrs",
+                "input",
+                "shift",
+                "acc_bits",
+                "acc_range",
+                "stats",
+                "source",
+                "in_range",
+                "out_range",
+                "format",
+            }
             if bad:
-                raise FxpgaError(f"{where}: layer '{name}': unknown key(s) "
-                                 f"{', '.join(sorted(bad))} (expected 'weight', 'output')")
+                raise FxpgaError(
+                    f"{where}: layer '{name}': unknown key(s) "
+                    f"{', '.join(sorted(bad))} (expected 'weight', 'output')"
+                )
             cfg.layers[name] = entry
         return cfg
 
-    def check(self, graph: ir.Graph, where: str):
+    def check(self, graph: ir.Graph):
+        where = self.source
         names = {n.name: n for n in graph.nodes}
         for name, entry in self.layers.items():
             if name not in names:
-                raise FxpgaError(f"{where}: unknown layer '{name}' (layers: "
-                                 f"{', '.join(n.name for n in graph.weighted())})")
+                raise FxpgaError(
+                    f"{where}: unknown layer '{name}' (layers: "
+                    f"{', '.join(n.name for n in graph.weighted())})"
+                )
             node = names[name]
             if entry and not node.has_weights:
-                raise FxpgaError(f"{where}: layer '{name}' is a {node.op}, which keeps its "
-                                 f"input's format; only conv/linear formats can be set")
+                raise FxpgaError(
+                    f"{where}: layer '{name}' is a {node.op}, which keeps its "
+                    f"input's format; only conv/linear formats can be set"
+                )
 
 
 def _override(spec, where: str) -> Override:
     if not isinstance(spec, dict):
-        raise FxpgaError(f"{where}: expected {{\"bits\": B, \"fl\": F}}, got {spec!r}")
+        raise FxpgaError(f'{where}: expected {{"bits": B, "fl": F}}, got {spec!r}')
     bad = set(spec) - {"bits", "fl"}
     if bad:
         raise FxpgaError(f"{where}: unknown key(s) {', '.join(sorted(bad))}")
@@ -162,8 +198,10 @@ def _acc_bound(w: np.ndarray, b: np.ndarray, lo: int, hi: int) -> tuple[int, int
 def quantize_bias(b: np.ndarray, fl: int, where: str) -> np.ndarray:
     q = np.floor(np.ldexp(b, fl) + 0.5)
     if q.size and np.max(np.abs(q)) >= 2.0**63:
-        raise FxpgaError(f"{where}: bias at the accumulator scale (fl={fl}) needs more than 64 "
-                         f"bits; lower the input or weight fl")
+        raise FxpgaError(
+            f"{where}: bias at the accumulator scale (fl={fl}) needs more than 64 "
+            f"bits; lower the input or weight fl"
+        )
     return q.astype(np.int64)
 
 
@@ -171,9 +209,15 @@ def _followed_by_relu(graph: ir.Graph, i: int) -> bool:
     return i + 1 < len(graph.nodes) and isinstance(graph.nodes[i + 1], ir.ReLU)
 
 
-def quantize_model(graph: ir.Graph, x_calib: np.ndarray, widths: Widths | None = None,
-                   scheme: str = "dynamic", config: Config | None = None,
-                   progress: bool = False, provenance: dict | None = None) -> QModel:
+def quantize_model(
+    graph: ir.Graph,
+    x_calib: np.ndarray,
+    widths: Widths | None = None,
+    scheme: str = "dynamic",
+    config: Config | None = None,
+    progress: bool = False,
+    provenance: dict | None = None,
+) -> QModel:
     """Choose every format and build the integer model. See the module docstring."""
     widths = widths or Widths()
     config = config or Config()
@@ -183,9 +227,11 @@ def quantize_model(graph: ir.Graph, x_calib: np.ndarray, widths: Widths | None =
     if len(x_calib) == 0:
         raise FxpgaError("the calibration set is empty")
     if tuple(x_calib.shape[1:]) != graph.input_shape:
-        raise FxpgaError(f"calibration samples have shape {tuple(x_calib.shape[1:])}, the model "
-                         f"expects {graph.input_shape}")
-    config.check(graph, "config")
+        raise FxpgaError(
+            f"calibration samples have shape {tuple(x_calib.shape[1:])}, the model "
+            f"expects {graph.input_shape}"
+        )
+    config.check(graph)
     ref = graph.float_forward(x_calib, keep=True)
     nodes = graph.nodes
 
@@ -206,8 +252,9 @@ def quantize_model(graph: ir.Graph, x_calib: np.ndarray, widths: Widths | None =
     elif static_a is not None:
         in_fl = static_a
     else:
-        in_fl = best_fl(lambda fl: l1_error(x_calib, QFormat(in_bits, fl)),
-                        candidates(x_calib, in_bits))
+        in_fl = best_fl(
+            lambda fl: l1_error(x_calib, QFormat(in_bits, fl)), candidates(x_calib, in_bits)
+        )
     input_fmt = QFormat(in_bits, in_fl)
     cur = quantize(x_calib, input_fmt)
     cur_fmt, cur_range = input_fmt, (input_fmt.qmin, input_fmt.qmax)
@@ -236,14 +283,26 @@ def quantize_model(graph: ir.Graph, x_calib: np.ndarray, widths: Widths | None =
         elif static_w is not None:
             wfl = static_w
         else:
-            wfl = best_fl(lambda fl, b=wbits: l1_error(node.weight, QFormat(b, fl)),
-                          candidates(node.weight, wbits))
+            wfl = best_fl(
+                lambda fl, b=wbits, w=node.weight: l1_error(w, QFormat(b, fl)),
+                candidates(node.weight, wbits),
+            )
         w_fmt = QFormat(wbits, wfl)
         w = quantize(node.weight, w_fmt)
         b = quantize_bias(node.bias, cur_fmt.fl + wfl, where)
         acc_range = _acc_bound(w, b, *cur_range)
-        la = QLayer(node, cur_fmt, cur_fmt, cur_range, cur_range, w_fmt=w_fmt, w=w, b=b,
-                    acc_range=acc_range, acc_bits=signed_width(*acc_range))
+        la = QLayer(
+            node,
+            cur_fmt,
+            cur_fmt,
+            cur_range,
+            cur_range,
+            w_fmt=w_fmt,
+            w=w,
+            b=b,
+            acc_range=acc_range,
+            acc_bits=signed_width(*acc_range),
+        )
         acc = golden.accumulate(la, cur)
         # output
         oov = entry.get("output", Override())
@@ -272,8 +331,9 @@ def quantize_model(graph: ir.Graph, x_calib: np.ndarray, widths: Widths | None =
             "weight_sqnr_db": sqnr_db(node.weight, dequantize(w, wfl)),
             "output_sqnr_db": sqnr_db(y, fixed_out),
             "saturated_weights": int(np.sum((w == w_fmt.qmin) | (w == w_fmt.qmax))),
-            "saturated_outputs_pct": float(100.0 * np.mean(
-                (cur == la.out_fmt.qmax) | (cur == la.out_fmt.qmin))),
+            "saturated_outputs_pct": float(
+                100.0 * np.mean((cur == la.out_fmt.qmax) | (cur == la.out_fmt.qmin))
+            ),
         }
         cur_fmt, cur_range = la.out_fmt, la.out_range
         layers.append(la)
@@ -292,10 +352,12 @@ def _static_fls(graph: ir.Graph, x_calib, widths: Widths, target) -> tuple[int, 
     def a_err(fl):
         return sum(l1_error(a, QFormat(abits, fl)) for a in acts)
 
-    w_cands = range(min(candidates(w, b).start for w, b in wl),
-                    max(candidates(w, b).stop for w, b in wl))
-    a_cands = range(min(candidates(a, abits).start for a in acts),
-                    max(candidates(a, abits).stop for a in acts))
+    w_cands = range(
+        min(candidates(w, b).start for w, b in wl), max(candidates(w, b).stop for w, b in wl)
+    )
+    a_cands = range(
+        min(candidates(a, abits).start for a in acts), max(candidates(a, abits).stop for a in acts)
+    )
     return best_fl(w_err, w_cands), best_fl(a_err, a_cands)
 
 

@@ -22,31 +22,75 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     line = "  ".join("-" * w for w in widths)
 
     def fmt(r):
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        return "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
 
     return "\n".join([fmt(header), line, *map(fmt, rows)])
 
 
 def layer_table(qm: QModel) -> str:
-    header = ["layer", "op", "out shape", "bits w/out", "fl_w", "fl_out", "W SQNR dB",
-              "out SQNR dB", "acc bits"]
-    rows = [["input", "input", "x".join(map(str, qm.graph.input_shape)),
-             f"-/{qm.input_fmt.bits}", "-", str(qm.input_fmt.fl), "-", "-", "-"]]
+    header = [
+        "layer",
+        "op",
+        "out shape",
+        "bits w/out",
+        "fl_w",
+        "fl_out",
+        "W SQNR dB",
+        "out SQNR dB",
+        "acc bits",
+    ]
+    rows = [
+        [
+            "input",
+            "input",
+            "x".join(map(str, qm.graph.input_shape)),
+            f"-/{qm.input_fmt.bits}",
+            "-",
+            str(qm.input_fmt.fl),
+            "-",
+            "-",
+            "-",
+        ]
+    ]
     for la in qm.layers:
         shape = "x".join(map(str, la.node.out_shape))
         if la.w_fmt is None:
-            rows.append([la.name, la.op, shape, f"-/{la.out_fmt.bits}", "-", str(la.out_fmt.fl),
-                         "-", "-", "-"])
+            rows.append(
+                [
+                    la.name,
+                    la.op,
+                    shape,
+                    f"-/{la.out_fmt.bits}",
+                    "-",
+                    str(la.out_fmt.fl),
+                    "-",
+                    "-",
+                    "-",
+                ]
+            )
             continue
-        rows.append([la.name, la.op, shape, f"{la.w_fmt.bits}/{la.out_fmt.bits}",
-                     str(la.w_fmt.fl), str(la.out_fmt.fl),
-                     _db(la.stats.get("weight_sqnr_db")), _db(la.stats.get("output_sqnr_db")),
-                     str(la.acc_bits)])
+        rows.append(
+            [
+                la.name,
+                la.op,
+                shape,
+                f"{la.w_fmt.bits}/{la.out_fmt.bits}",
+                str(la.w_fmt.fl),
+                str(la.out_fmt.fl),
+                _db(la.stats.get("weight_sqnr_db")),
+                _db(la.stats.get("output_sqnr_db")),
+                str(la.acc_bits),
+            ]
+        )
     return table(rows, header)
 
 
 def accuracy_line(float_acc: float, fixed_acc: float, n: int, dataset: str) -> str:
     d = 100 * (fixed_acc - float_acc)
-    return (f"top-1 on {dataset} ({n} images): float {100 * float_acc:.2f}%  "
-            f"fixed {100 * fixed_acc:.2f}%  ({d:+.2f} pt)")
+    return (
+        f"top-1 on {dataset} ({n} images): float {100 * float_acc:.2f}%  "
+        f"fixed {100 * fixed_acc:.2f}%  ({d:+.2f} pt)"
+    )

@@ -82,8 +82,9 @@ def train_digits_cnn(epochs: int = 60, progress: bool = True) -> nn.Module:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * 17)
     loss_fn = nn.CrossEntropyLoss()
-    bar = progress_bar(range(epochs), desc="training digits-cnn (once, then cached)",
-                       enabled=progress)
+    bar = progress_bar(
+        range(epochs), desc="training digits-cnn (once, then cached)", enabled=progress
+    )
     for _ in bar:
         model.train()
         perm = torch.randperm(len(x), generator=gen)

@@ -1,0 +1,353 @@
+"""The command line end to end, and every bad input: one line, non-zero exit, nothing written."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from fxpga.cli import main
+from fxpga.quant import artifact, golden
+
+NET = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(torch.flatten(x, 1))
+
+class Odd(Net):
+    def forward(self, x):
+        x = torch.sigmoid(self.conv(x))
+        return self.fc(torch.flatten(x, 1))
+
+def make():
+    return Net()
+
+def odd():
+    return Odd()
+"""
+
+
+@pytest.fixture
+def net(tmp_path):
+    f = tmp_path / "net.py"
+    f.write_text(NET)
+    return f
+
+
+@pytest.fixture
+def npz(tmp_path, digits):
+    p = tmp_path / "d.npz"
+    np.savez(p, x=digits.x_test[:40], y=digits.y_test[:40])
+    return p
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern, expect=1):
+    assert code == expect, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert pattern in lines[0], lines[0]
+
+
+def test_quantize_then_eval(tmp_path, capsys, digits_model, digits):
+    out = tmp_path / "m.fxq"
+    code, stdout, _ = run(capsys, "quantize", "digits-cnn", "-o", str(out), "-q")
+    assert code == 0
+    assert "conv1" in stdout and "W SQNR dB" in stdout and "top-1 on digits (500 images)" in stdout
+    assert out.is_file() and (tmp_path / "m.fxq.npz").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    obj = json.loads(out.read_text())
+    assert obj["schema"] == "fxpga.qmodel" and obj["provenance"]["dataset"] == "digits"
+    assert obj["layers"][0]["acc_bits"] == obj["max_acc_bits"] or obj["max_acc_bits"] > 0
+    code, stdout2, _ = run(capsys, "eval", str(out), "--data", "digits", "-q")
+    assert code == 0
+    assert stdout2.splitlines()[-1] == stdout.splitlines()[-2]  # same accuracy line
+    qm = artifact.load(out)
+    assert golden.predict(qm, digits.x_test).shape == (500,)
+
+
+def test_roundtrip_is_exact(tmp_path, digits_q8, digits):
+    artifact.save(digits_q8, tmp_path / "a.fxq")
+    qm = artifact.load(tmp_path / "a.fxq")
+    np.testing.assert_array_equal(
+        golden.run(qm, digits.x_test), golden.run(digits_q8, digits.x_test)
+    )
+    for a, b in zip(qm.layers, digits_q8.layers, strict=True):
+        assert (a.in_fmt, a.out_fmt, a.w_fmt, a.acc_bits, a.shift) == (
+            b.in_fmt,
+            b.out_fmt,
+            b.w_fmt,
+            b.acc_bits,
+            b.shift,
+        )
+
+
+def test_factory_model_with_npz_and_weights(tmp_path, capsys, net, npz):
+    torch.manual_seed(0)
+    sd = {k: torch.randn_like(v) for k, v in nn.Module.state_dict(_net(net)).items()}
+    torch.save(sd, tmp_path / "w.pt")
+    code, stdout, err = run(
+        capsys,
+        "quantize",
+        f"{net}:make",
+        "--data",
+        str(npz),
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--bits",
+        "6",
+        "--scheme",
+        "static",
+        "--calib",
+        "16",
+        "-o",
+        str(tmp_path / "n.fxq"),
+    )
+    assert code == 0, err
+    obj = json.loads((tmp_path / "n.fxq").read_text())
+    assert obj["provenance"]["calib_images"] == 16 and obj["scheme"] == "static"
+    assert obj["layers"][0]["weight"]["bits"] == 6
+
+
+def _net(path):
+    from fxpga.quant import frontend
+
+    return frontend.load_factory(f"{path}:make", None)
+
+
+def test_export_archive(tmp_path, capsys, net, npz):
+    model = _net(net)
+    ep = torch.export.export(model, (torch.zeros(2, 1, 8, 8),))
+    torch.export.save(ep, tmp_path / "m.pt2")
+    code, _, err = run(
+        capsys,
+        "quantize",
+        str(tmp_path / "m.pt2"),
+        "--data",
+        str(npz),
+        "-o",
+        str(tmp_path / "e.fxq"),
+        "-q",
+    )
+    assert code == 0, err
+    names = [la["name"] for la in json.loads((tmp_path / "e.fxq").read_text())["layers"]]
+    assert names[0] == "conv" and names[-1] == "fc"
+
+
+def test_config_reapplies_edited_formats(tmp_path, capsys):
+    run(capsys, "quantize", "digits-cnn", "-o", str(tmp_path / "a.fxq"), "-q")
+    obj = json.loads((tmp_path / "a.fxq").read_text())
+    obj["layers"][0]["output"]["fl"] -= 1
+    (tmp_path / "edited.json").write_text(json.dumps(obj))
+    code, _, err = run(
+        capsys,
+        "quantize",
+        "digits-cnn",
+        "--config",
+        str(tmp_path / "edited.json"),
+        "-o",
+        str(tmp_path / "b.fxq"),
+        "-q",
+    )
+    assert code == 0, err
+    b = json.loads((tmp_path / "b.fxq").read_text())
+    assert b["layers"][0]["output"]["fl"] == obj["layers"][0]["output"]["fl"]
+    assert b["layers"][1]["format"]["fl"] == obj["layers"][0]["output"]["fl"]
+
+
+BAD = [
+    # (argv builder, expected substring, exit code)
+    (
+        lambda t, n, d: ["quantize", f"{n}:odd", "--data", str(d)],
+        "node 'sigmoid' (call_function sigmoid) at net.py:17: unsupported op",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", f"{n}:make", "--data", str(d), "--weights", str(t / "nan.pt")],
+        "node 'conv' (call_module conv) at net.py:12: weight has 36 non-finite value(s)",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", f"{n}:make", "--data", str(t / "empty.npz")],
+        "empty.npz: 'x' is empty",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", f"{n}:make", "--data", str(t / "small.npz")],
+        "does not accept inputs of shape (N, 1, 4, 4)",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", "digits-cnn", "--data", str(t / "small.npz")],
+        "does not accept inputs of shape (N, 1, 4, 4)",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", f"{n}:make", "--data", str(t / "threed.npz")],
+        "'x' must be NCHW (4-D) or NF (2-D), got shape (5, 8, 8)",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", f"{n}:make", "--data", str(t / "ylen.npz")],
+        "'x' has 5 samples but 'y' has 4",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", f"{n}:make", "--data", str(t / "pickle.npz")],
+        "pickle.npz: refusing to load",
+        1,
+    ),
+    (lambda t, n, d: ["quantize", "digits-cnn", "--bits", "1"], "bits must be in 2..32, got 1", 2),
+    (lambda t, n, d: ["quantize", "digits-cnn", "--fc-bits", "33"], "bits must be in 2..32", 2),
+    (
+        lambda t, n, d: ["quantize", "digits-cnn", "--config", str(t / "unknown.json")],
+        "unknown.json: unknown layer 'conv9'",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", "digits-cnn", "--config", str(t / "impossible.json")],
+        "impossible.json: layer 'fc1' weight: bits must be in 2..32, not 40",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", "digits-cnn", "--config", str(t / "broken.json")],
+        "broken.json:3: invalid JSON",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", "digits-cnn", "--config", str(t / "nope.json")],
+        "nope.json: no such file",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", f"{t}/missing.py:make", "--data", str(d)],
+        "missing.py: no such file",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", f"{n}:make", "--data", str(t / "missing.npz")],
+        "missing.npz: no such dataset file",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", f"{n}:make", "--data", str(d), "--weights", str(t / "no.pt")],
+        "no.pt: no such weights file",
+        1,
+    ),
+    (lambda t, n, d: ["quantize", f"{n}:make"], "--data is required", 1),
+    (
+        lambda t, n, d: ["quantize", "resnet9000", "--data", "digits"],
+        "cannot interpret model 'resnet9000'",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", str(t / "missing.pt2"), "--data", "digits"],
+        "missing.pt2: no such file",
+        1,
+    ),
+]
+
+
+@pytest.fixture
+def bad_files(tmp_path, digits):
+    torch.save(
+        {
+            "conv.weight": torch.full((4, 1, 3, 3), float("nan")),
+            "conv.bias": torch.zeros(4),
+            "fc.weight": torch.zeros(10, 256),
+            "fc.bias": torch.zeros(10),
+        },
+        tmp_path / "nan.pt",
+    )
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 8, 8), np.float32), y=np.zeros(0, np.int64))
+    np.savez(tmp_path / "small.npz", x=np.zeros((5, 1, 4, 4), np.float32), y=np.zeros(5, int))
+    np.savez(tmp_path / "threed.npz", x=np.zeros((5, 8, 8), np.float32), y=np.zeros(5, int))
+    np.savez(tmp_path / "ylen.npz", x=np.zeros((5, 1, 8, 8), np.float32), y=np.zeros(4, int))
+    np.savez(tmp_path / "pickle.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1, int))
+    (tmp_path / "unknown.json").write_text(json.dumps({"layers": {"conv9": {}}}))
+    (tmp_path / "impossible.json").write_text(
+        json.dumps({"layers": {"fc1": {"weight": {"bits": 40}}}})
+    )
+    (tmp_path / "broken.json").write_text('{\n "layers": {\n  "fc1": ,\n}}\n')
+
+
+@pytest.mark.parametrize("argv,msg,code", BAD, ids=[b[1][:40] for b in BAD])
+def test_bad_input(argv, msg, code, tmp_path, capsys, net, npz, bad_files):
+    out = tmp_path / "out" / "m.fxq"
+    out.parent.mkdir()
+    got, _, err = run(capsys, *argv(tmp_path, net, npz), "-o", str(out), "-q")
+    assert_one_line_error(got, err, msg, code)
+    assert list(out.parent.iterdir()) == []  # nothing half-written
+
+
+def test_output_errors(tmp_path, capsys):
+    code, _, err = run(capsys, "quantize", "digits-cnn", "-o", str(tmp_path / "x" / "m.fxq"))
+    assert_one_line_error(code, err, "directory")
+    code, _, err = run(capsys, "quantize", "digits-cnn", "-o", str(tmp_path / "m.json"))
+    assert_one_line_error(code, err, "the output must end in .fxq")
+
+
+def test_eval_errors(tmp_path, capsys, digits_q8):
+    code, _, err = run(capsys, "eval", str(tmp_path / "no.fxq"), "--data", "digits")
+    assert_one_line_error(code, err, "no.fxq: no such file")
+    artifact.save(digits_q8, tmp_path / "m.fxq")
+    npzp = tmp_path / "m.fxq.npz"
+    blob = bytearray(npzp.read_bytes())
+    blob[-30] ^= 0xFF
+    npzp.write_bytes(bytes(blob))
+    code, _, err = run(capsys, "eval", str(tmp_path / "m.fxq"), "--data", "digits")
+    assert_one_line_error(code, err, "sha256 does not match")
+    npzp.unlink()
+    code, _, err = run(capsys, "eval", str(tmp_path / "m.fxq"), "--data", "digits")
+    assert_one_line_error(code, err, "tensor file")
+    (tmp_path / "j.fxq").write_text('{"schema": "other"}')
+    code, _, err = run(capsys, "eval", str(tmp_path / "j.fxq"), "--data", "digits")
+    assert_one_line_error(code, err, "not an fxpga quantized model")
+
+
+def test_edited_fxq_is_checked(tmp_path, capsys, digits_q8):
+    artifact.save(digits_q8, tmp_path / "m.fxq")
+    obj = json.loads((tmp_path / "m.fxq").read_text())
+    obj["layers"][0]["weight"]["fl"] += 1  # shift no longer consistent
+    (tmp_path / "m.fxq").write_text(json.dumps(obj))
+    code, _, err = run(capsys, "eval", str(tmp_path / "m.fxq"), "--data", "digits")
+    assert_one_line_error(code, err, "layer 'conv1': shift 5 disagrees with the formats")
+
+
+def test_console_script_exit_status_and_debug(tmp_path):
+    """Through a real process: exit 1, one line; --debug shows the traceback."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "fxpga",
+        "quantize",
+        "resnet9000",
+        "--data",
+        "digits",
+        "-o",
+        str(tmp_path / "m.fxq"),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "fxpga: error:" in p.stderr
+    p = subprocess.run([*cmd, "--debug"], capture_output=True, text=True)
+    assert p.returncode == 1 and "Traceback" in p.stderr
