@@ -351,3 +351,21 @@ def test_console_script_exit_status_and_debug(tmp_path):
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "fxpga: error:" in p.stderr
     p = subprocess.run([*cmd, "--debug"], capture_output=True, text=True)
     assert p.returncode == 1 and "Traceback" in p.stderr
+
+
+def test_bundled_example_quantizes(tmp_path, capsys):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "lenet_like.py"
+    code, stdout, err = run(
+        capsys,
+        "quantize",
+        f"{example}:make",
+        "--data",
+        "digits",
+        "-o",
+        str(tmp_path / "l.fxq"),
+        "-q",
+    )
+    assert code == 0, err
+    assert "avgpool" in stdout and "top-1 on digits" in stdout
