@@ -178,7 +178,9 @@ class Op:
         return valid, pad
 
 
-OP_OVERHEAD_BASE = 8  # fetch handshake + MAC pipeline depth (see engine.py), plus lanes drain
+# Timing constants shared with the hardware (engine.py asserts them):
+TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4
+POST_LATENCY = 5  # PostProcessor.LATENCY
 
 
 def op_cycles(op: Op, lanes: int) -> int:
@@ -187,8 +189,15 @@ def op_cycles(op: Op, lanes: int) -> int:
     return op.groups(lanes) * per_group + op_overhead(lanes)
 
 
+def drain_cycles(lanes: int) -> int:
+    """Cycles the sequencer waits after the last window for the final writes to land."""
+    return TAP_TO_ACC + POST_LATENCY + lanes - 1
+
+
 def op_overhead(lanes: int) -> int:
-    return OP_OVERHEAD_BASE + len(DESC_FIELDS) + lanes
+    """Descriptor fetch (one word per field, plus the read latency), the start cycle, the
+    cycle in which the address generator reports done, and the drain."""
+    return (len(DESC_FIELDS) + 1) + 1 + 1 + drain_cycles(lanes)
 
 
 @dataclass

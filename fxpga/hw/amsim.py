@@ -1,0 +1,76 @@
+"""Run an ``Engine`` in Amaranth's Python simulator (tests and benches; slow but exact)."""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from .compiler import Program
+from .engine import Engine
+
+
+async def stream_put(ctx, s, payload):
+    ctx.set(s.valid, 1)
+    ctx.set(s.payload, int(payload))
+    await ctx.tick().until(s.ready)
+    ctx.set(s.valid, 0)
+
+
+async def stream_get(ctx, s):
+    ctx.set(s.ready, 1)
+    (payload,) = await ctx.tick().sample(s.payload).until(s.valid)
+    ctx.set(s.ready, 0)
+    return payload
+
+
+def run_engine(prog: Program, x_int: np.ndarray, *, gaps=None, engine: Engine | None = None,
+               vcd: str | None = None, op_trace: bool = False):
+    """Run samples ``x_int`` (N, ...) through the engine; return (outputs, cycles per sample
+    [, per-op cycles per sample]). ``gaps`` (a random.Random) inserts random stalls on the
+    input stream and backpressure on the output stream."""
+    dut = engine or Engine(prog.config, prog)
+    xs = np.asarray(x_int, dtype=np.int64).reshape(len(x_int), -1)
+    outs, cycles, op_cycles = [], [], []
+
+    async def bench(ctx):
+        for x in xs:
+            for v in x:
+                if gaps is not None and gaps.random() < 0.2:
+                    await ctx.tick().repeat(gaps.randint(1, 3))
+                await stream_put(ctx, dut.i, v)
+            got = []
+            for _ in range(prog.out_size):
+                if gaps is not None and gaps.random() < 0.2:
+                    await ctx.tick().repeat(gaps.randint(1, 3))
+                got.append(await stream_get(ctx, dut.o))
+            outs.append(got)
+            cycles.append(ctx.get(dut.cycles))
+
+    async def tracer(ctx):
+        # the cycle counter restarts at 0 with each inference's first descriptor fetch; an op
+        # ends where the next one's index appears, the last one where running drops
+        prev_op, start, cur = None, 0, []
+        async for _clk, _rst, running, op_i, cyc in ctx.tick().sample(
+                dut.running, dut.op_index, dut.cycles):
+            if running and prev_op is None:
+                prev_op, start, cur = op_i, 0, []
+            elif running and op_i != prev_op:
+                cur.append(cyc - start)
+                prev_op, start = op_i, cyc
+            elif not running and prev_op is not None:
+                cur.append(cyc - start)
+                op_cycles.append(cur)
+                prev_op = None
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    if op_trace:
+        sim.add_process(tracer)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    res = (np.array(outs, dtype=np.int64), cycles)
+    return (*res, op_cycles) if op_trace else res

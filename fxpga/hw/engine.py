@@ -1,0 +1,224 @@
+"""The top ``Engine``: buffers, weight banks, sequencer, MAC array and post-processing."""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import compiler
+from .compiler import DESC_FIELDS, EngineConfig, Program
+from .desc import FIELD_BITS, HEADER_WORDS, Descriptor, check_fits
+from .mac import MACArray
+from .postproc import PostProcessor
+from .taps import TapGenerator
+
+REGION_PROGRAM, REGION_BIAS, REGION_WEIGHTS = 0, 1, 2
+
+ConfigBus = wiring.Signature({"addr": Out(32), "data": Out(32), "en": Out(1)})
+
+assert MACArray.LATENCY + 1 == compiler.TAP_TO_ACC
+assert PostProcessor.LATENCY == compiler.POST_LATENCY
+
+
+def program_words(prog: Program) -> list[int]:
+    """The program memory image: a header, then one 32-bit word per descriptor field."""
+    words = [len(prog.ops), prog.in_size, prog.out_size, prog.out_buf]
+    for i, d in enumerate(prog.descriptors):
+        check_fits(d, f"op {i} ({prog.ops[i].name})")
+        words += [d[k] & 0xFFFFFFFF for k in DESC_FIELDS]
+    return words
+
+
+def _bits_for(depth: int) -> int:
+    return max(1, (depth - 1).bit_length())
+
+
+class Engine(wiring.Component):
+    """Runs a compiled network layer by layer.
+
+    Protocol: after reset the engine reads its program header, then accepts ``in_size``
+    values on ``i`` (C-order, the model's input format), computes every op, and sends
+    ``out_size`` values on ``o``; then it waits for the next input. ``cycles`` holds the
+    compute cycles of the last inference (from the last input value to the first output),
+    ``op_index``/``running`` show progress.
+
+    **Throughput**: ``lanes`` MACs per cycle while an op runs; an op costs
+    ``compiler.op_cycles`` cycles (``Program.estimate``). **Widths**: activations
+    ``data_bits``, weights ``weight_bits``, accumulators ``acc_bits`` (modular).
+
+    Memories are initialised from ``program`` (a self-contained bitstream). All of them can
+    also be written at run time, while the engine waits for input, through ``cfg``:
+    ``addr[28:32]`` is the region (0 program words, 1 biases, 2 weights), for weights
+    ``addr[20:28]`` the lane, and ``addr[0:20]`` the index; ``data`` is the value.
+    """
+
+    def __init__(self, config: EngineConfig, program: Program | None = None, *,
+                 fmap_depth: int | None = None, wmem_depth: int | None = None,
+                 bmem_depth: int | None = None, max_ops: int | None = None):
+        self.config = cfg = config
+        self.program = program
+        p = program
+        self.fmap_depth = fmap_depth or cfg.fmap_depth or (p.fmap_depth if p else 1024)
+        self.wmem_depth = wmem_depth or cfg.wmem_depth or (max(1, len(p.wmem[0])) if p else 1024)
+        self.bmem_depth = bmem_depth or cfg.bmem_depth or (max(1, len(p.bmem)) if p else 256)
+        self.max_ops = max_ops or cfg.max_ops or (len(p.ops) if p else 16)
+        self.prog_depth = HEADER_WORDS + len(DESC_FIELDS) * self.max_ops
+        super().__init__({
+            "i": In(stream.Signature(signed(cfg.data_bits))),
+            "o": Out(stream.Signature(signed(cfg.data_bits))),
+            "cfg": In(ConfigBus),
+            "cycles": Out(32),
+            "op_index": Out(8),
+            "running": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, p = self.config, self.program
+        lanes, D, WB, A = cfg.lanes, cfg.data_bits, cfg.weight_bits, cfg.acc_bits
+
+        # ---- memories
+        def mem(name, shape, depth, init):
+            mm = memory.Memory(shape=shape, depth=depth, init=init)
+            m.submodules[name] = mm
+            return mm, mm.read_port(), mm.write_port()
+
+        fmap = [mem(f"fmap{b}", signed(D), self.fmap_depth, []) for b in range(2)]
+        banks = [mem(f"wbank{lane}", signed(WB), self.wmem_depth, p.wmem[lane] if p else [])
+                 for lane in range(lanes)]
+        _, brd, bwr = mem("bias", signed(A), self.bmem_depth, p.bmem if p else [])
+        pwords = program_words(p) if p else []
+        _, prd, pwr = mem("program", unsigned(32), self.prog_depth, pwords)
+
+        # ---- runtime writes
+        region, lane_sel, index = self.cfg.addr[28:32], self.cfg.addr[20:28], self.cfg.addr[:20]
+        m.d.comb += [
+            pwr.addr.eq(index), pwr.data.eq(self.cfg.data),
+            pwr.en.eq(self.cfg.en & (region == REGION_PROGRAM)),
+            bwr.addr.eq(index), bwr.data.eq(self.cfg.data),
+            bwr.en.eq(self.cfg.en & (region == REGION_BIAS)),
+        ]
+        for lane, (_, _, wwr) in enumerate(banks):
+            m.d.comb += [wwr.addr.eq(index), wwr.data.eq(self.cfg.data),
+                         wwr.en.eq(self.cfg.en & (region == REGION_WEIGHTS) & (lane_sel == lane))]
+
+        # ---- datapath
+        m.submodules.taps = taps = TapGenerator(lanes)
+        m.submodules.mac = mac = MACArray(lanes, D, WB, A)
+        m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(self.bmem_depth))
+        desc = Signal(Descriptor)
+        m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
+
+        in_buf = desc.in_buf[0]
+        tap = taps.tap
+        mac_d1 = Signal()
+        m.d.sync += mac_d1.eq(tap.mac)
+        in_data = Mux(in_buf, fmap[1][1].data, fmap[0][1].data)
+        m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(in_data)]
+        for lane, (_, wrd, _) in enumerate(banks):
+            m.d.comb += [wrd.addr.eq(tap.w_addr), mac.w[lane].eq(wrd.data)]
+
+        # window metadata travels TAP_TO_ACC cycles to meet its accumulators
+        last_q, meta_q = tap.last, Signal(post.meta_layout)
+        m.d.comb += [meta_q.padwin.eq(tap.padwin), meta_q.pool_first.eq(tap.pool_first),
+                     meta_q.pool_last.eq(tap.pool_last), meta_q.out_addr.eq(tap.out_addr),
+                     meta_q.b_addr.eq(tap.b_addr), meta_q.nvalid.eq(tap.nvalid)]
+        for k in range(compiler.TAP_TO_ACC):
+            nl, nm = Signal(name=f"last_d{k + 1}"), Signal(post.meta_layout, name=f"meta_d{k + 1}")
+            m.d.sync += [nl.eq(last_q & taps.busy if k == 0 else last_q), nm.eq(meta_q)]
+            last_q, meta_q = nl, nm
+        m.d.comb += [post.capture.eq(last_q), post.meta.eq(meta_q),
+                     brd.addr.eq(post.bias_addr), post.bias_data.eq(brd.data)]
+        for lane in range(lanes):
+            m.d.comb += post.acc[lane].eq(mac.acc[lane])
+
+        # ---- sequencer
+        n_ops, in_size, out_size, out_buf = (Signal(FIELD_BITS, name=n) for n in
+                                             ("n_ops", "in_size", "out_size", "out_buf"))
+        cnt = Signal(FIELD_BITS)
+        op = Signal(8)
+        cycles = Signal(32)
+        counting = Signal()
+        m.d.comb += [self.op_index.eq(op), self.cycles.eq(cycles)]
+        with m.If(counting):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        rd_addr = Signal(FIELD_BITS)
+        for _, frd, _ in fmap:
+            m.d.comb += frd.addr.eq(rd_addr)
+        m.d.comb += rd_addr.eq(tap.addr)
+
+        nf = len(DESC_FIELDS)
+        with m.FSM():
+            with m.State("HEADER"):
+                m.d.comb += prd.addr.eq(cnt)
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.Switch(cnt):
+                    for k, sig in enumerate((n_ops, in_size, out_size, out_buf)):
+                        with m.Case(k + 1):
+                            m.d.sync += sig.eq(prd.data)
+                with m.If(cnt == HEADER_WORDS):
+                    m.d.sync += cnt.eq(0)
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                w = fmap[0][2]
+                m.d.comb += [self.i.ready.eq(1), w.addr.eq(cnt), w.data.eq(self.i.payload),
+                             w.en.eq(self.i.valid)]
+                with m.If(self.i.valid):
+                    m.d.sync += cnt.eq(cnt + 1)
+                    with m.If(cnt == in_size - 1):
+                        m.d.sync += [cnt.eq(0), op.eq(0), cycles.eq(0), counting.eq(1)]
+                        m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += prd.addr.eq(HEADER_WORDS + op * nf + cnt)
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt != 0):
+                    m.d.sync += desc.as_value().eq(
+                        (desc.as_value() >> FIELD_BITS) |
+                        (prd.data[:FIELD_BITS].as_unsigned() << (FIELD_BITS * (nf - 1))))
+                with m.If(cnt == nf):
+                    m.d.sync += cnt.eq(0)
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += taps.start.eq(1)
+                m.d.sync += self.running.eq(1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(taps.done):
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt == compiler.drain_cycles(lanes) - 1):
+                    m.d.sync += [cnt.eq(0), op.eq(op + 1)]
+                    with m.If(op == n_ops - 1):
+                        m.d.sync += [counting.eq(0), self.running.eq(0)]
+                        m.next = "OUT_READ"
+                    with m.Else():
+                        m.next = "FETCH"
+            with m.State("OUT_READ"):
+                m.d.comb += rd_addr.eq(cnt)
+                m.next = "OUT_SEND"
+            with m.State("OUT_SEND"):
+                m.d.comb += [rd_addr.eq(cnt), self.o.valid.eq(1),
+                             self.o.payload.eq(Mux(out_buf[0], fmap[1][1].data,
+                                                   fmap[0][1].data))]
+                with m.If(self.o.ready):
+                    m.d.sync += cnt.eq(cnt + 1)
+                    with m.If(cnt == out_size - 1):
+                        m.d.sync += cnt.eq(0)
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.next = "OUT_READ"
+
+        # post-processor writes go to the output buffer of the running op
+        for b, (_, _, fwr) in enumerate(fmap):
+            sel = post.wr_en & (in_buf != b)
+            if b == 0:
+                with m.If(sel):
+                    m.d.comb += [fwr.addr.eq(post.wr_addr), fwr.data.eq(post.wr_data),
+                                 fwr.en.eq(1)]
+            else:
+                m.d.comb += [fwr.addr.eq(post.wr_addr), fwr.data.eq(post.wr_data),
+                             fwr.en.eq(sel)]
+        return m

@@ -1,0 +1,53 @@
+"""The MAC array: ``lanes`` multiply-accumulate units fed one broadcast operand per cycle."""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+
+class MACArray(wiring.Component):
+    """``lanes`` signed multiply-accumulators sharing the activation operand ``a``.
+
+    Each cycle lane ``l`` adds ``a · w[l]`` (zero when ``en`` is low) to its accumulator:
+
+    - ``a``, ``w[l]`` and ``en`` are registered (the DSP input registers), the product is
+      registered (the DSP pipeline register, and the register ECP5 needs around its
+      MULT18X18D), then ``acc ← acc + p``.
+    - **Latency** ``LATENCY = 3``: operands presented in cycle ``t`` are included in ``acc``
+      from cycle ``t + 3``. **Throughput**: one MAC per lane per cycle, never stalls.
+    - **Widths**: the product is ``data_bits + weight_bits`` bits; ``acc`` is ``acc_bits`` and
+      wraps modulo ``2^acc_bits``. It is never cleared (``acc ← acc + p`` is the form yosys
+      packs into SB_MAC16 with no fabric around it and that never costs a cycle): a window's
+      sum is the difference of two snapshots, exact whenever the true sum fits ``acc_bits``
+      (see ``PostProcessor``).
+    """
+
+    LATENCY = 3
+
+    def __init__(self, lanes: int, data_bits: int, weight_bits: int, acc_bits: int):
+        self.lanes = lanes
+        self.data_bits, self.weight_bits, self.acc_bits = data_bits, weight_bits, acc_bits
+        super().__init__({
+            "en": In(1),
+            "a": In(signed(data_bits)),
+            "w": In(signed(weight_bits)).array(lanes),
+            "acc": Out(signed(acc_bits)).array(lanes),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        a_r = Signal(signed(self.data_bits))
+        m.d.sync += a_r.eq(Mux(self.en, self.a, 0))
+        for lane in range(self.lanes):
+            w_r = Signal(signed(self.weight_bits), name=f"w_r{lane}")
+            p_r = Signal(signed(self.data_bits + self.weight_bits), name=f"p_r{lane}")
+            acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
+            m.d.sync += [
+                w_r.eq(self.w[lane]),
+                p_r.eq(a_r * w_r),
+                acc.eq(acc + p_r),
+            ]
+            m.d.comb += self.acc[lane].eq(acc)
+        return m
