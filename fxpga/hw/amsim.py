@@ -23,8 +23,15 @@ async def stream_get(ctx, s):
     return payload
 
 
-def run_engine(prog: Program, x_int: np.ndarray, *, gaps=None, engine: Engine | None = None,
-               vcd: str | None = None, op_trace: bool = False):
+def run_engine(
+    prog: Program,
+    x_int: np.ndarray,
+    *,
+    gaps=None,
+    engine: Engine | None = None,
+    vcd: str | None = None,
+    op_trace: bool = False,
+):
     """Run samples ``x_int`` (N, ...) through the engine; return (outputs, cycles per sample
     [, per-op cycles per sample]). ``gaps`` (a random.Random) inserts random stalls on the
     input stream and backpressure on the output stream."""
@@ -51,7 +58,8 @@ def run_engine(prog: Program, x_int: np.ndarray, *, gaps=None, engine: Engine | 
         # ends where the next one's index appears, the last one where running drops
         prev_op, start, cur = None, 0, []
         async for _clk, _rst, running, op_i, cyc in ctx.tick().sample(
-                dut.running, dut.op_index, dut.cycles):
+            dut.running, dut.op_index, dut.cycles
+        ):
             if running and prev_op is None:
                 prev_op, start, cur = op_i, 0, []
             elif running and op_i != prev_op:

@@ -56,8 +56,10 @@ class EngineConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise FxpgaError(f"EngineConfig.{f.name} must be a positive integer, not {v!r}")
         if not 2 <= self.data_bits <= 18 or not 2 <= self.weight_bits <= 18:
-            raise FxpgaError("EngineConfig data_bits and weight_bits must be in 2..18 "
-                             f"(got {self.data_bits}, {self.weight_bits})")
+            raise FxpgaError(
+                "EngineConfig data_bits and weight_bits must be in 2..18 "
+                f"(got {self.data_bits}, {self.weight_bits})"
+            )
         if not 8 <= self.acc_bits <= 48:
             raise FxpgaError(f"EngineConfig.acc_bits must be in 8..48, not {self.acc_bits}")
 
@@ -68,11 +70,48 @@ class EngineConfig:
 # Fields of one layer descriptor, in program order. Values are signed integers; the
 # sequencer uses them directly, so everything the address generator needs is precomputed.
 DESC_FIELDS = (
-    "in_buf", "C", "H", "W", "HW", "KH", "KW", "CKK", "SH", "SW", "OH", "OW",
-    "PKH", "PKW", "PSH", "PSW", "POH", "POW", "POHW", "G", "O_last",
-    "in_base", "out_base", "w_base", "b_base",
-    "oy0", "ox0", "iy0", "ix0", "ra0", "SHW", "PSH_SH", "PSW_SW", "PSH_SH_W",
-    "out_gstep", "shift", "qmin", "qmax", "relu_pre", "relu_post", "pool_avg", "avg_shift",
+    "in_buf",
+    "C",
+    "H",
+    "W",
+    "HW",
+    "KH",
+    "KW",
+    "CKK",
+    "SH",
+    "SW",
+    "OH",
+    "OW",
+    "PKH",
+    "PKW",
+    "PSH",
+    "PSW",
+    "POH",
+    "POW",
+    "POHW",
+    "G",
+    "O_last",
+    "in_base",
+    "out_base",
+    "w_base",
+    "b_base",
+    "oy0",
+    "ox0",
+    "iy0",
+    "ix0",
+    "ra0",
+    "SHW",
+    "PSH_SH",
+    "PSW_SW",
+    "PSH_SH_W",
+    "out_gstep",
+    "shift",
+    "qmin",
+    "qmax",
+    "relu_pre",
+    "relu_post",
+    "pool_avg",
+    "avg_shift",
 )
 
 
@@ -143,19 +182,46 @@ class Op:
         iy0 = -self.PPH * self.SH - self.PH
         ix0 = -self.PPW * self.SW - self.PW
         d = {
-            "in_buf": self.in_buf, "C": self.C, "H": self.H, "W": self.W,
-            "HW": self.H * self.W, "KH": self.KH, "KW": self.KW, "CKK": self.CKK,
-            "SH": self.SH, "SW": self.SW, "OH": self.OH, "OW": self.OW,
-            "PKH": self.PKH, "PKW": self.PKW, "PSH": self.PSH, "PSW": self.PSW,
-            "POH": self.POH, "POW": self.POW, "POHW": self.POH * self.POW,
-            "G": G, "O_last": self.O - (G - 1) * lanes,
-            "in_base": 0, "out_base": 0, "w_base": self.w_base, "b_base": self.b_base,
-            "oy0": -self.PPH, "ox0": -self.PPW, "iy0": iy0, "ix0": ix0, "ra0": iy0 * self.W,
-            "SHW": self.SH * self.W, "PSH_SH": self.PSH * self.SH,
-            "PSW_SW": self.PSW * self.SW, "PSH_SH_W": self.PSH * self.SH * self.W,
-            "out_gstep": lanes * self.POH * self.POW, "shift": self.shift,
-            "qmin": self.out_fmt.qmin, "qmax": self.out_fmt.qmax,
-            "relu_pre": self.relu_pre, "relu_post": self.relu_post,
+            "in_buf": self.in_buf,
+            "C": self.C,
+            "H": self.H,
+            "W": self.W,
+            "HW": self.H * self.W,
+            "KH": self.KH,
+            "KW": self.KW,
+            "CKK": self.CKK,
+            "SH": self.SH,
+            "SW": self.SW,
+            "OH": self.OH,
+            "OW": self.OW,
+            "PKH": self.PKH,
+            "PKW": self.PKW,
+            "PSH": self.PSH,
+            "PSW": self.PSW,
+            "POH": self.POH,
+            "POW": self.POW,
+            "POHW": self.POH * self.POW,
+            "G": G,
+            "O_last": self.O - (G - 1) * lanes,
+            "in_base": 0,
+            "out_base": 0,
+            "w_base": self.w_base,
+            "b_base": self.b_base,
+            "oy0": -self.PPH,
+            "ox0": -self.PPW,
+            "iy0": iy0,
+            "ix0": ix0,
+            "ra0": iy0 * self.W,
+            "SHW": self.SH * self.W,
+            "PSH_SH": self.PSH * self.SH,
+            "PSW_SW": self.PSW * self.SW,
+            "PSH_SH_W": self.PSH * self.SH * self.W,
+            "out_gstep": lanes * self.POH * self.POW,
+            "shift": self.shift,
+            "qmin": self.out_fmt.qmin,
+            "qmax": self.out_fmt.qmax,
+            "relu_pre": self.relu_pre,
+            "relu_post": self.relu_post,
             "pool_avg": self.pool_avg,
             "avg_shift": int(math.log2(self.PKH * self.PKW)) if self.pool_avg else 0,
         }
@@ -250,9 +316,8 @@ def _fuse(qm: QModel) -> list[tuple[QLayer | None, list[QLayer]]]:
                 groups.append((None, [la]))
                 state = "pre"
             continue
-        ok = (
-            (isinstance(n, ir.ReLU) and state in ("pre", "post"))
-            or (isinstance(n, ir.MaxPool | ir.AvgPool) and state in ("pre", "pool"))
+        ok = (isinstance(n, ir.ReLU) and state in ("pre", "post")) or (
+            isinstance(n, ir.MaxPool | ir.AvgPool) and state in ("pre", "pool")
         )
         if not ok:
             groups.append((None, []))
@@ -265,8 +330,9 @@ def _fuse(qm: QModel) -> list[tuple[QLayer | None, list[QLayer]]]:
     return groups
 
 
-def _make_op(mac: QLayer | None, follow: list[QLayer], in_fmt: QFormat, in_shape, where: str,
-             idx: int) -> Op:
+def _make_op(
+    mac: QLayer | None, follow: list[QLayer], in_fmt: QFormat, in_shape, where: str, idx: int
+) -> Op:
     if mac is not None:
         n = mac.node
         if isinstance(n, ir.Conv):
@@ -282,16 +348,55 @@ def _make_op(mac: QLayer | None, follow: list[QLayer], in_fmt: QFormat, in_shape
             PH = PW = 0
             (O,) = n.out_shape
             w = mac.w.reshape(O, C, 1, 1)
-        op = Op(n.name, [n.name], idx % 2, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, O,
-                shift=mac.shift, out_fmt=mac.out_fmt, in_fmt=mac.in_fmt, weights=w,
-                bias=mac.b, acc_bits=mac.acc_bits)
+        op = Op(
+            n.name,
+            [n.name],
+            idx % 2,
+            C,
+            H,
+            W,
+            KH,
+            KW,
+            SH,
+            SW,
+            PH,
+            PW,
+            OH,
+            OW,
+            O,
+            shift=mac.shift,
+            out_fmt=mac.out_fmt,
+            in_fmt=mac.in_fmt,
+            weights=w,
+            bias=mac.b,
+            acc_bits=mac.acc_bits,
+        )
     else:  # identity 1x1 convolution
         shape = in_shape if len(in_shape) == 3 else (in_shape[0], 1, 1)
         C, H, W = shape
-        op = Op(f"{follow[0].name}:identity", [], idx % 2, C, H, W, 1, 1, 1, 1, 0, 0, H, W, C,
-                shift=0, out_fmt=in_fmt, in_fmt=in_fmt,
-                weights=np.eye(C, dtype=np.int64).reshape(C, C, 1, 1),
-                bias=np.zeros(C, dtype=np.int64), acc_bits=max(in_fmt.bits + 1, 2))
+        op = Op(
+            f"{follow[0].name}:identity",
+            [],
+            idx % 2,
+            C,
+            H,
+            W,
+            1,
+            1,
+            1,
+            1,
+            0,
+            0,
+            H,
+            W,
+            C,
+            shift=0,
+            out_fmt=in_fmt,
+            in_fmt=in_fmt,
+            weights=np.eye(C, dtype=np.int64).reshape(C, C, 1, 1),
+            bias=np.zeros(C, dtype=np.int64),
+            acc_bits=max(in_fmt.bits + 1, 2),
+        )
     seen_pool = False
     for la in follow:
         n = la.node
@@ -311,7 +416,8 @@ def _make_op(mac: QLayer | None, follow: list[QLayer], in_fmt: QFormat, in_shape
                 if k & (k - 1):
                     raise FxpgaError(
                         f"{where}: layer '{n.name}': avg-pool over {op.PKH}x{op.PKW} = {k} "
-                        f"elements; the engine divides by powers of two only")
+                        f"elements; the engine divides by powers of two only"
+                    )
                 op.pool_avg = 1
     op.macs = op.O * op.OH * op.OW * op.CKK
     return op
@@ -338,15 +444,17 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     need_acc = max(op.acc_bits for op in ops)
     problems = []
     if need_data > cfg.data_bits:
-        problems.append(f"activations need {need_data} bits, the engine has data_bits="
-                        f"{cfg.data_bits}")
+        problems.append(
+            f"activations need {need_data} bits, the engine has data_bits={cfg.data_bits}"
+        )
     if need_w > cfg.weight_bits:
-        problems.append(f"weights need {need_w} bits, the engine has weight_bits="
-                        f"{cfg.weight_bits}")
+        problems.append(f"weights need {need_w} bits, the engine has weight_bits={cfg.weight_bits}")
     if need_acc > cfg.acc_bits:
         worst = max(ops, key=lambda o: o.acc_bits)
-        problems.append(f"layer '{worst.name}' needs a {need_acc}-bit accumulator, the engine "
-                        f"has acc_bits={cfg.acc_bits}")
+        problems.append(
+            f"layer '{worst.name}' needs a {need_acc}-bit accumulator, the engine "
+            f"has acc_bits={cfg.acc_bits}"
+        )
     # memories
     w_off = b_off = 0
     for op in ops:
@@ -359,15 +467,16 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         sizes[i % 2].append(op.in_size)
         sizes[(i + 1) % 2].append(op.out_size)
     fmap_need = max(max(s) for s in sizes if s)
-    for what, need, have in (("feature-map buffer", fmap_need, cfg.fmap_depth),
-                             ("weight bank (per lane)", w_off, cfg.wmem_depth),
-                             ("bias memory", b_off, cfg.bmem_depth),
-                             ("program", len(ops), cfg.max_ops)):
+    for what, need, have in (
+        ("feature-map buffer", fmap_need, cfg.fmap_depth),
+        ("weight bank (per lane)", w_off, cfg.wmem_depth),
+        ("bias memory", b_off, cfg.bmem_depth),
+        ("program", len(ops), cfg.max_ops),
+    ):
         if have is not None and need > have:
             problems.append(f"{what} needs {need} entries, the engine has {have}")
     if problems:
-        raise FxpgaError(f"model does not fit the engine (lanes={lanes}): "
-                         + "; ".join(problems))
+        raise FxpgaError(f"model does not fit the engine (lanes={lanes}): " + "; ".join(problems))
     wmem = [[0] * w_off for _ in range(lanes)]
     bmem = [0] * b_off
     for op in ops:
@@ -377,8 +486,18 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
             wmem[lane][base : base + op.CKK] = [int(v) for v in op.weights[o].reshape(-1)]
             bmem[op.b_base + g * lanes + lane] = int(op.bias[o])
     last = ops[-1]
-    prog = Program(cfg, ops, ops[0].in_size, last.out_size, len(ops) % 2,
-                   cfg.fmap_depth or fmap_need, wmem, bmem, qm.input_fmt, fmt)
+    prog = Program(
+        cfg,
+        ops,
+        ops[0].in_size,
+        last.out_size,
+        len(ops) % 2,
+        cfg.fmap_depth or fmap_need,
+        wmem,
+        bmem,
+        qm.input_fmt,
+        fmt,
+    )
     prog.estimate = [op_cycles(op, lanes) for op in ops]
     return prog
 
@@ -412,9 +531,14 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
         if op.relu_pre:
             y = np.maximum(y, 0)
         win = np.lib.stride_tricks.sliding_window_view(
-            np.pad(y, ((0, 0), (0, 0), (op.PPH, op.PPH), (op.PPW, op.PPW)),
-                   constant_values=0 if op.pool_avg else op.out_fmt.qmin),
-            (op.PKH, op.PKW), axis=(2, 3))[:, :, :: op.PSH, :: op.PSW]
+            np.pad(
+                y,
+                ((0, 0), (0, 0), (op.PPH, op.PPH), (op.PPW, op.PPW)),
+                constant_values=0 if op.pool_avg else op.out_fmt.qmin,
+            ),
+            (op.PKH, op.PKW),
+            axis=(2, 3),
+        )[:, :, :: op.PSH, :: op.PSW]
         if op.pool_avg:
             y = avg_round(win.sum(axis=(4, 5)), op.PKH * op.PKW)
         else:

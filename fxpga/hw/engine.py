@@ -37,7 +37,8 @@ def _bits_for(depth: int) -> int:
 class Engine(wiring.Component):
     """Runs a compiled network layer by layer.
 
-    Protocol: after reset the engine reads its program header, then accepts ``in_size``
+    Protocol: when the first input value is offered the engine reads its program header
+    (so run-time program writes apply from the next inference), then accepts ``in_size``
     values on ``i`` (C-order, the model's input format), computes every op, and sends
     ``out_size`` values on ``o``; then it waits for the next input. ``cycles`` holds the
     compute cycles of the last inference (from the last input value to the first output),
@@ -53,9 +54,16 @@ class Engine(wiring.Component):
     ``addr[20:28]`` the lane, and ``addr[0:20]`` the index; ``data`` is the value.
     """
 
-    def __init__(self, config: EngineConfig, program: Program | None = None, *,
-                 fmap_depth: int | None = None, wmem_depth: int | None = None,
-                 bmem_depth: int | None = None, max_ops: int | None = None):
+    def __init__(
+        self,
+        config: EngineConfig,
+        program: Program | None = None,
+        *,
+        fmap_depth: int | None = None,
+        wmem_depth: int | None = None,
+        bmem_depth: int | None = None,
+        max_ops: int | None = None,
+    ):
         self.config = cfg = config
         self.program = program
         p = program
@@ -64,14 +72,16 @@ class Engine(wiring.Component):
         self.bmem_depth = bmem_depth or cfg.bmem_depth or (max(1, len(p.bmem)) if p else 256)
         self.max_ops = max_ops or cfg.max_ops or (len(p.ops) if p else 16)
         self.prog_depth = HEADER_WORDS + len(DESC_FIELDS) * self.max_ops
-        super().__init__({
-            "i": In(stream.Signature(signed(cfg.data_bits))),
-            "o": Out(stream.Signature(signed(cfg.data_bits))),
-            "cfg": In(ConfigBus),
-            "cycles": Out(32),
-            "op_index": Out(8),
-            "running": Out(1),
-        })
+        super().__init__(
+            {
+                "i": In(stream.Signature(signed(cfg.data_bits))),
+                "o": Out(stream.Signature(signed(cfg.data_bits))),
+                "cfg": In(ConfigBus),
+                "cycles": Out(32),
+                "op_index": Out(8),
+                "running": Out(1),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -85,8 +95,10 @@ class Engine(wiring.Component):
             return mm, mm.read_port(), mm.write_port()
 
         fmap = [mem(f"fmap{b}", signed(D), self.fmap_depth, []) for b in range(2)]
-        banks = [mem(f"wbank{lane}", signed(WB), self.wmem_depth, p.wmem[lane] if p else [])
-                 for lane in range(lanes)]
+        banks = [
+            mem(f"wbank{lane}", signed(WB), self.wmem_depth, p.wmem[lane] if p else [])
+            for lane in range(lanes)
+        ]
         _, brd, bwr = mem("bias", signed(A), self.bmem_depth, p.bmem if p else [])
         pwords = program_words(p) if p else []
         _, prd, pwr = mem("program", unsigned(32), self.prog_depth, pwords)
@@ -94,20 +106,26 @@ class Engine(wiring.Component):
         # ---- runtime writes
         region, lane_sel, index = self.cfg.addr[28:32], self.cfg.addr[20:28], self.cfg.addr[:20]
         m.d.comb += [
-            pwr.addr.eq(index), pwr.data.eq(self.cfg.data),
+            pwr.addr.eq(index),
+            pwr.data.eq(self.cfg.data),
             pwr.en.eq(self.cfg.en & (region == REGION_PROGRAM)),
-            bwr.addr.eq(index), bwr.data.eq(self.cfg.data),
+            bwr.addr.eq(index),
+            bwr.data.eq(self.cfg.data),
             bwr.en.eq(self.cfg.en & (region == REGION_BIAS)),
         ]
         for lane, (_, _, wwr) in enumerate(banks):
-            m.d.comb += [wwr.addr.eq(index), wwr.data.eq(self.cfg.data),
-                         wwr.en.eq(self.cfg.en & (region == REGION_WEIGHTS) & (lane_sel == lane))]
+            m.d.comb += [
+                wwr.addr.eq(index),
+                wwr.data.eq(self.cfg.data),
+                wwr.en.eq(self.cfg.en & (region == REGION_WEIGHTS) & (lane_sel == lane)),
+            ]
 
         # ---- datapath
         m.submodules.taps = taps = TapGenerator(lanes)
         m.submodules.mac = mac = MACArray(lanes, D, WB, A)
         m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(self.bmem_depth))
         desc = Signal(Descriptor)
+        self._parts = {"taps": taps, "mac": mac, "post": post, "desc": desc}  # for debugging
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
 
         in_buf = desc.in_buf[0]
@@ -121,21 +139,31 @@ class Engine(wiring.Component):
 
         # window metadata travels TAP_TO_ACC cycles to meet its accumulators
         last_q, meta_q = tap.last, Signal(post.meta_layout)
-        m.d.comb += [meta_q.padwin.eq(tap.padwin), meta_q.pool_first.eq(tap.pool_first),
-                     meta_q.pool_last.eq(tap.pool_last), meta_q.out_addr.eq(tap.out_addr),
-                     meta_q.b_addr.eq(tap.b_addr), meta_q.nvalid.eq(tap.nvalid)]
+        m.d.comb += [
+            meta_q.padwin.eq(tap.padwin),
+            meta_q.pool_first.eq(tap.pool_first),
+            meta_q.pool_last.eq(tap.pool_last),
+            meta_q.out_addr.eq(tap.out_addr),
+            meta_q.b_addr.eq(tap.b_addr),
+            meta_q.nvalid.eq(tap.nvalid),
+        ]
         for k in range(compiler.TAP_TO_ACC):
             nl, nm = Signal(name=f"last_d{k + 1}"), Signal(post.meta_layout, name=f"meta_d{k + 1}")
             m.d.sync += [nl.eq(last_q & taps.busy if k == 0 else last_q), nm.eq(meta_q)]
             last_q, meta_q = nl, nm
-        m.d.comb += [post.capture.eq(last_q), post.meta.eq(meta_q),
-                     brd.addr.eq(post.bias_addr), post.bias_data.eq(brd.data)]
+        m.d.comb += [
+            post.capture.eq(last_q),
+            post.meta.eq(meta_q),
+            brd.addr.eq(post.bias_addr),
+            post.bias_data.eq(brd.data),
+        ]
         for lane in range(lanes):
             m.d.comb += post.acc[lane].eq(mac.acc[lane])
 
         # ---- sequencer
-        n_ops, in_size, out_size, out_buf = (Signal(FIELD_BITS, name=n) for n in
-                                             ("n_ops", "in_size", "out_size", "out_buf"))
+        n_ops, in_size, out_size, out_buf = (
+            Signal(FIELD_BITS, name=n) for n in ("n_ops", "in_size", "out_size", "out_buf")
+        )
         cnt = Signal(FIELD_BITS)
         op = Signal(8)
         cycles = Signal(32)
@@ -151,6 +179,10 @@ class Engine(wiring.Component):
 
         nf = len(DESC_FIELDS)
         with m.FSM():
+            with m.State("IDLE"):  # the header is read per inference: run-time writes count
+                with m.If(self.i.valid):
+                    m.d.sync += cnt.eq(0)
+                    m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += prd.addr.eq(cnt)
                 m.d.sync += cnt.eq(cnt + 1)
@@ -163,8 +195,12 @@ class Engine(wiring.Component):
                     m.next = "LOAD"
             with m.State("LOAD"):
                 w = fmap[0][2]
-                m.d.comb += [self.i.ready.eq(1), w.addr.eq(cnt), w.data.eq(self.i.payload),
-                             w.en.eq(self.i.valid)]
+                m.d.comb += [
+                    self.i.ready.eq(1),
+                    w.addr.eq(cnt),
+                    w.data.eq(self.i.payload),
+                    w.en.eq(self.i.valid),
+                ]
                 with m.If(self.i.valid):
                     m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt == in_size - 1):
@@ -175,8 +211,9 @@ class Engine(wiring.Component):
                 m.d.sync += cnt.eq(cnt + 1)
                 with m.If(cnt != 0):
                     m.d.sync += desc.as_value().eq(
-                        (desc.as_value() >> FIELD_BITS) |
-                        (prd.data[:FIELD_BITS].as_unsigned() << (FIELD_BITS * (nf - 1))))
+                        (desc.as_value() >> FIELD_BITS)
+                        | (prd.data[:FIELD_BITS].as_unsigned() << (FIELD_BITS * (nf - 1)))
+                    )
                 with m.If(cnt == nf):
                     m.d.sync += cnt.eq(0)
                     m.next = "START"
@@ -184,9 +221,8 @@ class Engine(wiring.Component):
                 m.d.comb += taps.start.eq(1)
                 m.d.sync += self.running.eq(1)
                 m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(taps.done):
-                    m.next = "DRAIN"
+            with m.State("RUN"), m.If(taps.done):
+                m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.sync += cnt.eq(cnt + 1)
                 with m.If(cnt == compiler.drain_cycles(lanes) - 1):
@@ -200,14 +236,16 @@ class Engine(wiring.Component):
                 m.d.comb += rd_addr.eq(cnt)
                 m.next = "OUT_SEND"
             with m.State("OUT_SEND"):
-                m.d.comb += [rd_addr.eq(cnt), self.o.valid.eq(1),
-                             self.o.payload.eq(Mux(out_buf[0], fmap[1][1].data,
-                                                   fmap[0][1].data))]
+                m.d.comb += [
+                    rd_addr.eq(cnt),
+                    self.o.valid.eq(1),
+                    self.o.payload.eq(Mux(out_buf[0], fmap[1][1].data, fmap[0][1].data)),
+                ]
                 with m.If(self.o.ready):
                     m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt == out_size - 1):
                         m.d.sync += cnt.eq(0)
-                        m.next = "LOAD"
+                        m.next = "IDLE"
                     with m.Else():
                         m.next = "OUT_READ"
 
@@ -216,9 +254,7 @@ class Engine(wiring.Component):
             sel = post.wr_en & (in_buf != b)
             if b == 0:
                 with m.If(sel):
-                    m.d.comb += [fwr.addr.eq(post.wr_addr), fwr.data.eq(post.wr_data),
-                                 fwr.en.eq(1)]
+                    m.d.comb += [fwr.addr.eq(post.wr_addr), fwr.data.eq(post.wr_data), fwr.en.eq(1)]
             else:
-                m.d.comb += [fwr.addr.eq(post.wr_addr), fwr.data.eq(post.wr_data),
-                             fwr.en.eq(sel)]
+                m.d.comb += [fwr.addr.eq(post.wr_addr), fwr.data.eq(post.wr_data), fwr.en.eq(sel)]
         return m

@@ -29,12 +29,14 @@ class MACArray(wiring.Component):
     def __init__(self, lanes: int, data_bits: int, weight_bits: int, acc_bits: int):
         self.lanes = lanes
         self.data_bits, self.weight_bits, self.acc_bits = data_bits, weight_bits, acc_bits
-        super().__init__({
-            "en": In(1),
-            "a": In(signed(data_bits)),
-            "w": In(signed(weight_bits)).array(lanes),
-            "acc": Out(signed(acc_bits)).array(lanes),
-        })
+        super().__init__(
+            {
+                "en": In(1),
+                "a": In(signed(data_bits)),
+                "w": In(signed(weight_bits)).array(lanes),
+                "acc": Out(signed(acc_bits)).array(lanes),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()

@@ -38,24 +38,31 @@ class PostProcessor(wiring.Component):
 
     def __init__(self, lanes: int, data_bits: int, acc_bits: int, bias_depth_bits: int):
         self.lanes, self.data_bits, self.acc_bits = lanes, data_bits, acc_bits
-        meta = data.StructLayout({
-            "padwin": 1, "pool_first": 1, "pool_last": 1,
-            "out_addr": unsigned(FIELD_BITS), "b_addr": unsigned(FIELD_BITS),
-            "nvalid": unsigned(FIELD_BITS),
-        })
+        meta = data.StructLayout(
+            {
+                "padwin": 1,
+                "pool_first": 1,
+                "pool_last": 1,
+                "out_addr": unsigned(FIELD_BITS),
+                "b_addr": unsigned(FIELD_BITS),
+                "nvalid": unsigned(FIELD_BITS),
+            }
+        )
         self.meta_layout = meta
-        super().__init__({
-            "desc": In(Descriptor),
-            "capture": In(1),
-            "meta": In(meta),
-            "acc": In(signed(acc_bits)).array(lanes),
-            "bias_addr": Out(bias_depth_bits),
-            "bias_data": In(signed(acc_bits)),
-            "wr_addr": Out(FIELD_BITS),
-            "wr_data": Out(signed(data_bits)),
-            "wr_en": Out(1),
-            "busy": Out(1),
-        })
+        super().__init__(
+            {
+                "desc": In(Descriptor),
+                "capture": In(1),
+                "meta": In(meta),
+                "acc": In(signed(acc_bits)).array(lanes),
+                "bias_addr": Out(bias_depth_bits),
+                "bias_data": In(signed(acc_bits)),
+                "wr_addr": Out(FIELD_BITS),
+                "wr_data": Out(signed(data_bits)),
+                "wr_en": Out(1),
+                "busy": Out(1),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -89,9 +96,8 @@ class PostProcessor(wiring.Component):
             m.d.sync += snap[lanes - 1].eq(cap[0])
             addr = Mux(cnt == 0, meta.out_addr, lane_addr + d.POHW)
             m.d.sync += [lane_addr.eq(addr), s1_addr.eq(addr)]
-            with m.If(cnt == lanes - 1):
-                with m.If(~self.capture):
-                    m.d.sync += active.eq(0)
+            with m.If(cnt == lanes - 1), m.If(~self.capture):
+                m.d.sync += active.eq(0)
             with m.Else():
                 m.d.sync += cnt.eq(cnt + 1)
             with m.If(self.capture):
@@ -100,8 +106,13 @@ class PostProcessor(wiring.Component):
         # stage 2: + bias
         s2_v, s2_val = Signal(), Signal(signed(A))
         s2_meta, s2_l, s2_addr = Signal(self.meta_layout), Signal(L + 1), Signal(FIELD_BITS)
-        m.d.sync += [s2_v.eq(s1_v), s2_val.eq(s1_diff + self.bias_data), s2_meta.eq(s1_meta),
-                     s2_l.eq(s1_l), s2_addr.eq(s1_addr)]
+        m.d.sync += [
+            s2_v.eq(s1_v),
+            s2_val.eq(s1_diff + self.bias_data),
+            s2_meta.eq(s1_meta),
+            s2_l.eq(s1_l),
+            s2_addr.eq(s1_addr),
+        ]
 
         # stage 3: requantize, saturate, relu_pre
         s3_v, s3_val = Signal(), Signal(signed(D))
@@ -115,8 +126,13 @@ class PostProcessor(wiring.Component):
         wide = Signal(signed(A + MAX_LEFT_SHIFT + 1))
         m.d.comb += wide.eq(Mux(sh > 0, right, s2_val << lsh))
         sat = Mux(wide > d.qmax, d.qmax, Mux(wide < d.qmin, d.qmin, wide))
-        m.d.sync += [s3_v.eq(s2_v), s3_meta.eq(s2_meta), s3_l.eq(s2_l), s3_addr.eq(s2_addr),
-                     s3_val.eq(Mux(d.relu_pre & (sat < 0), 0, sat))]
+        m.d.sync += [
+            s3_v.eq(s2_v),
+            s3_meta.eq(s2_meta),
+            s3_l.eq(s2_l),
+            s3_addr.eq(s2_addr),
+            s3_val.eq(Mux(d.relu_pre & (sat < 0), 0, sat)),
+        ]
 
         # stage 4: pool (pacc rotates one lane per item)
         s4_en, s4_val, s4_addr = Signal(), Signal(signed(D)), Signal(FIELD_BITS)

@@ -12,18 +12,20 @@ S = signed(FIELD_BITS + 2)
 
 
 def tap_layout(lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "mac": 1,  # multiply this cycle (0: bubble, padding or a pool-padding window)
-        "addr": unsigned(FIELD_BITS),  # feature-map element to read
-        "w_addr": unsigned(FIELD_BITS),  # weight index, the same in every lane's bank
-        "last": 1,  # the window's final cycle of taps: post-processing takes it from here
-        "padwin": 1,  # the window lies in pool padding (no conv output there)
-        "pool_first": 1,
-        "pool_last": 1,
-        "out_addr": unsigned(FIELD_BITS),  # output element of lane 0 for this pool output
-        "b_addr": unsigned(FIELD_BITS),  # bias of lane 0 for this group
-        "nvalid": unsigned(FIELD_BITS),  # lanes holding real output channels in this group
-    })
+    return data.StructLayout(
+        {
+            "mac": 1,  # multiply this cycle (0: bubble, padding or a pool-padding window)
+            "addr": unsigned(FIELD_BITS),  # feature-map element to read
+            "w_addr": unsigned(FIELD_BITS),  # weight index, the same in every lane's bank
+            "last": 1,  # the window's final cycle of taps: post-processing takes it from here
+            "padwin": 1,  # the window lies in pool padding (no conv output there)
+            "pool_first": 1,
+            "pool_last": 1,
+            "out_addr": unsigned(FIELD_BITS),  # output element of lane 0 for this pool output
+            "b_addr": unsigned(FIELD_BITS),  # bias of lane 0 for this group
+            "nvalid": unsigned(FIELD_BITS),  # lanes holding real output channels in this group
+        }
+    )
 
 
 class TapGenerator(wiring.Component):
@@ -31,9 +33,10 @@ class TapGenerator(wiring.Component):
 
     ``start`` (one cycle, with ``desc`` valid and held until ``done``) begins the walk; ``tap``
     is valid combinationally while ``busy``. A window of ``n`` taps (``n = C·KH·KW``, or 1 for a
-    window in pool padding) occupies ``max(n, lanes)`` cycles, so the serial post-processor
-    (``lanes`` cycles per window) never falls behind; ``last`` marks the n-th. All positions
-    and addresses are kept incrementally from constants the compiler precomputed: no
+    window in pool padding) occupies ``max(n, lanes)`` cycles: idle cycles first, then the
+    taps, ``last`` on the n-th. So consecutive ``last`` taps are at least ``lanes`` cycles
+    apart and the serial post-processor (``lanes`` cycles per window) never falls behind.
+    All positions and addresses are kept incrementally from constants the compiler precomputed: no
     multipliers. ``done`` pulses in the cycle after the final window.
 
     **Throughput**: one tap per cycle. **Cycles per op**: Σ over windows of ``max(n, lanes)``.
@@ -41,13 +44,15 @@ class TapGenerator(wiring.Component):
 
     def __init__(self, lanes: int):
         self.lanes = lanes
-        super().__init__({
-            "desc": In(Descriptor),
-            "start": In(1),
-            "busy": Out(1),
-            "done": Out(1),
-            "tap": Out(tap_layout(lanes)),
-        })
+        super().__init__(
+            {
+                "desc": In(Descriptor),
+                "start": In(1),
+                "busy": Out(1),
+                "done": Out(1),
+                "tap": Out(tap_layout(lanes)),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -64,17 +69,18 @@ class TapGenerator(wiring.Component):
         iy0, ix0, ra0 = reg("iy0"), reg("ix0"), reg("ra0")
         wg, bbase, out_g, out_addr = reg("wg"), reg("bbase"), reg("out_g"), reg("out_addr")
         # tap-level state
-        kx, ky, kyW, c, ca, woff, t = (reg(n) for n in ("kx", "ky", "kyW", "c", "ca", "woff",
-                                                           "t"))
+        kx, ky, kyW, c, ca, woff, t = (reg(n) for n in ("kx", "ky", "kyW", "c", "ca", "woff", "t"))
         busy = Signal()
         m.d.comb += self.busy.eq(busy)
 
         padwin = ~((oy >= 0) & (oy < d.OH) & (ox >= 0) & (ox < d.OW))
         win_len = Mux(padwin, 1, d.CKK)
         period = Mux(win_len > lanes, win_len, lanes)
-        emitting = busy & (t < win_len)
-        last = busy & (t == win_len - 1)
-        win_end = busy & (t == period - 1)
+        # bubbles lead, taps trail: every window's last tap ends its period, so consecutive
+        # last taps (and captures) are at least `lanes` cycles apart whatever the lengths
+        emitting = busy & (t >= period - win_len)
+        last = busy & (t == period - 1)
+        win_end = last
         iy = iy0 + ky
         ix = ix0 + kx
         inside = (iy >= 0) & (iy < d.H) & (ix >= 0) & (ix < d.W)
@@ -99,11 +105,25 @@ class TapGenerator(wiring.Component):
         m.d.sync += self.done.eq(0)
         with m.If(self.start):
             m.d.sync += [
-                busy.eq(1), g.eq(0), py.eq(0), px.eq(0), dy.eq(0), dx.eq(0),
-                oy_p.eq(d.oy0), oy.eq(d.oy0), ox_p.eq(d.ox0), ox.eq(d.ox0),
-                iy0_p.eq(d.iy0), iy0.eq(d.iy0), ix0_p.eq(d.ix0), ix0.eq(d.ix0),
-                ra0_p.eq(d.ra0), ra0.eq(d.ra0),
-                wg.eq(d.w_base), bbase.eq(d.b_base), out_g.eq(d.out_base),
+                busy.eq(1),
+                g.eq(0),
+                py.eq(0),
+                px.eq(0),
+                dy.eq(0),
+                dx.eq(0),
+                oy_p.eq(d.oy0),
+                oy.eq(d.oy0),
+                ox_p.eq(d.ox0),
+                ox.eq(d.ox0),
+                iy0_p.eq(d.iy0),
+                iy0.eq(d.iy0),
+                ix0_p.eq(d.ix0),
+                ix0.eq(d.ix0),
+                ra0_p.eq(d.ra0),
+                ra0.eq(d.ra0),
+                wg.eq(d.w_base),
+                bbase.eq(d.b_base),
+                out_g.eq(d.out_base),
                 out_addr.eq(d.out_base),
             ]
             reset_taps()
@@ -114,35 +134,63 @@ class TapGenerator(wiring.Component):
             with m.Else():
                 m.d.sync += dx.eq(0)
                 with m.If(dy != d.PKH - 1):
-                    m.d.sync += [dy.eq(dy + 1), oy.eq(oy + 1), iy0.eq(iy0 + d.SH),
-                                 ra0.eq(ra0 + d.SHW), ox.eq(ox_p), ix0.eq(ix0_p)]
+                    m.d.sync += [
+                        dy.eq(dy + 1),
+                        oy.eq(oy + 1),
+                        iy0.eq(iy0 + d.SH),
+                        ra0.eq(ra0 + d.SHW),
+                        ox.eq(ox_p),
+                        ix0.eq(ix0_p),
+                    ]
                 with m.Else():
                     m.d.sync += [dy.eq(0), out_addr.eq(out_addr + 1)]
                     with m.If(px != d.POW - 1):
                         m.d.sync += [
-                            px.eq(px + 1), ox_p.eq(ox_p + d.PSW), ix0_p.eq(ix0_p + d.PSW_SW),
-                            ox.eq(ox_p + d.PSW), ix0.eq(ix0_p + d.PSW_SW),
-                            oy.eq(oy_p), iy0.eq(iy0_p), ra0.eq(ra0_p),
+                            px.eq(px + 1),
+                            ox_p.eq(ox_p + d.PSW),
+                            ix0_p.eq(ix0_p + d.PSW_SW),
+                            ox.eq(ox_p + d.PSW),
+                            ix0.eq(ix0_p + d.PSW_SW),
+                            oy.eq(oy_p),
+                            iy0.eq(iy0_p),
+                            ra0.eq(ra0_p),
                         ]
                     with m.Else():
-                        m.d.sync += [px.eq(0), ox_p.eq(d.ox0), ix0_p.eq(d.ix0), ox.eq(d.ox0),
-                                     ix0.eq(d.ix0)]
+                        m.d.sync += [
+                            px.eq(0),
+                            ox_p.eq(d.ox0),
+                            ix0_p.eq(d.ix0),
+                            ox.eq(d.ox0),
+                            ix0.eq(d.ix0),
+                        ]
                         with m.If(py != d.POH - 1):
                             m.d.sync += [
-                                py.eq(py + 1), oy_p.eq(oy_p + d.PSH),
-                                iy0_p.eq(iy0_p + d.PSH_SH), ra0_p.eq(ra0_p + d.PSH_SH_W),
-                                oy.eq(oy_p + d.PSH), iy0.eq(iy0_p + d.PSH_SH),
+                                py.eq(py + 1),
+                                oy_p.eq(oy_p + d.PSH),
+                                iy0_p.eq(iy0_p + d.PSH_SH),
+                                ra0_p.eq(ra0_p + d.PSH_SH_W),
+                                oy.eq(oy_p + d.PSH),
+                                iy0.eq(iy0_p + d.PSH_SH),
                                 ra0.eq(ra0_p + d.PSH_SH_W),
                             ]
                         with m.Else():
-                            m.d.sync += [py.eq(0), oy_p.eq(d.oy0), iy0_p.eq(d.iy0),
-                                         ra0_p.eq(d.ra0), oy.eq(d.oy0), iy0.eq(d.iy0),
-                                         ra0.eq(d.ra0)]
+                            m.d.sync += [
+                                py.eq(0),
+                                oy_p.eq(d.oy0),
+                                iy0_p.eq(d.iy0),
+                                ra0_p.eq(d.ra0),
+                                oy.eq(d.oy0),
+                                iy0.eq(d.iy0),
+                                ra0.eq(d.ra0),
+                            ]
                             with m.If(g != d.G - 1):
-                                m.d.sync += [g.eq(g + 1), wg.eq(wg + d.CKK),
-                                             bbase.eq(bbase + lanes),
-                                             out_g.eq(out_g + d.out_gstep),
-                                             out_addr.eq(out_g + d.out_gstep)]
+                                m.d.sync += [
+                                    g.eq(g + 1),
+                                    wg.eq(wg + d.CKK),
+                                    bbase.eq(bbase + lanes),
+                                    out_g.eq(out_g + d.out_gstep),
+                                    out_addr.eq(out_g + d.out_gstep),
+                                ]
                             with m.Else():
                                 m.d.sync += [busy.eq(0), self.done.eq(1)]
         with m.Elif(busy):

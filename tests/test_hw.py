@@ -1,0 +1,429 @@
+"""The engine in Amaranth's simulator: components against Python models, whole networks
+bit-exact against the golden model, cycle counts against the compiler's estimate."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from amaranth.sim import Simulator
+
+from fxpga.errors import FxpgaError
+from fxpga.hw import amsim, compiler
+from fxpga.hw.compiler import EngineConfig
+from fxpga.hw.engine import REGION_BIAS, REGION_PROGRAM, REGION_WEIGHTS, Engine, program_words
+from fxpga.hw.mac import MACArray
+from fxpga.hw.postproc import PostProcessor
+from fxpga.hw.taps import TapGenerator
+from fxpga.quant import frontend, golden, quantizer
+from fxpga.quant.qformat import avg_round, requantize
+
+# ---- models of the components ---------------------------------------------------------------
+
+
+def ref_taps(d: dict, lanes: int):
+    """Cycle-by-cycle taps of one op: (mac, addr, w_addr, last, padwin, first, lastpool,
+    out_addr, b_addr, nvalid), addresses only where they matter."""
+    out = []
+    for g in range(d["G"]):
+        out_addr = d["out_base"] + g * d["out_gstep"]
+        for py in range(d["POH"]):
+            for px in range(d["POW"]):
+                for dy in range(d["PKH"]):
+                    for dx in range(d["PKW"]):
+                        oy = d["oy0"] + py * d["PSH"] + dy
+                        ox = d["ox0"] + px * d["PSW"] + dx
+                        pad = not (0 <= oy < d["OH"] and 0 <= ox < d["OW"])
+                        n = 1 if pad else d["CKK"]
+                        meta = (
+                            pad,
+                            dy == 0 and dx == 0,
+                            dy == d["PKH"] - 1 and dx == d["PKW"] - 1,
+                            out_addr,
+                            d["b_base"] + g * lanes,
+                            d["O_last"] if g == d["G"] - 1 else lanes,
+                        )
+                        taps = []
+                        if pad:
+                            taps.append((0, None, None))
+                        else:
+                            for c in range(d["C"]):
+                                for ky in range(d["KH"]):
+                                    for kx in range(d["KW"]):
+                                        iy = oy * d["SH"] + d["iy0"] - d["oy0"] * d["SH"] + ky
+                                        ix = ox * d["SW"] + d["ix0"] - d["ox0"] * d["SW"] + kx
+                                        inside = 0 <= iy < d["H"] and 0 <= ix < d["W"]
+                                        w = d["w_base"] + g * d["CKK"] + len(taps)
+                                        taps.append(
+                                            (
+                                                int(inside),
+                                                c * d["HW"] + iy * d["W"] + ix if inside else None,
+                                                w,
+                                            )
+                                        )
+                        out += [(0, None, None, 0)] * (max(n, lanes) - n)  # bubbles first
+                        for t in range(n):
+                            mac, addr, w = taps[t]
+                            out.append(
+                                (mac, addr, w if mac else None, int(t == n - 1))
+                                + (meta if t == n - 1 else ())
+                            )
+                out_addr += 1
+    return out
+
+
+def random_net(rng: random.Random, pools=True):
+    """A small random supported chain, with its input shape."""
+    c, h, w = rng.randint(1, 3), rng.randint(3, 7), rng.randint(3, 7)
+    shape, mods = (c, h, w), []
+    for _ in range(rng.randint(1, 2)):
+        co, k = rng.randint(1, 6), rng.choice([1, 2, 3])
+        p, s = rng.randint(0, k // 2), rng.choice([1, 1, 2])
+        if h + 2 * p < k or w + 2 * p < k:
+            continue
+        mods.append(nn.Conv2d(c, co, k, stride=s, padding=p, bias=rng.random() < 0.7))
+        c, h, w = co, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if rng.random() < 0.6:
+            mods.append(nn.ReLU())
+        if pools and h >= 2 and w >= 2 and rng.random() < 0.6:
+            ps, pp = rng.choice([1, 2]), rng.randint(0, 1)
+            mods.append(rng.choice([nn.MaxPool2d, nn.AvgPool2d])(2, ps, pp))
+            h, w = (h + 2 * pp - 2) // ps + 1, (w + 2 * pp - 2) // ps + 1
+            if rng.random() < 0.3:
+                mods.append(nn.ReLU())
+    mods.append(nn.Flatten())
+    mods.append(nn.Linear(c * h * w, rng.randint(1, 7)))
+    return nn.Sequential(*mods), shape
+
+
+def quantized(model, shape, seed, bits=8, wbits=None):
+    torch.manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d | nn.Linear):
+            nn.init.uniform_(mod.weight, -0.8, 0.8)
+            if mod.bias is not None:
+                nn.init.uniform_(mod.bias, -0.5, 0.5)
+    g = frontend.from_module(model.eval(), shape)
+    x = np.random.default_rng(seed).standard_normal((24, *shape))
+    widths = quantizer.Widths(bits, wbits, wbits)
+    return quantizer.quantize_model(g, x[:16], widths), x[16:]
+
+
+def check_engine(qm, x, lanes, n=2, gaps=None, config=None):
+    prog = compiler.compile_model(qm, config or EngineConfig(lanes=lanes))
+    xi = golden.quantize_input(qm, x[:n])
+    want = golden.run_int(qm, xi).reshape(n, -1)
+    got, cycles, per_op = amsim.run_engine(prog, xi, gaps=gaps, op_trace=True)
+    np.testing.assert_array_equal(got, want)
+    assert cycles == [prog.total_cycles] * n
+    assert per_op == [prog.estimate] * n
+    return prog
+
+
+# ---- components -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tap_generator_matches_model(seed):
+    rng = random.Random(seed)
+    lanes = rng.choice([1, 3, 8])
+    model, shape = random_net(rng)
+    qm, _ = quantized(model, shape, seed)
+    prog = compiler.compile_model(qm, EngineConfig(lanes=lanes))
+    for d in prog.descriptors:
+        want = ref_taps(d, lanes)
+        dut = TapGenerator(lanes)
+        got = []
+
+        n_taps = len(want)
+
+        async def bench(ctx, d=d, dut=dut, got=got, n=n_taps):
+            for k, v in d.items():
+                ctx.set(getattr(dut.desc, k), v)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            for _ in range(n):
+                t = dut.tap
+                mac, addr, w, last = (
+                    ctx.get(t.mac),
+                    ctx.get(t.addr),
+                    ctx.get(t.w_addr),
+                    ctx.get(t.last),
+                )
+                row = (mac, addr if mac else None, w if mac else None, last)
+                if last:
+                    row += (
+                        bool(ctx.get(t.padwin)),
+                        bool(ctx.get(t.pool_first)),
+                        bool(ctx.get(t.pool_last)),
+                        ctx.get(t.out_addr),
+                        ctx.get(t.b_addr),
+                        ctx.get(t.nvalid),
+                    )
+                assert ctx.get(dut.busy)
+                got.append(row)
+                await ctx.tick()
+            assert ctx.get(dut.done) and not ctx.get(dut.busy)
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        sim.add_testbench(bench)
+        sim.run()
+        assert got == want
+
+
+def test_mac_array_wraps_and_gates(rng):
+    lanes, D, W, A = 3, 8, 8, 12
+    dut = MACArray(lanes, D, W, A)
+    ops = [
+        (
+            int(rng.integers(0, 2)),
+            int(rng.integers(-128, 128)),
+            [int(v) for v in rng.integers(-128, 128, lanes)],
+        )
+        for _ in range(200)
+    ]
+
+    async def bench(ctx):
+        ref = [0] * lanes
+        hist = []
+        for en, a, ws in ops + [(0, 0, [0] * lanes)] * MACArray.LATENCY:
+            ctx.set(dut.en, en)
+            ctx.set(dut.a, a)
+            for lane in range(lanes):
+                ctx.set(dut.w[lane], ws[lane])
+            hist.append((en, a, ws))
+            await ctx.tick()
+            if len(hist) >= MACArray.LATENCY:
+                e, aa, ww = hist[-MACArray.LATENCY]
+                for lane in range(lanes):
+                    ref[lane] += e * aa * ww[lane]
+                    want = (ref[lane] + 2 ** (A - 1)) % 2**A - 2 ** (A - 1)
+                    assert ctx.get(dut.acc[lane]) == want
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize(
+    "pool_avg,shift,relu_pre,relu_post",
+    [(0, 5, 1, 0), (1, 3, 0, 1), (0, -2, 0, 0), (1, 0, 1, 1), (0, 12, 0, 0)],
+)
+def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post):
+    """Random windows with random extra gaps between captures; pool over 4 windows."""
+    rng = random.Random(shift * 7 + pool_avg)
+    lanes, D, A = rng.choice([4, 8]), 8, 20
+    dut = PostProcessor(lanes, D, A, 5)
+    bias = [rng.randint(-3000, 3000) for _ in range(32)]
+    desc = {
+        "POHW": 5,
+        "shift": shift,
+        "qmin": -128,
+        "qmax": 127,
+        "relu_pre": relu_pre,
+        "relu_post": relu_post,
+        "pool_avg": pool_avg,
+        "avg_shift": 2 if pool_avg else 0,
+    }
+    windows, acc = [], [0] * lanes
+    for w in range(16):
+        sums = [rng.randint(-(2**14), 2**14) for _ in range(lanes)]
+        acc = [(a + s + 2 ** (A - 1)) % 2**A - 2 ** (A - 1) for a, s in zip(acc, sums, strict=1)]
+        pad = int(rng.random() < 0.4 and w % 4 != 1)
+        windows.append(
+            {
+                "sums": sums,
+                "acc": list(acc),
+                "padwin": pad,
+                "pool_first": int(w % 4 == 0),
+                "pool_last": int(w % 4 == 3),
+                "out_addr": 100 + w // 4,
+                "b_addr": 4 * (w // 8),
+                "nvalid": lanes - 1,
+            }
+        )
+    # model
+    want, pacc = {}, [0] * lanes
+    for wd in windows:
+        for lane in range(lanes):
+            v = wd["sums"][lane] + bias[wd["b_addr"] + lane]
+            r = int(requantize(np.array([v]), shift, 8)[0])
+            r = max(r, 0) if relu_pre else r
+            if wd["padwin"]:
+                if wd["pool_first"]:
+                    pacc[lane] = 0 if pool_avg else -128
+            elif wd["pool_first"]:
+                pacc[lane] = r
+            else:
+                pacc[lane] = pacc[lane] + r if pool_avg else max(pacc[lane], r)
+            if wd["pool_last"] and lane < wd["nvalid"]:
+                o = int(avg_round(np.array([pacc[lane]]), 4)[0]) if pool_avg else pacc[lane]
+                want[wd["out_addr"] + lane * 5] = max(o, 0) if relu_post else o
+
+    async def bench(ctx):
+        for k, v in desc.items():
+            ctx.set(getattr(dut.desc, k), v)
+        for wd in windows:
+            for lane in range(lanes):
+                ctx.set(dut.acc[lane], wd["acc"][lane])
+            for k in ("padwin", "pool_first", "pool_last", "out_addr", "b_addr", "nvalid"):
+                ctx.set(getattr(dut.meta, k), wd[k])
+            ctx.set(dut.capture, 1)
+            await ctx.tick()
+            ctx.set(dut.capture, 0)
+            await ctx.tick().repeat(lanes - 1 + rng.choice([0, 0, 1, 3]))
+
+    got = {}
+
+    async def memories(ctx):
+        async for _clk, _rst, baddr, en, addr, val in ctx.tick().sample(
+            dut.bias_addr, dut.wr_en, dut.wr_addr, dut.wr_data
+        ):
+            ctx.set(dut.bias_data, bias[baddr])
+            if en:
+                got[addr] = val
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.add_process(memories)
+    sim.run_until(1e-8 * 16 * (lanes + 4) + 1e-6)
+    assert got == want
+
+
+# ---- whole engine ---------------------------------------------------------------------------
+
+
+def test_digits_cnn_bit_exact(digits_q8, digits):
+    prog = check_engine(digits_q8, digits.x_test, lanes=8, n=3)
+    assert prog.utilization() > 0.9
+
+
+@pytest.mark.parametrize("lanes", [1, 3, 8])
+@pytest.mark.parametrize("seed", range(4))
+def test_random_networks_bit_exact(lanes, seed):
+    rng = random.Random(1000 * lanes + seed)
+    model, shape = random_net(rng)
+    bits = rng.choice([4, 6, 8])
+    qm, x = quantized(model, shape, seed, bits=bits, wbits=rng.choice([3, bits]))
+    check_engine(qm, x, lanes, n=2, gaps=random.Random(seed))
+
+
+def test_saturation_matches_golden():
+    """Weights and inputs chosen so accumulators overflow the output range both ways."""
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5)
+    )
+    qm, _ = quantized(model, (2, 4, 4), 7)
+    x = np.random.default_rng(7).standard_normal((3, 2, 4, 4)) * 50  # input saturates too
+    xi = golden.quantize_input(qm, x)
+    assert (np.abs(xi) == 128).any() or (xi == 127).any()
+    ints = golden.run_int(qm, xi, keep=True)
+    conv = ints[qm.layers[0].name]
+    assert (conv == 127).any() and (conv == -128).any()
+    check_engine(qm, x, lanes=3, n=3)
+
+
+def test_standalone_pool_and_relu_run_as_identity():
+    model = nn.Sequential(
+        nn.MaxPool2d(2),
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.MaxPool2d(2, 1),
+        nn.AvgPool2d(2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3, 4),
+        nn.ReLU(),
+        nn.ReLU(),
+    )
+    qm, x = quantized(model, (2, 7, 7), 3)
+    prog = compiler.compile_model(qm, EngineConfig(lanes=2))
+    assert [op.name.endswith(":identity") for op in prog.ops] == [True, False, True, False, True]
+    check_engine(qm, x, lanes=2, n=2)
+
+
+def test_runtime_writes_replace_initial_memories(digits):
+    """An engine built with empty memories, loaded over the cfg bus, computes the same."""
+    model, shape = random_net(random.Random(5))
+    qm, x = quantized(model, shape, 5)
+    prog = compiler.compile_model(qm, EngineConfig(lanes=3))
+    empty = Engine(
+        prog.config,
+        None,
+        fmap_depth=prog.fmap_depth,
+        wmem_depth=len(prog.wmem[0]),
+        bmem_depth=len(prog.bmem),
+        max_ops=len(prog.ops),
+    )
+    xi = golden.quantize_input(qm, x[:2])
+    want = golden.run_int(qm, xi).reshape(2, -1)
+    got = []
+
+    async def bench(ctx):
+        writes = [(REGION_PROGRAM << 28 | i, w) for i, w in enumerate(program_words(prog))]
+        writes += [(REGION_BIAS << 28 | i, b) for i, b in enumerate(prog.bmem)]
+        writes += [
+            (REGION_WEIGHTS << 28 | lane << 20 | i, w)
+            for lane, bank in enumerate(prog.wmem)
+            for i, w in enumerate(bank)
+        ]
+        for addr, val in writes:
+            ctx.set(empty.cfg.addr, addr)
+            ctx.set(empty.cfg.data, val & 0xFFFFFFFF)
+            ctx.set(empty.cfg.en, 1)
+            await ctx.tick()
+        ctx.set(empty.cfg.en, 0)
+        for sample in xi.reshape(2, -1):
+            for v in sample:
+                await amsim.stream_put(ctx, empty.i, v)
+            got.append([await amsim.stream_get(ctx, empty.o) for _ in range(prog.out_size)])
+
+    sim = Simulator(empty)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    np.testing.assert_array_equal(np.array(got), want)
+
+
+# ---- compiler -------------------------------------------------------------------------------
+
+
+def test_compiler_refuses_what_does_not_fit(digits_q8):
+    with pytest.raises(
+        FxpgaError,
+        match=r"layer 'fc1' needs a 21-bit accumulator, the "
+        r"engine has acc_bits=16",
+    ):
+        compiler.compile_model(digits_q8, EngineConfig(acc_bits=16))
+    with pytest.raises(
+        FxpgaError,
+        match=r"feature-map buffer needs 256 entries, the engine "
+        r"has 100",
+    ):
+        compiler.compile_model(digits_q8, EngineConfig(fmap_depth=100))
+    with pytest.raises(FxpgaError, match=r"weights need 8 bits, the engine has weight_bits=6"):
+        compiler.compile_model(digits_q8, EngineConfig(weight_bits=6))
+    with pytest.raises(FxpgaError, match=r"weight bank \(per lane\) needs 1746 entries"):
+        compiler.compile_model(digits_q8, EngineConfig(wmem_depth=1000))
+    with pytest.raises(FxpgaError, match=r"EngineConfig.lanes must be a positive integer, not 0"):
+        EngineConfig(lanes=0)
+
+
+def test_avgpool_non_power_of_two_is_refused():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.AvgPool2d(3), nn.Flatten(), nn.Linear(8, 2))
+    qm, _ = quantized(model, (1, 6, 6), 0)
+    with pytest.raises(FxpgaError, match=r"avg-pool over 3x3 = 9 elements"):
+        compiler.compile_model(qm, EngineConfig(lanes=2))
+
+
+@pytest.mark.parametrize("lanes", [1, 3, 8])
+def test_program_model_matches_golden(digits_q8, digits, lanes):
+    prog = compiler.compile_model(digits_q8, EngineConfig(lanes=lanes))
+    xi = golden.quantize_input(digits_q8, digits.x_test[:50])
+    want = golden.run_int(digits_q8, xi)
+    for i in range(50):
+        np.testing.assert_array_equal(compiler.run_program(prog, xi[i]), want[i].reshape(-1))
