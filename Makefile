@@ -19,6 +19,7 @@ demo: $(STAMP)
 	mkdir -p $(OUT)
 	$(VENV)/bin/fxpga quantize digits-cnn --data digits -o $(OUT)/digits.fxq
 	$(VENV)/bin/fxpga eval $(OUT)/digits.fxq --data digits
+	$(VENV)/bin/fxpga compile $(OUT)/digits.fxq --lanes 8 --check 2 -o $(OUT)/engine
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check fxpga tests bench
@@ -30,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/quant.py
+	$(PY) bench/engine.py
 
 clean:
 	rm -rf build .pytest_cache

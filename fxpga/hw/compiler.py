@@ -66,6 +66,22 @@ class EngineConfig:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def for_model(cls, qm: QModel, lanes: int = 8, **overrides) -> EngineConfig:
+        """The narrowest widths ``qm`` needs (at least 8-bit data/weights, 32-bit accumulators
+        where that suffices); ``overrides`` win."""
+        data = max([qm.input_fmt.bits] + [la.out_fmt.bits for la in qm.layers])
+        weight = max([la.w_fmt.bits for la in qm.layers if la.w_fmt] + [2])
+        acc = max(qm.max_acc_bits, data + 2)
+        kw = {
+            "lanes": lanes,
+            "data_bits": max(8, data),
+            "weight_bits": max(8, weight),
+            "acc_bits": min(48, max(32, acc)),
+        }
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)
+
 
 # Fields of one layer descriptor, in program order. Values are signed integers; the
 # sequencer uses them directly, so everything the address generator needs is precomputed.

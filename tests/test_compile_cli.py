@@ -1,0 +1,87 @@
+"""``fxpga compile``: outputs, the estimate table, --check, and its errors."""
+
+import json
+
+import pytest
+
+from fxpga.cli import main
+from fxpga.quant import artifact
+
+
+@pytest.fixture(scope="module")
+def fxq(tmp_path_factory, digits_q8):
+    p = tmp_path_factory.mktemp("m") / "d.fxq"
+    digits_q8.provenance["dataset"] = "digits"
+    artifact.save(digits_q8, p)
+    return p
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compile_writes_program_images_and_verilog(fxq, tmp_path, capsys):
+    out = tmp_path / "eng"
+    code, stdout, err = run(capsys, "compile", str(fxq), "--lanes", "8", "-o", str(out), "-q")
+    assert code == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["bias.hex", "fxpga_engine.v", "program.hex", "program.json"] + [
+        f"wbank{i}.hex" for i in range(8)
+    ]
+    assert "module fxpga_engine" in (out / "fxpga_engine.v").read_text()
+    prog = json.loads((out / "program.json").read_text())
+    assert [op["name"] for op in prog["ops"]] == ["conv1", "conv2", "fc1", "fc2"]
+    assert prog["total_cycles"] == sum(op["cycles"] for op in prog["ops"])
+    lines = stdout.splitlines()
+    assert lines[0].split()[:2] == ["op", "fused"]
+    total = next(line for line in lines if line.startswith("total")).split()
+    assert total[1] == f"{prog['total_macs']:,}" and total[2] == f"{prog['total_cycles']:,}"
+    # weights: lane 0 holds channel 0 of conv1 first, as two's complement hex
+    w0 = (out / "wbank0.hex").read_text().split()
+    assert len(w0) == prog["wmem_depth"] and all(len(h) == 2 for h in w0)
+
+
+def test_compile_check_runs_the_engine(fxq, tmp_path, capsys):
+    code, stdout, err = run(
+        capsys,
+        "compile",
+        str(fxq),
+        "--lanes",
+        "3",
+        "--no-verilog",
+        "--check",
+        "1",
+        "-o",
+        str(tmp_path / "e"),
+        "-q",
+    )
+    assert code == 0, err
+    assert "1/1 images bit-exact with golden" in stdout
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (
+            ["--acc-bits", "12"],
+            "layer 'fc1' needs a 21-bit accumulator, the engine has acc_bits=12",
+        ),
+        (["--weight-bits", "4"], "weights need 8 bits, the engine has weight_bits=4"),
+        (["--lanes", "0"], "expected a positive integer, got 0"),
+    ],
+)
+def test_compile_errors(fxq, tmp_path, capsys, argv, msg):
+    out = tmp_path / "e"
+    code, _, err = run(capsys, "compile", str(fxq), *argv, "-o", str(out), "-q")
+    assert code in (1, 2) and len(err.strip().splitlines()) == 1 and msg in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_compile_missing_model(tmp_path, capsys):
+    code, _, err = run(capsys, "compile", str(tmp_path / "no.fxq"), "-o", str(tmp_path / "e"))
+    assert code == 1 and "no.fxq: no such file" in err
