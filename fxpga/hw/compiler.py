@@ -17,7 +17,8 @@ Memory layout (all addresses in elements):
 
 Cycles: every conv output position costs ``max(C·KH·KW, lanes)`` cycles (the serial
 post-processor handles one lane per cycle), a pool-window position in padding costs
-``lanes``; each op adds a fixed ``OP_OVERHEAD`` (descriptor fetch and pipeline drain).
+``lanes``; each op adds a few cycles of sequencing and ``lanes + 8`` of drain
+(``program_cycles``); descriptors are prefetched while the previous op runs.
 """
 
 from __future__ import annotations
@@ -265,10 +266,10 @@ TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4
 POST_LATENCY = 5  # PostProcessor.LATENCY
 
 
-def op_cycles(op: Op, lanes: int) -> int:
+def run_cycles(op: Op, lanes: int) -> int:
+    """Cycles the address generator is busy: Σ over windows of max(taps, lanes)."""
     valid, pad = op.window_positions()
-    per_group = valid * max(op.CKK, lanes) + pad * lanes
-    return op.groups(lanes) * per_group + op_overhead(lanes)
+    return op.groups(lanes) * (valid * max(op.CKK, lanes) + pad * lanes)
 
 
 def drain_cycles(lanes: int) -> int:
@@ -276,10 +277,22 @@ def drain_cycles(lanes: int) -> int:
     return TAP_TO_ACC + POST_LATENCY + lanes - 1
 
 
-def op_overhead(lanes: int) -> int:
-    """Descriptor fetch (one word per field, plus the read latency), the start cycle, the
-    cycle in which the address generator reports done, and the drain."""
-    return (len(DESC_FIELDS) + 1) + 1 + 1 + drain_cycles(lanes)
+def program_cycles(ops: list[Op], lanes: int) -> list[int]:
+    """Exact cycles per op, as the sequencer spends them (engine.py):
+
+    NEXT (wait for the prefetched descriptor: ``NF + 2`` cycles for the first op, then
+    ``1 + max(0, NF − 1 − run − drain)`` of the previous op), START (1), RUN (``run + 1``: the
+    last cycle sees ``done``), DRAIN (``drain_cycles``). The descriptor of op k+1 is read
+    (``NF + 1`` cycles) while op k runs.
+    """
+    nf, drain = len(DESC_FIELDS), drain_cycles(lanes)
+    out, prev_run = [], None
+    for op in ops:
+        run = run_cycles(op, lanes)
+        wait = nf + 2 if prev_run is None else 1 + max(0, nf - 1 - prev_run - drain)
+        out.append(wait + 1 + run + 1 + drain)
+        prev_run = run
+    return out
 
 
 @dataclass
@@ -514,7 +527,7 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         qm.input_fmt,
         fmt,
     )
-    prog.estimate = [op_cycles(op, lanes) for op in ops]
+    prog.estimate = program_cycles(ops, lanes)
     return prog
 
 

@@ -45,7 +45,7 @@ class Engine(wiring.Component):
     ``op_index``/``running`` show progress.
 
     **Throughput**: ``lanes`` MACs per cycle while an op runs; an op costs
-    ``compiler.op_cycles`` cycles (``Program.estimate``). **Widths**: activations
+    ``compiler.program_cycles`` cycles (``Program.estimate``). **Widths**: activations
     ``data_bits``, weights ``weight_bits``, accumulators ``acc_bits`` (modular).
 
     Memories are initialised from ``program`` (a self-contained bitstream). All of them can
@@ -177,7 +177,24 @@ class Engine(wiring.Component):
             m.d.comb += frd.addr.eq(rd_addr)
         m.d.comb += rd_addr.eq(tap.addr)
 
+        # descriptor prefetcher: reads op `pf_op`'s NF words into `nxt` while an op runs
         nf = len(DESC_FIELDS)
+        nxt = Signal(Descriptor)
+        pf_start, pf_busy = Signal(), Signal()
+        pf_op, pf_cnt = Signal(8), Signal(range(nf + 1))
+        with m.If(pf_start):
+            m.d.sync += [pf_busy.eq(1), pf_cnt.eq(0)]
+        with m.Elif(pf_busy):
+            m.d.sync += pf_cnt.eq(pf_cnt + 1)
+            with m.If(pf_cnt != 0):
+                m.d.sync += nxt.as_value().eq(
+                    (nxt.as_value() >> FIELD_BITS)
+                    | (prd.data[:FIELD_BITS].as_unsigned() << (FIELD_BITS * (nf - 1)))
+                )
+            with m.If(pf_cnt == nf):
+                m.d.sync += pf_busy.eq(0)
+        m.d.comb += prd.addr.eq(HEADER_WORDS + pf_op * nf + pf_cnt)
+
         with m.FSM():
             with m.State("IDLE"):  # the header is read per inference: run-time writes count
                 with m.If(self.i.valid):
@@ -204,18 +221,13 @@ class Engine(wiring.Component):
                 with m.If(self.i.valid):
                     m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt == in_size - 1):
-                        m.d.sync += [cnt.eq(0), op.eq(0), cycles.eq(0), counting.eq(1)]
-                        m.next = "FETCH"
-            with m.State("FETCH"):
-                m.d.comb += prd.addr.eq(HEADER_WORDS + op * nf + cnt)
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt != 0):
-                    m.d.sync += desc.as_value().eq(
-                        (desc.as_value() >> FIELD_BITS)
-                        | (prd.data[:FIELD_BITS].as_unsigned() << (FIELD_BITS * (nf - 1)))
-                    )
-                with m.If(cnt == nf):
-                    m.d.sync += cnt.eq(0)
+                        m.d.sync += [cnt.eq(0), op.eq(0), cycles.eq(0), counting.eq(1), pf_op.eq(0)]
+                        m.d.comb += pf_start.eq(1)
+                        m.next = "NEXT"
+            with m.State("NEXT"):  # wait for the prefetched descriptor, start fetching the next
+                with m.If(~pf_busy):
+                    m.d.sync += [desc.eq(nxt), pf_op.eq(op + 1)]
+                    m.d.comb += pf_start.eq(op + 1 != n_ops)
                     m.next = "START"
             with m.State("START"):
                 m.d.comb += taps.start.eq(1)
@@ -231,7 +243,7 @@ class Engine(wiring.Component):
                         m.d.sync += [counting.eq(0), self.running.eq(0)]
                         m.next = "OUT_READ"
                     with m.Else():
-                        m.next = "FETCH"
+                        m.next = "NEXT"
             with m.State("OUT_READ"):
                 m.d.comb += rd_addr.eq(cnt)
                 m.next = "OUT_SEND"
