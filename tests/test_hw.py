@@ -22,54 +22,44 @@ from fxpga.quant.qformat import avg_round, requantize
 # ---- models of the components ---------------------------------------------------------------
 
 
-def ref_taps(d: dict, lanes: int):
-    """Cycle-by-cycle taps of one op: (mac, addr, w_addr, last, padwin, first, lastpool,
-    out_addr, b_addr, nvalid), addresses only where they matter."""
+def ref_taps(d: dict, lanes: int, items: int):
+    """Cycle-by-cycle taps of one op: (mac, addr, w_addr, last[, padwin, first, lastpool,
+    out_addr, b_addr, nvalid]), addresses only where they matter. HWC feature maps."""
     out = []
+    C, H, W = d["C"], d["H"], d["W"]
+    sh, sw = d["SH"], d["SW"]
+    ph, pw = -(d["iy0"] - d["oy0"] * sh), -(d["ix0"] - d["ox0"] * sw)  # conv padding
     for g in range(d["G"]):
-        out_addr = d["out_base"] + g * d["out_gstep"]
         for py in range(d["POH"]):
             for px in range(d["POW"]):
+                out_addr = d["out_base"] + g * lanes + (py * d["POW"] + px) * d["O"]
                 for dy in range(d["PKH"]):
                     for dx in range(d["PKW"]):
                         oy = d["oy0"] + py * d["PSH"] + dy
                         ox = d["ox0"] + px * d["PSW"] + dx
                         pad = not (0 <= oy < d["OH"] and 0 <= ox < d["OW"])
-                        n = 1 if pad else d["CKK"]
-                        meta = (
-                            pad,
-                            dy == 0 and dx == 0,
-                            dy == d["PKH"] - 1 and dx == d["PKW"] - 1,
-                            out_addr,
-                            d["b_base"] + g * lanes,
-                            d["O_last"] if g == d["G"] - 1 else lanes,
-                        )
+                        meta = (pad, dy == 0 and dx == 0,
+                                dy == d["PKH"] - 1 and dx == d["PKW"] - 1, out_addr,
+                                d["b_base"] + g * items,
+                                d["O_last"] if g == d["G"] - 1 else lanes)  # fmt: skip
                         taps = []
                         if pad:
                             taps.append((0, None, None))
                         else:
-                            for c in range(d["C"]):
-                                for ky in range(d["KH"]):
-                                    for kx in range(d["KW"]):
-                                        iy = oy * d["SH"] + d["iy0"] - d["oy0"] * d["SH"] + ky
-                                        ix = ox * d["SW"] + d["ix0"] - d["ox0"] * d["SW"] + kx
-                                        inside = 0 <= iy < d["H"] and 0 <= ix < d["W"]
+                            for ky in range(d["KH"]):
+                                for kx in range(d["KW"]):
+                                    for c in range(C):
+                                        iy, ix = oy * sh - ph + ky, ox * sw - pw + kx
+                                        inside = 0 <= iy < H and 0 <= ix < W
                                         w = d["w_base"] + g * d["CKK"] + len(taps)
-                                        taps.append(
-                                            (
-                                                int(inside),
-                                                c * d["HW"] + iy * d["W"] + ix if inside else None,
-                                                w,
-                                            )
-                                        )
-                        out += [(0, None, None, 0)] * (max(n, lanes) - n)  # bubbles first
+                                        a = (iy * W + ix) * C + c if inside else None
+                                        taps.append((int(inside), a, w))
+                        n = len(taps)
+                        out += [(0, None, None, 0)] * (max(n, items) - n)  # bubbles first
                         for t in range(n):
                             mac, addr, w = taps[t]
-                            out.append(
-                                (mac, addr, w if mac else None, int(t == n - 1))
-                                + (meta if t == n - 1 else ())
-                            )
-                out_addr += 1
+                            row = (mac, addr, w if mac else None, int(t == n - 1))
+                            out.append(row + (meta if t == n - 1 else ()))
     return out
 
 
@@ -114,6 +104,8 @@ def check_engine(qm, x, lanes, n=2, gaps=None, config=None):
     prog = compiler.compile_model(qm, config or EngineConfig(lanes=lanes))
     xi = golden.quantize_input(qm, x[:n])
     want = golden.run_int(qm, xi).reshape(n, -1)
+    for i in range(n):  # the compiler's layout, checked without hardware
+        np.testing.assert_array_equal(compiler.run_program(prog, xi[i]), want[i])
     got, cycles, per_op = amsim.run_engine(prog, xi, gaps=gaps, op_trace=True)
     np.testing.assert_array_equal(got, want)
     assert cycles == [prog.total_cycles] * n
@@ -127,13 +119,14 @@ def check_engine(qm, x, lanes, n=2, gaps=None, config=None):
 @pytest.mark.parametrize("seed", range(6))
 def test_tap_generator_matches_model(seed):
     rng = random.Random(seed)
-    lanes = rng.choice([1, 3, 8])
+    lanes, post = rng.choice([(1, 1), (3, 1), (8, 1), (8, 4), (16, 2)])
     model, shape = random_net(rng)
     qm, _ = quantized(model, shape, seed)
-    prog = compiler.compile_model(qm, EngineConfig(lanes=lanes))
+    cfg = EngineConfig(lanes=lanes, post_lanes=post)
+    prog = compiler.compile_model(qm, cfg)
     for d in prog.descriptors:
-        want = ref_taps(d, lanes)
-        dut = TapGenerator(lanes)
+        want = ref_taps(d, lanes, cfg.items)
+        dut = TapGenerator(lanes, cfg.items)
         got = []
 
         n_taps = len(want)
@@ -209,18 +202,19 @@ def test_mac_array_wraps_and_gates(rng):
     sim.run()
 
 
+@pytest.mark.parametrize("post_lanes", [1, 2, 4])
 @pytest.mark.parametrize(
     "pool_avg,shift,relu_pre,relu_post",
     [(0, 5, 1, 0), (1, 3, 0, 1), (0, -2, 0, 0), (1, 0, 1, 1), (0, 12, 0, 0)],
 )
-def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post):
+def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post_lanes):
     """Random windows with random extra gaps between captures; pool over 4 windows."""
-    rng = random.Random(shift * 7 + pool_avg)
+    rng = random.Random(shift * 7 + pool_avg + 100 * post_lanes)
     lanes, D, A = rng.choice([4, 8]), 8, 20
-    dut = PostProcessor(lanes, D, A, 5)
-    bias = [rng.randint(-3000, 3000) for _ in range(32)]
+    items = lanes // post_lanes
+    dut = PostProcessor(lanes, D, A, 5, post_lanes)
+    bias = [rng.randint(-3000, 3000) for _ in range(64)]  # in rows of post_lanes
     desc = {
-        "POHW": 5,
         "shift": shift,
         "qmin": -128,
         "qmax": 127,
@@ -233,24 +227,16 @@ def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post):
     for w in range(16):
         sums = [rng.randint(-(2**14), 2**14) for _ in range(lanes)]
         acc = [(a + s + 2 ** (A - 1)) % 2**A - 2 ** (A - 1) for a, s in zip(acc, sums, strict=1)]
-        pad = int(rng.random() < 0.4 and w % 4 != 1)
-        windows.append(
-            {
-                "sums": sums,
-                "acc": list(acc),
-                "padwin": pad,
-                "pool_first": int(w % 4 == 0),
-                "pool_last": int(w % 4 == 3),
-                "out_addr": 100 + w // 4,
-                "b_addr": 4 * (w // 8),
-                "nvalid": lanes - 1,
-            }
-        )
-    # model
+        windows.append({
+            "sums": sums, "acc": list(acc), "padwin": int(rng.random() < 0.4 and w % 4 != 1),
+            "pool_first": int(w % 4 == 0), "pool_last": int(w % 4 == 3),
+            "out_addr": 100 + 13 * (w // 4), "b_addr": items * (w // 8), "nvalid": lanes - 1,
+        })  # fmt: skip
+    # model: lane l of a window writes out_addr + l, with bias element b_addr·post_lanes + l
     want, pacc = {}, [0] * lanes
     for wd in windows:
         for lane in range(lanes):
-            v = wd["sums"][lane] + bias[wd["b_addr"] + lane]
+            v = wd["sums"][lane] + bias[wd["b_addr"] * post_lanes + lane]
             r = int(requantize(np.array([v]), shift, 8)[0])
             r = max(r, 0) if relu_pre else r
             if wd["padwin"]:
@@ -262,7 +248,7 @@ def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post):
                 pacc[lane] = pacc[lane] + r if pool_avg else max(pacc[lane], r)
             if wd["pool_last"] and lane < wd["nvalid"]:
                 o = int(avg_round(np.array([pacc[lane]]), 4)[0]) if pool_avg else pacc[lane]
-                want[wd["out_addr"] + lane * 5] = max(o, 0) if relu_post else o
+                want[wd["out_addr"] + lane] = max(o, 0) if relu_post else o
 
     async def bench(ctx):
         for k, v in desc.items():
@@ -275,17 +261,19 @@ def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post):
             ctx.set(dut.capture, 1)
             await ctx.tick()
             ctx.set(dut.capture, 0)
-            await ctx.tick().repeat(lanes - 1 + rng.choice([0, 0, 1, 3]))
+            gap = items - 1 + rng.choice([0, 0, 1, 3])
+            if gap:
+                await ctx.tick().repeat(gap)
 
     got = {}
 
-    async def memories(ctx):
-        async for _clk, _rst, baddr, en, addr, val in ctx.tick().sample(
-            dut.bias_addr, dut.wr_en, dut.wr_addr, dut.wr_data
-        ):
-            ctx.set(dut.bias_data, bias[baddr])
-            if en:
-                got[addr] = val
+    async def memories(ctx):  # bias banks (sync read) and the written feature map
+        sigs = [dut.bias_addr, dut.wr_addr] + list(dut.wr_en) + list(dut.wr_data)
+        async for _clk, _rst, row, addr, *rest in ctx.tick().sample(*sigs):
+            for i in range(post_lanes):
+                ctx.set(dut.bias_data[i], bias[row * post_lanes + i])
+                if rest[i]:
+                    got[addr + i] = rest[post_lanes + i]
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -303,14 +291,20 @@ def test_digits_cnn_bit_exact(digits_q8, digits):
     assert prog.utilization() > 0.9
 
 
-@pytest.mark.parametrize("lanes", [1, 3, 8])
+def test_digits_cnn_bit_exact_wide_post_processor(digits_q8, digits):
+    cfg = EngineConfig(lanes=16, post_lanes=2)
+    check_engine(digits_q8, digits.x_test[5:], lanes=16, n=1, config=cfg)
+
+
+@pytest.mark.parametrize("lanes,post_lanes", [(1, 1), (3, 1), (8, 1), (8, 4), (16, 2)])
 @pytest.mark.parametrize("seed", range(4))
-def test_random_networks_bit_exact(lanes, seed):
+def test_random_networks_bit_exact(lanes, post_lanes, seed):
     rng = random.Random(1000 * lanes + seed)
     model, shape = random_net(rng)
     bits = rng.choice([4, 6, 8])
     qm, x = quantized(model, shape, seed, bits=bits, wbits=rng.choice([3, bits]))
-    check_engine(qm, x, lanes, n=2, gaps=random.Random(seed))
+    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes)
+    check_engine(qm, x, lanes, n=2, gaps=random.Random(seed), config=cfg)
 
 
 def test_saturation_matches_golden():
@@ -377,7 +371,7 @@ def test_runtime_writes_replace_initial_memories(digits):
             ctx.set(empty.cfg.en, 1)
             await ctx.tick()
         ctx.set(empty.cfg.en, 0)
-        for sample in xi.reshape(2, -1):
+        for sample in prog.to_engine(xi):
             for v in sample:
                 await amsim.stream_put(ctx, empty.i, v)
             got.append([await amsim.stream_get(ctx, empty.o) for _ in range(prog.out_size)])
@@ -386,7 +380,7 @@ def test_runtime_writes_replace_initial_memories(digits):
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    np.testing.assert_array_equal(np.array(got), want)
+    np.testing.assert_array_equal(prog.from_engine(np.array(got)), want)
 
 
 # ---- compiler -------------------------------------------------------------------------------

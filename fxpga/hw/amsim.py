@@ -32,11 +32,13 @@ def run_engine(
     vcd: str | None = None,
     op_trace: bool = False,
 ):
-    """Run samples ``x_int`` (N, ...) through the engine; return (outputs, cycles per sample
-    [, per-op cycles per sample]). ``gaps`` (a random.Random) inserts random stalls on the
-    input stream and backpressure on the output stream."""
+    """Run integer samples ``x_int`` (N, ...) through the engine.
+
+    Returns (outputs in C-order, cycles per sample[, per-op cycles per sample]). ``gaps`` (a
+    random.Random) inserts random stalls on the input stream and backpressure on the output.
+    """
     dut = engine or Engine(prog.config, prog)
-    xs = np.asarray(x_int, dtype=np.int64).reshape(len(x_int), -1)
+    xs = prog.to_engine(np.asarray(x_int, dtype=np.int64))  # HWC, as the engine stores it
     outs, cycles, op_cycles = [], [], []
 
     async def bench(ctx):
@@ -80,5 +82,5 @@ def run_engine(
             sim.run()
     else:
         sim.run()
-    res = (np.array(outs, dtype=np.int64), cycles)
+    res = (prog.from_engine(np.array(outs, dtype=np.int64)), cycles)
     return (*res, op_cycles) if op_trace else res

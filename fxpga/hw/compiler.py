@@ -1,23 +1,28 @@
 """Compiler: quantized model + ``EngineConfig`` → layer program, memory images, cycle estimate.
 
 Each engine *op* is one conv/linear layer with the element-wise and pooling layers that follow
-it fused into its post-processing: ``requantize → [relu] → [max|avg pool] → [relu]``; flatten
-is free (feature maps are stored C-order, so a flatten does not move data). A linear layer
-is a 1×1 convolution over a 1×1 map with ``F_in`` channels. A relu/pool that does not follow a
-conv/linear runs as a 1×1 identity convolution (weight 1, shift 0), costing ``C`` MACs per
-value instead of 1. "No pool" is a 1×1 max-pool with stride 1.
+it fused into its post-processing: ``requantize → [relu] → [max|avg pool] → [relu]``. A linear
+layer is a 1×1 convolution over a 1×1 map with ``F_in`` channels. A relu/pool that does not
+follow a conv/linear runs as a 1×1 identity convolution (weight 1, shift 0), costing ``C`` MACs
+per value instead of 1. "No pool" is a 1×1 max-pool with stride 1.
 
 Memory layout (all addresses in elements):
-- feature maps ping-pong between buffers 0 and 1; op ``i`` reads buffer ``i % 2`` and writes
-  ``(i + 1) % 2``; the input arrives in buffer 0 at address 0; tensors are C-order from 0.
+- feature maps are stored **HWC** (channel fastest: ``(y·W + x)·C + c``) and ping-pong
+  between buffers 0 and 1; op ``i`` reads buffer ``i % 2`` and writes ``(i + 1) % 2``; the
+  input arrives in buffer 0 at address 0 (``Program.to_engine`` reorders a CHW sample). The
+  ``post_lanes`` channels a post-processor writes in one cycle are then consecutive
+  addresses, which land in distinct banks (a buffer is ``post_lanes`` banks, bank = address
+  mod ``post_lanes``). A flatten moves no data: the linear layer after it gets its weight
+  columns permuted to HWC order instead.
 - weights: lane ``l`` holds output channels ``o ≡ l (mod lanes)``; for group ``g`` (channels
-  ``g·lanes … g·lanes + lanes − 1``) its CKK = C·KH·KW weights in (c, ky, kx) order start at
+  ``g·lanes … g·lanes + lanes − 1``) its CKK = KH·KW·C weights in (ky, kx, c) order start at
   ``w_base + g·CKK``.
-- biases: one memory, entry ``b_base + g·lanes + l`` for channel ``g·lanes + l``.
+- biases: entry ``b_base + g·lanes + l`` for channel ``g·lanes + l``, banked like the
+  feature maps (``b_base`` is a multiple of ``post_lanes``).
 
-Cycles: every conv output position costs ``max(C·KH·KW, lanes)`` cycles (the serial
-post-processor handles one lane per cycle), a pool-window position in padding costs
-``lanes``; each op adds a few cycles of sequencing and ``lanes + 8`` of drain
+Cycles: every conv output position costs ``max(KH·KW·C, lanes / post_lanes)`` cycles (the
+post-processor handles ``post_lanes`` lanes per cycle), a pool-window position in padding
+costs ``lanes / post_lanes``; each op adds a few cycles of sequencing and a drain
 (``program_cycles``); descriptors are prefetched while the previous op runs.
 """
 
@@ -48,6 +53,7 @@ class EngineConfig:
     wmem_depth: int | None = None  # weights per lane
     bmem_depth: int | None = None  # biases (all lanes)
     max_ops: int | None = None  # program capacity
+    post_lanes: int | None = None  # lanes post-processed per cycle [lanes / 8, a power of 2]
 
     def __post_init__(self):
         for f in fields(self):
@@ -56,6 +62,17 @@ class EngineConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise FxpgaError(f"EngineConfig.{f.name} must be a positive integer, not {v!r}")
+        if self.post_lanes is None:
+            p = 1
+            while self.lanes % (2 * p) == 0 and 2 * p * 8 <= self.lanes:
+                p *= 2
+            object.__setattr__(self, "post_lanes", p)
+        p = self.post_lanes
+        if p & (p - 1) or self.lanes % p:
+            raise FxpgaError(
+                f"EngineConfig.post_lanes must be a power of two dividing lanes="
+                f"{self.lanes}, not {p}"
+            )
         if not 2 <= self.data_bits <= 18 or not 2 <= self.weight_bits <= 18:
             raise FxpgaError(
                 "EngineConfig data_bits and weight_bits must be in 2..18 "
@@ -63,6 +80,11 @@ class EngineConfig:
             )
         if not 8 <= self.acc_bits <= 48:
             raise FxpgaError(f"EngineConfig.acc_bits must be in 8..48, not {self.acc_bits}")
+
+    @property
+    def items(self) -> int:
+        """Cycles the post-processor spends on one window: lanes / post_lanes."""
+        return self.lanes // self.post_lanes
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -87,49 +109,13 @@ class EngineConfig:
 # Fields of one layer descriptor, in program order. Values are signed integers; the
 # sequencer uses them directly, so everything the address generator needs is precomputed.
 DESC_FIELDS = (
-    "in_buf",
-    "C",
-    "H",
-    "W",
-    "HW",
-    "KH",
-    "KW",
-    "CKK",
-    "SH",
-    "SW",
-    "OH",
-    "OW",
-    "PKH",
-    "PKW",
-    "PSH",
-    "PSW",
-    "POH",
-    "POW",
-    "POHW",
-    "G",
-    "O_last",
-    "in_base",
-    "out_base",
-    "w_base",
-    "b_base",
-    "oy0",
-    "ox0",
-    "iy0",
-    "ix0",
-    "ra0",
-    "SHW",
-    "PSH_SH",
-    "PSW_SW",
-    "PSH_SH_W",
-    "out_gstep",
-    "shift",
-    "qmin",
-    "qmax",
-    "relu_pre",
-    "relu_post",
-    "pool_avg",
-    "avg_shift",
-)
+    "in_buf", "C", "H", "W", "KH", "KW", "CKK", "WC", "OH", "OW",
+    "PKH", "PKW", "POH", "POW", "G", "O", "O_last",
+    "in_base", "out_base", "w_base", "b_base",
+    "oy0", "ox0", "iy0", "ix0", "xc0", "ra0",
+    "SH", "SW", "SWC", "SHWC", "PSH", "PSW", "PSH_SH", "PSW_SW", "PSW_SWC", "PSH_SHWC",
+    "shift", "qmin", "qmax", "relu_pre", "relu_post", "pool_avg", "avg_shift",
+)  # fmt: skip
 
 
 @dataclass
@@ -194,54 +180,28 @@ class Op:
     def out_size(self) -> int:
         return self.O * self.POH * self.POW
 
-    def descriptor(self, lanes: int) -> dict[str, int]:
+    def descriptor(self, lanes: int, post_lanes: int = 1) -> dict[str, int]:
         G = self.groups(lanes)
+        C, W = self.C, self.W
         iy0 = -self.PPH * self.SH - self.PH
         ix0 = -self.PPW * self.SW - self.PW
         d = {
-            "in_buf": self.in_buf,
-            "C": self.C,
-            "H": self.H,
-            "W": self.W,
-            "HW": self.H * self.W,
-            "KH": self.KH,
-            "KW": self.KW,
-            "CKK": self.CKK,
-            "SH": self.SH,
-            "SW": self.SW,
-            "OH": self.OH,
-            "OW": self.OW,
-            "PKH": self.PKH,
-            "PKW": self.PKW,
-            "PSH": self.PSH,
-            "PSW": self.PSW,
-            "POH": self.POH,
-            "POW": self.POW,
-            "POHW": self.POH * self.POW,
-            "G": G,
-            "O_last": self.O - (G - 1) * lanes,
-            "in_base": 0,
-            "out_base": 0,
-            "w_base": self.w_base,
-            "b_base": self.b_base,
-            "oy0": -self.PPH,
-            "ox0": -self.PPW,
-            "iy0": iy0,
-            "ix0": ix0,
-            "ra0": iy0 * self.W,
-            "SHW": self.SH * self.W,
-            "PSH_SH": self.PSH * self.SH,
-            "PSW_SW": self.PSW * self.SW,
-            "PSH_SH_W": self.PSH * self.SH * self.W,
-            "out_gstep": lanes * self.POH * self.POW,
-            "shift": self.shift,
-            "qmin": self.out_fmt.qmin,
-            "qmax": self.out_fmt.qmax,
-            "relu_pre": self.relu_pre,
-            "relu_post": self.relu_post,
-            "pool_avg": self.pool_avg,
+            "in_buf": self.in_buf, "C": C, "H": self.H, "W": W, "KH": self.KH, "KW": self.KW,
+            "CKK": self.CKK, "WC": W * C, "OH": self.OH, "OW": self.OW,
+            "PKH": self.PKH, "PKW": self.PKW, "POH": self.POH, "POW": self.POW,
+            "G": G, "O": self.O, "O_last": self.O - (G - 1) * lanes,
+            "in_base": 0, "out_base": 0, "w_base": self.w_base,
+            "b_base": self.b_base // post_lanes,
+            "oy0": -self.PPH, "ox0": -self.PPW, "iy0": iy0, "ix0": ix0, "xc0": ix0 * C,
+            "ra0": iy0 * W * C,
+            "SH": self.SH, "SW": self.SW, "SWC": self.SW * C, "SHWC": self.SH * W * C,
+            "PSH": self.PSH, "PSW": self.PSW, "PSH_SH": self.PSH * self.SH,
+            "PSW_SW": self.PSW * self.SW, "PSW_SWC": self.PSW * self.SW * C,
+            "PSH_SHWC": self.PSH * self.SH * W * C,
+            "shift": self.shift, "qmin": self.out_fmt.qmin, "qmax": self.out_fmt.qmax,
+            "relu_pre": self.relu_pre, "relu_post": self.relu_post, "pool_avg": self.pool_avg,
             "avg_shift": int(math.log2(self.PKH * self.PKW)) if self.pool_avg else 0,
-        }
+        }  # fmt: skip
         assert tuple(d) == DESC_FIELDS
         return d
 
@@ -266,18 +226,18 @@ TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4
 POST_LATENCY = 5  # PostProcessor.LATENCY
 
 
-def run_cycles(op: Op, lanes: int) -> int:
-    """Cycles the address generator is busy: Σ over windows of max(taps, lanes)."""
+def run_cycles(op: Op, cfg: EngineConfig) -> int:
+    """Cycles the address generator is busy: Σ over windows of max(taps, items)."""
     valid, pad = op.window_positions()
-    return op.groups(lanes) * (valid * max(op.CKK, lanes) + pad * lanes)
+    return op.groups(cfg.lanes) * (valid * max(op.CKK, cfg.items) + pad * cfg.items)
 
 
-def drain_cycles(lanes: int) -> int:
+def drain_cycles(cfg: EngineConfig) -> int:
     """Cycles the sequencer waits after the last window for the final writes to land."""
-    return TAP_TO_ACC + POST_LATENCY + lanes - 1
+    return TAP_TO_ACC + POST_LATENCY + cfg.items - 1
 
 
-def program_cycles(ops: list[Op], lanes: int) -> list[int]:
+def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:
     """Exact cycles per op, as the sequencer spends them (engine.py):
 
     NEXT (wait for the prefetched descriptor: ``NF + 2`` cycles for the first op, then
@@ -285,10 +245,10 @@ def program_cycles(ops: list[Op], lanes: int) -> list[int]:
     last cycle sees ``done``), DRAIN (``drain_cycles``). The descriptor of op k+1 is read
     (``NF + 1`` cycles) while op k runs.
     """
-    nf, drain = len(DESC_FIELDS), drain_cycles(lanes)
+    nf, drain = len(DESC_FIELDS), drain_cycles(cfg)
     out, prev_run = [], None
     for op in ops:
-        run = run_cycles(op, lanes)
+        run = run_cycles(op, cfg)
         wait = nf + 2 if prev_run is None else 1 + max(0, nf - 1 - prev_run - drain)
         out.append(wait + 1 + run + 1 + drain)
         prev_run = run
@@ -311,9 +271,22 @@ class Program:
     output_fmt: QFormat
     estimate: list[int] = field(default_factory=list)  # cycles per op
 
+    in_shape: tuple = ()  # (C, H, W) of the input as the engine stores it
+    out_shape: tuple = ()  # (C, H, W) of the output as the engine stores it
+
     @property
     def descriptors(self) -> list[dict[str, int]]:
-        return [op.descriptor(self.config.lanes) for op in self.ops]
+        return [op.descriptor(self.config.lanes, self.config.post_lanes) for op in self.ops]
+
+    def to_engine(self, x: np.ndarray) -> np.ndarray:
+        """(N, ...) samples in C-order → (N, in_size) in the engine's HWC order."""
+        c, h, w = self.in_shape
+        return np.asarray(x).reshape(len(x), c, h * w).transpose(0, 2, 1).reshape(len(x), -1)
+
+    def from_engine(self, y: np.ndarray) -> np.ndarray:
+        """(N, out_size) from the engine (HWC) → (N, out_size) in C-order, as golden's."""
+        c, h, w = self.out_shape
+        return np.asarray(y).reshape(len(y), h * w, c).transpose(0, 2, 1).reshape(len(y), -1)
 
     @property
     def total_macs(self) -> int:
@@ -459,14 +432,23 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     where = "compile"
     ops: list[Op] = []
     fmt, shape = qm.input_fmt, qm.graph.input_shape
+    stored = tuple(shape) if len(shape) == 3 else (shape[0], 1, 1)  # as the engine holds it
+    in_stored = stored
     for mac, follow in _fuse(qm):
         if mac is None and all(isinstance(la.node, ir.Flatten) for la in follow):
             shape = follow[-1].node.out_shape  # a leading flatten moves no data
             continue
         op = _make_op(mac, follow, fmt, shape, where, len(ops))
+        if op.H * op.W == 1 and stored[1] * stored[2] > 1:
+            # a linear layer after a flatten reads the HWC-stored map in address order:
+            # address (p·C0 + c0) holds torch feature c0·H0·W0 + p
+            c0, h0, w0 = stored
+            idx = np.arange(c0 * h0 * w0).reshape(c0, h0 * w0).T.reshape(-1)
+            op.weights = op.weights[:, idx]
         ops.append(op)
         last = follow[-1] if follow else mac
         fmt, shape = last.out_fmt, last.node.out_shape
+        stored = (op.O, op.POH, op.POW)
     # widths
     need_data = max([qm.input_fmt.bits] + [op.out_fmt.bits for op in ops])
     need_w = max(signed_width(int(op.weights.min()), int(op.weights.max())) for op in ops)
@@ -512,7 +494,8 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         for o in range(op.O):
             g, lane = divmod(o, lanes)
             base = op.w_base + g * op.CKK
-            wmem[lane][base : base + op.CKK] = [int(v) for v in op.weights[o].reshape(-1)]
+            taps = op.weights[o].transpose(1, 2, 0).reshape(-1)  # (ky, kx, c) order
+            wmem[lane][base : base + op.CKK] = [int(v) for v in taps]
             bmem[op.b_base + g * lanes + lane] = int(op.bias[o])
     last = ops[-1]
     prog = Program(
@@ -526,48 +509,46 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         bmem,
         qm.input_fmt,
         fmt,
+        in_shape=in_stored,
+        out_shape=stored,
     )
-    prog.estimate = program_cycles(ops, lanes)
+    prog.estimate = program_cycles(ops, cfg)
     return prog
 
 
 def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
-    """Execute the op list on integer input (one sample, C-order) the way the engine does.
+    """Execute the op list on one integer sample (C-order in, C-order out) as the engine does.
 
-    A functional model of the engine (not of its timing): it reads weights and biases from the
-    memory images and applies the fused post-processing per op, so it checks the compiler's
+    A functional model of the engine (not of its timing): HWC buffers, weights and biases read
+    back from the memory images, the fused post-processing per op. It checks the compiler's
     layout and fusion against the golden model without simulating hardware.
     """
+    from ..quant.golden import conv_acc
     from ..quant.qformat import avg_round, requantize
 
     lanes = prog.config.lanes
     buf = [np.zeros(prog.fmap_depth, dtype=np.int64) for _ in range(2)]
-    x = np.asarray(x_int, dtype=np.int64).reshape(-1)
+    x = prog.to_engine(np.asarray(x_int, dtype=np.int64).reshape(1, -1))[0]
     buf[0][: x.size] = x
     for op in prog.ops:
-        xin = buf[op.in_buf][: op.in_size].reshape(op.C, op.H, op.W)
+        hwc = buf[op.in_buf][: op.in_size].reshape(op.H, op.W, op.C)
+        xin = hwc.transpose(2, 0, 1)
         w = np.zeros((op.O, op.C, op.KH, op.KW), dtype=np.int64)
         b = np.zeros(op.O, dtype=np.int64)
         for o in range(op.O):
             g, lane = divmod(o, lanes)
             base = op.w_base + g * op.CKK
-            w[o] = np.array(prog.wmem[lane][base : base + op.CKK]).reshape(op.C, op.KH, op.KW)
+            taps = np.array(prog.wmem[lane][base : base + op.CKK])
+            w[o] = taps.reshape(op.KH, op.KW, op.C).transpose(2, 0, 1)
             b[o] = prog.bmem[op.b_base + g * lanes + lane]
-        from ..quant.golden import conv_acc
-
         acc = conv_acc(xin[None], w, b, (op.SH, op.SW), (op.PH, op.PW))
         y = requantize(acc, op.shift, op.out_fmt.bits)
         if op.relu_pre:
             y = np.maximum(y, 0)
-        win = np.lib.stride_tricks.sliding_window_view(
-            np.pad(
-                y,
-                ((0, 0), (0, 0), (op.PPH, op.PPH), (op.PPW, op.PPW)),
-                constant_values=0 if op.pool_avg else op.out_fmt.qmin,
-            ),
-            (op.PKH, op.PKW),
-            axis=(2, 3),
-        )[:, :, :: op.PSH, :: op.PSW]
+        pad = ((0, 0), (0, 0), (op.PPH, op.PPH), (op.PPW, op.PPW))
+        y = np.pad(y, pad, constant_values=0 if op.pool_avg else op.out_fmt.qmin)
+        win = np.lib.stride_tricks.sliding_window_view(y, (op.PKH, op.PKW), axis=(2, 3))
+        win = win[:, :, :: op.PSH, :: op.PSW]
         if op.pool_avg:
             y = avg_round(win.sum(axis=(4, 5)), op.PKH * op.PKW)
         else:
@@ -575,5 +556,5 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
         if op.relu_post:
             y = np.maximum(y, 0)
         out = buf[1 - op.in_buf]
-        out[: op.out_size] = y.reshape(-1)
-    return buf[prog.out_buf][: prog.out_size].copy()
+        out[: op.out_size] = y[0].transpose(1, 2, 0).reshape(-1)  # CHW → HWC
+    return prog.from_engine(buf[prog.out_buf][None, : prog.out_size])[0]

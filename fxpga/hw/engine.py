@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import compiler
+from .buffers import FeatureBuffer
 from .compiler import DESC_FIELDS, EngineConfig, Program
 from .desc import FIELD_BITS, HEADER_WORDS, Descriptor, check_fits
 from .mac import MACArray
@@ -94,12 +95,15 @@ class Engine(wiring.Component):
             m.submodules[name] = mm
             return mm, mm.read_port(), mm.write_port()
 
-        fmap = [mem(f"fmap{b}", signed(D), self.fmap_depth, []) for b in range(2)]
+        W = cfg.post_lanes
+        fmap = [FeatureBuffer(self.fmap_depth, D, W) for _ in range(2)]
+        m.submodules.fmap0, m.submodules.fmap1 = fmap
         banks = [
             mem(f"wbank{lane}", signed(WB), self.wmem_depth, p.wmem[lane] if p else [])
             for lane in range(lanes)
         ]
-        _, brd, bwr = mem("bias", signed(A), self.bmem_depth, p.bmem if p else [])
+        brows = -(-self.bmem_depth // W)
+        bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
         pwords = program_words(p) if p else []
         _, prd, pwr = mem("program", unsigned(32), self.prog_depth, pwords)
 
@@ -109,10 +113,13 @@ class Engine(wiring.Component):
             pwr.addr.eq(index),
             pwr.data.eq(self.cfg.data),
             pwr.en.eq(self.cfg.en & (region == REGION_PROGRAM)),
-            bwr.addr.eq(index),
-            bwr.data.eq(self.cfg.data),
-            bwr.en.eq(self.cfg.en & (region == REGION_BIAS)),
         ]
+        for i, (_, _, bwr) in enumerate(bias):
+            m.d.comb += [
+                bwr.addr.eq(index // W),
+                bwr.data.eq(self.cfg.data),
+                bwr.en.eq(self.cfg.en & (region == REGION_BIAS) & (index % W == i)),
+            ]
         for lane, (_, _, wwr) in enumerate(banks):
             m.d.comb += [
                 wwr.addr.eq(index),
@@ -121,9 +128,9 @@ class Engine(wiring.Component):
             ]
 
         # ---- datapath
-        m.submodules.taps = taps = TapGenerator(lanes)
+        m.submodules.taps = taps = TapGenerator(lanes, cfg.items)
         m.submodules.mac = mac = MACArray(lanes, D, WB, A)
-        m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(self.bmem_depth))
+        m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(brows), W)
         desc = Signal(Descriptor)
         self._parts = {"taps": taps, "mac": mac, "post": post, "desc": desc}  # for debugging
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
@@ -132,7 +139,7 @@ class Engine(wiring.Component):
         tap = taps.tap
         mac_d1 = Signal()
         m.d.sync += mac_d1.eq(tap.mac)
-        in_data = Mux(in_buf, fmap[1][1].data, fmap[0][1].data)
+        in_data = Mux(in_buf, fmap[1].rd_data, fmap[0].rd_data)
         m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(in_data)]
         for lane, (_, wrd, _) in enumerate(banks):
             m.d.comb += [wrd.addr.eq(tap.w_addr), mac.w[lane].eq(wrd.data)]
@@ -154,9 +161,9 @@ class Engine(wiring.Component):
         m.d.comb += [
             post.capture.eq(last_q),
             post.meta.eq(meta_q),
-            brd.addr.eq(post.bias_addr),
-            post.bias_data.eq(brd.data),
         ]
+        for i, (_, brd, _) in enumerate(bias):
+            m.d.comb += [brd.addr.eq(post.bias_addr), post.bias_data[i].eq(brd.data)]
         for lane in range(lanes):
             m.d.comb += post.acc[lane].eq(mac.acc[lane])
 
@@ -173,8 +180,8 @@ class Engine(wiring.Component):
             m.d.sync += cycles.eq(cycles + 1)
 
         rd_addr = Signal(FIELD_BITS)
-        for _, frd, _ in fmap:
-            m.d.comb += frd.addr.eq(rd_addr)
+        for f in fmap:
+            m.d.comb += f.rd_addr.eq(rd_addr)
         m.d.comb += rd_addr.eq(tap.addr)
 
         # descriptor prefetcher: reads op `pf_op`'s NF words into `nxt` while an op runs
@@ -211,12 +218,11 @@ class Engine(wiring.Component):
                     m.d.sync += cnt.eq(0)
                     m.next = "LOAD"
             with m.State("LOAD"):
-                w = fmap[0][2]
                 m.d.comb += [
                     self.i.ready.eq(1),
-                    w.addr.eq(cnt),
-                    w.data.eq(self.i.payload),
-                    w.en.eq(self.i.valid),
+                    fmap[0].wr_addr.eq(cnt),
+                    fmap[0].wr_data[0].eq(self.i.payload),
+                    fmap[0].wr_en[0].eq(self.i.valid),
                 ]
                 with m.If(self.i.valid):
                     m.d.sync += cnt.eq(cnt + 1)
@@ -237,7 +243,7 @@ class Engine(wiring.Component):
                 m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == compiler.drain_cycles(lanes) - 1):
+                with m.If(cnt == compiler.drain_cycles(cfg) - 1):
                     m.d.sync += [cnt.eq(0), op.eq(op + 1)]
                     with m.If(op == n_ops - 1):
                         m.d.sync += [counting.eq(0), self.running.eq(0)]
@@ -251,7 +257,7 @@ class Engine(wiring.Component):
                 m.d.comb += [
                     rd_addr.eq(cnt),
                     self.o.valid.eq(1),
-                    self.o.payload.eq(Mux(out_buf[0], fmap[1][1].data, fmap[0][1].data)),
+                    self.o.payload.eq(Mux(out_buf[0], fmap[1].rd_data, fmap[0].rd_data)),
                 ]
                 with m.If(self.o.ready):
                     m.d.sync += cnt.eq(cnt + 1)
@@ -262,11 +268,10 @@ class Engine(wiring.Component):
                         m.next = "OUT_READ"
 
         # post-processor writes go to the output buffer of the running op
-        for b, (_, _, fwr) in enumerate(fmap):
-            sel = post.wr_en & (in_buf != b)
-            if b == 0:
-                with m.If(sel):
-                    m.d.comb += [fwr.addr.eq(post.wr_addr), fwr.data.eq(post.wr_data), fwr.en.eq(1)]
-            else:
-                m.d.comb += [fwr.addr.eq(post.wr_addr), fwr.data.eq(post.wr_data), fwr.en.eq(sel)]
+        for b, f in enumerate(fmap):
+            active = in_buf != b
+            with m.If(active & Cat(*post.wr_en).any()):
+                m.d.comb += f.wr_addr.eq(post.wr_addr)
+                m.d.comb += [f.wr_data[i].eq(post.wr_data[i]) for i in range(W)]
+                m.d.comb += [f.wr_en[i].eq(post.wr_en[i]) for i in range(W)]
         return m
