@@ -53,7 +53,7 @@ class EngineConfig:
     wmem_depth: int | None = None  # weights per lane
     bmem_depth: int | None = None  # biases (all lanes)
     max_ops: int | None = None  # program capacity
-    post_lanes: int | None = None  # lanes post-processed per cycle [lanes / 8, a power of 2]
+    post_lanes: int | None = None  # lanes post-processed per cycle (power of 2) [lanes/8]
 
     def __post_init__(self):
         for f in fields(self):
@@ -62,9 +62,9 @@ class EngineConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise FxpgaError(f"EngineConfig.{f.name} must be a positive integer, not {v!r}")
-        if self.post_lanes is None:
+        if self.post_lanes is None:  # the fewest that keep a window's post-processing <= 8
             p = 1
-            while self.lanes % (2 * p) == 0 and 2 * p * 8 <= self.lanes:
+            while self.lanes // p > 8 and self.lanes % (2 * p) == 0:
                 p *= 2
             object.__setattr__(self, "post_lanes", p)
         p = self.post_lanes
