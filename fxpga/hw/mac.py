@@ -40,11 +40,17 @@ class MACArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        a_r = Signal(signed(self.data_bits))
+        # The operand and product registers have no reset: with one, yosys leaves the
+        # accumulator's adder in fabric instead of packing it into SB_MAC16 (checked with
+        # yosys 0.50: 8 lanes → 8 SB_MAC16 and no SB_CARRY). `en` is low during reset, so a
+        # reset held for 2 cycles flushes them to 0 while `acc` is held at 0.
+        a_r = Signal(signed(self.data_bits), reset_less=True)
         m.d.sync += a_r.eq(Mux(self.en, self.a, 0))
         for lane in range(self.lanes):
-            w_r = Signal(signed(self.weight_bits), name=f"w_r{lane}")
-            p_r = Signal(signed(self.data_bits + self.weight_bits), name=f"p_r{lane}")
+            w_r = Signal(signed(self.weight_bits), name=f"w_r{lane}", reset_less=True)
+            p_r = Signal(
+                signed(self.data_bits + self.weight_bits), name=f"p_r{lane}", reset_less=True
+            )
             acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
             m.d.sync += [
                 w_r.eq(self.w[lane]),

