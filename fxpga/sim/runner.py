@@ -1,0 +1,200 @@
+"""Build the engine's Verilog for an HDL simulator (cached) and run cocotb jobs on it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FxpgaError
+from ..hw.compiler import Program
+from ..hw.engine import REGION_PROGRAM, Engine
+from .tools import patched_env, sim_env
+
+TOP = "fxpga_engine"
+TEST_MODULE = "fxpga.sim.bench"
+
+
+def cache_root() -> Path:
+    d = os.environ.get("FXPGA_CACHE")
+    return (Path(d) if d else Path.home() / ".cache" / "fxpga") / "sim"
+
+
+def engine_verilog(prog: Program) -> str:
+    from amaranth.back import verilog
+
+    return verilog.convert(Engine(prog.config, prog), name=TOP)
+
+
+@contextlib.contextmanager
+def _output_to(log: Path):
+    """Send this process's (and its children's) stdout/stderr to ``log``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _tail(log: Path, n: int = 1) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errs = [ln for ln in lines if "error" in ln.lower()]
+    return " | ".join((errs or lines)[-n:])
+
+
+def build(
+    prog: Program,
+    simulator: str,
+    waves: bool = False,
+    verilog: str | None = None,
+    info=lambda msg: None,
+) -> Path:
+    """Build (or reuse) a simulator model of the engine for ``prog``.
+
+    Cached under ``~/.cache/fxpga/sim/<simulator>-<hash>`` keyed by the Verilog text (memory
+    images included), the simulator and whether waves are traced: a second run does not
+    rebuild.
+    """
+    from cocotb_tools.runner import get_runner
+
+    env = sim_env(simulator)
+    text = verilog if verilog is not None else engine_verilog(prog)
+    key = hashlib.sha256(f"{simulator}:{waves}:{TOP}:v1\n{text}".encode()).hexdigest()[:16]
+    d = cache_root() / f"{simulator}-{key}"
+    stamp = d / "BUILT"
+    if stamp.exists():
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    src = d / f"{TOP}.v"
+    src.write_text(text)
+    log = d / "build.log"
+    info(f"building the {simulator} model (once per design; log: {log})")
+    t0 = time.monotonic()
+    kw = {"sources": [src], "hdl_toplevel": TOP, "build_dir": d, "waves": waves}
+    if simulator == "verilator":
+        kw["build_args"] = ["-Wno-fatal", "-Wno-WIDTH", "-O2"]
+    else:
+        kw["timescale"] = ("1ns", "1ps")
+    try:
+        with patched_env(env), _output_to(log):
+            get_runner(simulator).build(**kw)
+    except (SystemExit, Exception) as e:
+        raise FxpgaError(f"{simulator} build failed ({_tail(log)}); see {log}") from e
+    stamp.write_text(f"{time.monotonic() - t0:.1f} s\n")
+    return d
+
+
+@dataclass
+class JobResult:
+    got: list[list[int]]  # per inference, engine order
+    match: list[bool]
+    cycles: list[int]
+    wall_s: float
+    sim_cycles: int
+    log: Path
+    waves: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def run_job(
+    prog: Program,
+    build_dir: Path,
+    simulator: str,
+    samples: np.ndarray,
+    expected: np.ndarray,
+    workdir: Path,
+    *,
+    seed: int = 0,
+    stall: float = 0.2,
+    steps: list[dict] | None = None,
+    waves: bool = False,
+) -> JobResult:
+    """Run engine-order ``samples`` through the built model; compare with ``expected``."""
+    from cocotb_tools.runner import get_runner
+
+    workdir = Path(workdir).resolve()  # the simulator runs with workdir as its cwd
+    workdir.mkdir(parents=True, exist_ok=True)
+    job = workdir / "job.json"
+    results = workdir / "results.json"
+    results.unlink(missing_ok=True)
+    job.write_text(json.dumps({
+        "samples": np.asarray(samples).astype(int).tolist(),
+        "expected": np.asarray(expected).astype(int).tolist(),
+        "out_size": prog.out_size, "seed": seed, "stall": stall, "results": str(results),
+        "steps": steps or [{}],
+    }))  # fmt: skip
+    log = workdir / "sim.log"
+    log.unlink(missing_ok=True)
+    kw = {
+        "test_module": TEST_MODULE,
+        "hdl_toplevel": TOP,
+        "hdl_toplevel_lang": "verilog",
+        "build_dir": build_dir,
+        "test_dir": workdir,
+        "extra_env": {"FXPGA_SIM_JOB": str(job)},
+        "waves": waves,
+        "seed": seed,
+        "results_xml": str(workdir / "results.xml"),
+    }
+    if simulator == "icarus":
+        kw["timescale"] = ("1ns", "1ps")
+    try:
+        with patched_env(sim_env(simulator)), _output_to(log):
+            get_runner(simulator).test(**kw)
+    except (SystemExit, Exception) as e:
+        raise FxpgaError(f"{simulator} simulation failed ({_tail(log)}); see {log}") from e
+    if not results.exists():
+        raise FxpgaError(f"{simulator} simulation ended without results ({_tail(log)}); see {log}")
+    r = json.loads(results.read_text())
+    wave = None
+    if waves:
+        found = (
+            sorted(workdir.glob("*.vcd"))
+            + sorted(workdir.glob("*.fst"))
+            + sorted(build_dir.glob("*.fst"))
+        )
+        wave = found[0] if found else None
+    return JobResult(
+        [x["got"] for x in r["results"]],
+        [x["match"] for x in r["results"]],
+        [x["cycles"] for x in r["results"]],
+        r["wall_s"],
+        r["sim_cycles"],
+        log,
+        wave,
+    )
+
+
+def truncated_header(prog: Program, k: int) -> list[tuple[int, int]]:
+    """``cfg`` writes that make the program stop after op ``k`` and output its result."""
+    op = prog.ops[k]
+    words = [k + 1, prog.in_size, op.out_size, (k + 1) % 2]
+    return [(REGION_PROGRAM << 28 | i, w) for i, w in enumerate(words)]
+
+
+def new_workdir(parent: Path | None, prefix: str) -> Path:
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    return Path(tempfile.mkdtemp(prefix=f"fxpga-{prefix}"))

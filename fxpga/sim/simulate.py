@@ -1,0 +1,172 @@
+"""``fxpga simulate``: test images through the engine's Verilog, against golden and float."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..hw.compiler import Program
+from ..progress import bar
+from ..quant import golden
+from ..quant.qmodel import QModel
+from . import runner
+
+CHUNK = 100  # images per simulator run (one progress step)
+
+
+def to_engine_order(y: np.ndarray, shape) -> np.ndarray:
+    """(N, C·H·W) in C-order → HWC, the order the engine streams its output in."""
+    c, h, w = shape
+    return np.asarray(y).reshape(len(y), c, h * w).transpose(0, 2, 1).reshape(len(y), -1)
+
+
+@dataclass
+class SimReport:
+    simulator: str
+    samples: int
+    mismatches: list[int]  # indices of images whose output differs from golden
+    cycles: list[int]
+    agree_float: float  # top-1 of the hardware == top-1 of the float model
+    accuracy: float | None  # against labels
+    macs: int
+    lanes: int
+    sim_cycles: int
+    wall_s: float
+    build_s: float
+    first_bad_layer: str | None = None
+    artifacts: dict = field(default_factory=dict)
+
+    @property
+    def utilization(self) -> float:
+        return self.macs / (self.lanes * float(np.mean(self.cycles)))
+
+    @property
+    def speed(self) -> float:
+        return self.sim_cycles / self.wall_s if self.wall_s else 0.0
+
+    def lines(self) -> list[str]:
+        n, bad = self.samples, len(self.mismatches)
+        out = [
+            f"{self.simulator}: {n} images, {bad} mismatches against the golden model",
+            f"top-1 agreement with the float model: {100 * self.agree_float:.2f}%"
+            + ("" if self.accuracy is None else
+               f"; accuracy against labels: {100 * self.accuracy:.2f}%"),
+            f"cycles per inference: min {min(self.cycles):,} mean {np.mean(self.cycles):,.0f} "
+            f"max {max(self.cycles):,}; MAC utilization {100 * self.utilization:.1f}% "
+            f"({self.lanes} lanes)",
+            f"simulation: {self.sim_cycles:,} cycles in {self.wall_s:.1f} s = "
+            f"{self.speed:,.0f} cycles/s (build {self.build_s:.1f} s)",
+        ]  # fmt: skip
+        if self.first_bad_layer:
+            out.append(f"first layer whose output differs from golden: {self.first_bad_layer}")
+        for k, v in self.artifacts.items():
+            out.append(f"{k}: {v}")
+        return out
+
+
+def simulate(
+    qm: QModel,
+    prog: Program,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    simulator: str = "verilator",
+    *,
+    seed: int = 0,
+    stall: float = 0.2,
+    waves: bool = False,
+    out_dir: Path | None = None,
+    progress: bool = True,
+    info=lambda msg: None,
+) -> SimReport:
+    """Run float images ``x`` (labels ``y``) through the engine's Verilog in ``simulator``."""
+    xi = golden.quantize_input(qm, x)
+    want = golden.run_int(qm, xi).reshape(len(x), -1)
+    samples = prog.to_engine(xi)
+    expected = to_engine_order(want, prog.out_shape)
+    t0 = time.monotonic()
+    build_dir = runner.build(prog, simulator, waves=waves, info=info)
+    build_s = time.monotonic() - t0
+
+    got, match, cycles, sim_cycles, wall = [], [], [], 0, 0.0
+    chunks = range(0, len(x), CHUNK)
+    for k, i in enumerate(bar(chunks, desc=f"{simulator}", enabled=progress, unit="chunk")):
+        work = runner.new_workdir(out_dir, f"run{k}-")
+        r = runner.run_job(
+            prog,
+            build_dir,
+            simulator,
+            samples[i : i + CHUNK],
+            expected[i : i + CHUNK],
+            work,
+            seed=seed + k,
+            stall=stall,
+            waves=waves,
+        )
+        got += r.got
+        match += r.match
+        cycles += r.cycles
+        sim_cycles += r.sim_cycles
+        wall += r.wall_s
+    hw_out = prog.from_engine(np.array(got))
+    hw_top1 = hw_out.argmax(axis=1)
+    float_top1 = qm.graph.float_forward(x).reshape(len(x), -1).argmax(axis=1)
+    report = SimReport(
+        simulator, len(x), [i for i, ok in enumerate(match) if not ok], cycles,
+        float(np.mean(hw_top1 == float_top1)),
+        None if y is None else float(np.mean(hw_top1 == y)),
+        prog.total_macs, prog.config.lanes, sim_cycles, wall, build_s,
+    )  # fmt: skip
+    if report.mismatches:
+        _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info)
+    return report
+
+
+def _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info):
+    """Keep the first failing input and a waveform of it, and find the first bad layer by
+    re-running it with the program cut after op 0, 1, … (rewriting the header over cfg)."""
+    i = report.mismatches[0]
+    out_dir = Path(out_dir) if out_dir else runner.new_workdir(None, "mismatch-")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inter = golden.run_int(qm, xi[i : i + 1], keep=True)
+    steps = []
+    for k, op in enumerate(prog.ops):
+        name = op.fused[-1] if op.fused else op.name
+        ref = to_engine_order(inter[name].reshape(1, -1), (op.O, op.POH, op.POW))[0]
+        steps.append(
+            {
+                "cfg": runner.truncated_header(prog, k),
+                "samples": [0],
+                "out_size": op.out_size,
+                "expected": ref.tolist(),
+            }
+        )
+    info(f"image {i} differs from golden: re-running it with waves, op by op")
+    build_dir = runner.build(prog, simulator, waves=True, info=info)
+    work = runner.new_workdir(out_dir, "mismatch-")
+    r = runner.run_job(
+        prog,
+        build_dir,
+        simulator,
+        samples[i : i + 1],
+        samples[i : i + 1],
+        work,
+        seed=seed,
+        stall=0.0,
+        steps=steps,
+        waves=True,
+    )
+    for k, ok in enumerate(r.match):
+        if not ok:
+            op = prog.ops[k]
+            fused = f" (with {', '.join(op.fused[1:])})" if len(op.fused) > 1 else ""
+            report.first_bad_layer = f"op {k}: {op.name}{fused}"
+            break
+    failing = out_dir / "failing_input.npz"
+    np.savez(failing, x=x[i : i + 1], x_int=xi[i : i + 1], index=i, engine_input=samples[i : i + 1])
+    report.artifacts["failing input"] = str(failing)
+    if r.waves:
+        report.artifacts["waveform"] = str(r.waves)
+    report.artifacts["simulator log"] = str(r.log)
