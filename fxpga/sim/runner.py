@@ -28,10 +28,27 @@ def cache_root() -> Path:
     return (Path(d) if d else Path.home() / ".cache" / "fxpga") / "sim"
 
 
-def engine_verilog(prog: Program) -> str:
+def engine_verilog(prog: Program | None, config=None, **depths) -> str:
+    """Verilog of the engine with ``prog`` baked in, or (``prog=None``) of an engine with
+    empty memories of the given ``depths``, loaded at run time (``load_writes``)."""
     from amaranth.back import verilog
 
-    return verilog.convert(Engine(prog.config, prog), name=TOP)
+    engine = Engine(prog.config, prog) if prog is not None else Engine(config, None, **depths)
+    return verilog.convert(engine, name=TOP)
+
+
+def load_writes(prog: Program) -> list[tuple[int, int]]:
+    """``cfg`` bus writes that load ``prog`` (program words, biases, weights) at run time."""
+    from ..hw.engine import REGION_BIAS, REGION_WEIGHTS, program_words
+
+    writes = [(REGION_PROGRAM << 28 | i, w) for i, w in enumerate(program_words(prog))]
+    writes += [(REGION_BIAS << 28 | i, b) for i, b in enumerate(prog.bmem)]
+    writes += [
+        (REGION_WEIGHTS << 28 | lane << 20 | i, w)
+        for lane, bank in enumerate(prog.wmem)
+        for i, w in enumerate(bank)
+    ]
+    return writes
 
 
 @contextlib.contextmanager
@@ -64,7 +81,7 @@ def _tail(log: Path, n: int = 1) -> str:
 
 
 def build(
-    prog: Program,
+    prog: Program | None,
     simulator: str,
     waves: bool = False,
     verilog: str | None = None,

