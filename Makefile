@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= build/demo
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean system-deps
 
 venv: $(STAMP)
 
@@ -20,8 +20,16 @@ demo: $(STAMP)
 	$(VENV)/bin/fxpga quantize digits-cnn --data digits -o $(OUT)/digits.fxq
 	$(VENV)/bin/fxpga eval $(OUT)/digits.fxq --data digits
 	$(VENV)/bin/fxpga compile $(OUT)/digits.fxq --lanes 8 --check 2 -o $(OUT)/engine
+	$(VENV)/bin/fxpga simulate $(OUT)/digits.fxq --lanes 8 --samples 100
 
-test: $(STAMP)
+# Icarus Verilog is a Debian package: installed here when running as root, else its tests skip
+system-deps:
+	@command -v iverilog >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq iverilog; \
+	  else echo "note: Icarus Verilog missing (apt-get install iverilog); its tests skip"; fi; }
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check fxpga tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -32,6 +40,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/quant.py
 	$(PY) bench/engine.py
+	$(PY) bench/sim.py
 
 clean:
 	rm -rf build .pytest_cache
