@@ -119,3 +119,25 @@ def test_missing_icarus_names_the_install_command(monkeypatch):
     np.testing.assert_equal(
         tools.sim_env("verilator")["VERILATOR_ROOT"], str(tools.verilator_root())
     )
+
+
+def test_cli_simulate_fails_on_a_mismatch(digits_q8, tmp_path, capsys, monkeypatch):
+    real = compiler.compile_model
+
+    def corrupted(qm, cfg=None):
+        prog = real(qm, cfg)
+        conv2 = next(op for op in prog.ops if op.name == "conv2")
+        prog.wmem[3][conv2.w_base + 5] ^= 0x40  # the same fault as above: cached builds
+        return prog
+
+    monkeypatch.setattr(compiler, "compile_model", corrupted)
+    digits_q8.provenance["dataset"] = "digits"
+    artifact.save(digits_q8, tmp_path / "d.fxq")
+    code = main(
+        ["simulate", str(tmp_path / "d.fxq"), "--samples", "4", "-q", "-o", str(tmp_path / "out")]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "differ from the golden model (first: test image" in err
+    assert "first layer whose output differs from golden: op 1: conv2" in out
+    assert (tmp_path / "out" / "failing_input.npz").exists()
