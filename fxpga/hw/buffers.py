@@ -6,8 +6,6 @@ from amaranth import Array, Module, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from .desc import FIELD_BITS
-
 
 class FeatureBuffer(wiring.Component):
     """``depth`` signed ``data_bits`` words in ``banks`` banks (bank = address mod ``banks``).
@@ -20,14 +18,14 @@ class FeatureBuffer(wiring.Component):
     ``banks`` must be a power of two; with 1 bank this is a plain simple-dual-port memory.
     """
 
-    def __init__(self, depth: int, data_bits: int, banks: int = 1):
+    def __init__(self, depth: int, data_bits: int, banks: int = 1, addr_bits: int = 24):
         assert banks & (banks - 1) == 0
         self.depth, self.data_bits, self.banks = depth, data_bits, banks
         super().__init__(
             {
-                "rd_addr": In(FIELD_BITS),
+                "rd_addr": In(addr_bits),
                 "rd_data": Out(signed(data_bits)),
-                "wr_addr": In(FIELD_BITS),
+                "wr_addr": In(addr_bits),
                 "wr_data": In(signed(data_bits)).array(banks),
                 "wr_en": In(1).array(banks),
             }

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from . import compiler
 from .buffers import FeatureBuffer
 from .compiler import DESC_FIELDS, EngineConfig, Program
-from .desc import FIELD_BITS, HEADER_WORDS, Descriptor, check_fits
+from .desc import HEADER_WORDS, check_fits, descriptor_layout, field_bits_for
 from .mac import MACArray
 from .postproc import PostProcessor
 from .taps import TapGenerator
@@ -22,11 +22,24 @@ assert MACArray.LATENCY + 1 == compiler.TAP_TO_ACC
 assert PostProcessor.LATENCY == compiler.POST_LATENCY
 
 
-def program_words(prog: Program) -> list[int]:
-    """The program memory image: a header, then one 32-bit word per descriptor field."""
+def engine_field_bits(
+    config: EngineConfig, fmap_depth: int, wmem_depth: int, bmem_depth: int
+) -> int:
+    return field_bits_for(config.data_bits, fmap_depth, wmem_depth, bmem_depth)
+
+
+def program_words(prog: Program, field_bits: int | None = None) -> list[int]:
+    """The program memory image: a header, then one 32-bit word per descriptor field.
+
+    Every field must fit the engine's ``field_bits`` (by default: an engine sized to ``prog``).
+    """
+    if field_bits is None:
+        field_bits = engine_field_bits(
+            prog.config, prog.fmap_depth, max(1, len(prog.wmem[0])), max(1, len(prog.bmem))
+        )
     words = [len(prog.ops), prog.in_size, prog.out_size, prog.out_buf]
     for i, d in enumerate(prog.descriptors):
-        check_fits(d, f"op {i} ({prog.ops[i].name})")
+        check_fits(d, field_bits, f"op {i} ({prog.ops[i].name})")
         words += [d[k] & 0xFFFFFFFF for k in DESC_FIELDS]
     return words
 
@@ -73,6 +86,7 @@ class Engine(wiring.Component):
         self.bmem_depth = bmem_depth or cfg.bmem_depth or (max(1, len(p.bmem)) if p else 256)
         self.max_ops = max_ops or cfg.max_ops or (len(p.ops) if p else 16)
         self.prog_depth = HEADER_WORDS + len(DESC_FIELDS) * self.max_ops
+        self.field_bits = engine_field_bits(cfg, self.fmap_depth, self.wmem_depth, self.bmem_depth)
         super().__init__(
             {
                 "i": In(stream.Signature(signed(cfg.data_bits))),
@@ -96,7 +110,8 @@ class Engine(wiring.Component):
             return mm, mm.read_port(), mm.write_port()
 
         W = cfg.post_lanes
-        fmap = [FeatureBuffer(self.fmap_depth, D, W) for _ in range(2)]
+        FB = self.field_bits
+        fmap = [FeatureBuffer(self.fmap_depth, D, W, FB) for _ in range(2)]
         m.submodules.fmap0, m.submodules.fmap1 = fmap
         banks = [
             mem(f"wbank{lane}", signed(WB), self.wmem_depth, p.wmem[lane] if p else [])
@@ -104,7 +119,7 @@ class Engine(wiring.Component):
         ]
         brows = -(-self.bmem_depth // W)
         bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
-        pwords = program_words(p) if p else []
+        pwords = program_words(p, FB) if p else []
         _, prd, pwr = mem("program", unsigned(32), self.prog_depth, pwords)
 
         # ---- runtime writes
@@ -128,10 +143,10 @@ class Engine(wiring.Component):
             ]
 
         # ---- datapath
-        m.submodules.taps = taps = TapGenerator(lanes, cfg.items)
+        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB)
         m.submodules.mac = mac = MACArray(lanes, D, WB, A)
-        m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(brows), W)
-        desc = Signal(Descriptor)
+        m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(brows), W, FB)
+        desc = Signal(descriptor_layout(FB))
         self._parts = {"taps": taps, "mac": mac, "post": post, "desc": desc}  # for debugging
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
 
@@ -169,9 +184,9 @@ class Engine(wiring.Component):
 
         # ---- sequencer
         n_ops, in_size, out_size, out_buf = (
-            Signal(FIELD_BITS, name=n) for n in ("n_ops", "in_size", "out_size", "out_buf")
+            Signal(FB, name=n) for n in ("n_ops", "in_size", "out_size", "out_buf")
         )
-        cnt = Signal(FIELD_BITS)
+        cnt = Signal(FB)
         op = Signal(8)
         cycles = Signal(32)
         counting = Signal()
@@ -179,14 +194,14 @@ class Engine(wiring.Component):
         with m.If(counting):
             m.d.sync += cycles.eq(cycles + 1)
 
-        rd_addr = Signal(FIELD_BITS)
+        rd_addr = Signal(FB)
         for f in fmap:
             m.d.comb += f.rd_addr.eq(rd_addr)
         m.d.comb += rd_addr.eq(tap.addr)
 
         # descriptor prefetcher: reads op `pf_op`'s NF words into `nxt` while an op runs
         nf = len(DESC_FIELDS)
-        nxt = Signal(Descriptor)
+        nxt = Signal(descriptor_layout(FB))
         pf_start, pf_busy = Signal(), Signal()
         pf_op, pf_cnt = Signal(8), Signal(range(nf + 1))
         with m.If(pf_start):
@@ -195,8 +210,7 @@ class Engine(wiring.Component):
             m.d.sync += pf_cnt.eq(pf_cnt + 1)
             with m.If(pf_cnt != 0):
                 m.d.sync += nxt.as_value().eq(
-                    (nxt.as_value() >> FIELD_BITS)
-                    | (prd.data[:FIELD_BITS].as_unsigned() << (FIELD_BITS * (nf - 1)))
+                    (nxt.as_value() >> FB) | (prd.data[:FB].as_unsigned() << (FB * (nf - 1)))
                 )
             with m.If(pf_cnt == nf):
                 m.d.sync += pf_busy.eq(0)

@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .desc import FIELD_BITS, Descriptor
+from .desc import descriptor_layout
 
 MAX_LEFT_SHIFT = 31
 
@@ -40,26 +40,32 @@ class PostProcessor(wiring.Component):
     LATENCY = 5
 
     def __init__(
-        self, lanes: int, data_bits: int, acc_bits: int, bias_row_bits: int, post_lanes: int = 1
+        self,
+        lanes: int,
+        data_bits: int,
+        acc_bits: int,
+        bias_row_bits: int,
+        post_lanes: int = 1,
+        field_bits: int = 24,
     ):
         assert lanes % post_lanes == 0
+        self.field_bits = FB = field_bits
         self.lanes, self.data_bits, self.acc_bits = lanes, data_bits, acc_bits
         self.post_lanes, self.items = post_lanes, lanes // post_lanes
         meta = data.StructLayout({
             "padwin": 1, "pool_first": 1, "pool_last": 1,
-            "out_addr": unsigned(FIELD_BITS), "b_addr": unsigned(FIELD_BITS),
-            "nvalid": unsigned(FIELD_BITS),
+            "out_addr": unsigned(FB), "b_addr": unsigned(FB), "nvalid": unsigned(FB),
         })  # fmt: skip
         self.meta_layout = meta
         super().__init__(
             {
-                "desc": In(Descriptor),
+                "desc": In(descriptor_layout(FB)),
                 "capture": In(1),
                 "meta": In(meta),
                 "acc": In(signed(acc_bits)).array(lanes),
                 "bias_addr": Out(bias_row_bits),
                 "bias_data": In(signed(acc_bits)).array(post_lanes),
-                "wr_addr": Out(FIELD_BITS),
+                "wr_addr": Out(FB),
                 "wr_data": Out(signed(data_bits)).array(post_lanes),
                 "wr_en": Out(1).array(post_lanes),
                 "busy": Out(1),
@@ -70,6 +76,7 @@ class PostProcessor(wiring.Component):
         m = Module()
         d = self.desc
         A, D, W, n = self.acc_bits, self.data_bits, self.post_lanes, self.items
+        FB = self.field_bits
         P = D + 8  # pool register: sums of up to 256 elements
         L = max(1, (n - 1).bit_length())
 
@@ -85,7 +92,7 @@ class PostProcessor(wiring.Component):
             return {
                 "v": Signal(name=f"{name}_v"), "l": Signal(L + 1, name=f"{name}_l"),
                 "meta": Signal(self.meta_layout, name=f"{name}_meta"),
-                "addr": Signal(FIELD_BITS, name=f"{name}_addr"),
+                "addr": Signal(FB, name=f"{name}_addr"),
             }  # fmt: skip
 
         def follow(dst, src):
@@ -94,7 +101,7 @@ class PostProcessor(wiring.Component):
         # stage 1: window sum, bias read
         s1 = item("s1")
         s1_diff = [Signal(signed(A), name=f"s1_diff{i}") for i in range(W)]
-        lane_addr = Signal(FIELD_BITS)
+        lane_addr = Signal(FB)
         m.d.comb += self.bias_addr.eq(meta.b_addr + cnt)
         with m.If(self.capture):
             m.d.sync += [cap[j][i].eq(self.acc[j * W + i]) for j in range(n) for i in range(W)]
@@ -140,7 +147,7 @@ class PostProcessor(wiring.Component):
         # stage 4: pool (pacc rows rotate one item per cycle)
         s4_val = [Signal(signed(D), name=f"s4_val{i}") for i in range(W)]
         s4_en = [Signal(name=f"s4_en{i}") for i in range(W)]
-        s4_addr = Signal(FIELD_BITS)
+        s4_addr = Signal(FB)
         first, padw = s3["meta"].pool_first, s3["meta"].padwin
         empty = Mux(d.pool_avg, 0, d.qmin)
         k = d.avg_shift[:4].as_unsigned()

@@ -6,24 +6,22 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .desc import FIELD_BITS, Descriptor
-
-S = signed(FIELD_BITS + 2)
+from .desc import descriptor_layout
 
 
-def tap_layout(lanes: int) -> data.StructLayout:
+def tap_layout(lanes: int, field_bits: int = 24) -> data.StructLayout:
     return data.StructLayout(
         {
             "mac": 1,  # multiply this cycle (0: bubble, padding or a pool-padding window)
-            "addr": unsigned(FIELD_BITS),  # feature-map element to read
-            "w_addr": unsigned(FIELD_BITS),  # weight index, the same in every lane's bank
+            "addr": unsigned(field_bits),  # feature-map element to read
+            "w_addr": unsigned(field_bits),  # weight index, the same in every lane's bank
             "last": 1,  # the window's final cycle of taps: post-processing takes it from here
             "padwin": 1,  # the window lies in pool padding (no conv output there)
             "pool_first": 1,
             "pool_last": 1,
-            "out_addr": unsigned(FIELD_BITS),  # output element of lane 0 for this pool output
-            "b_addr": unsigned(FIELD_BITS),  # bias row (post_lanes biases) of lane 0, this group
-            "nvalid": unsigned(FIELD_BITS),  # lanes holding real output channels in this group
+            "out_addr": unsigned(field_bits),  # output element of lane 0 for this pool output
+            "b_addr": unsigned(field_bits),  # bias row (post_lanes biases) of lane 0, this group
+            "nvalid": unsigned(field_bits),  # lanes holding real output channels in this group
         }
     )
 
@@ -43,16 +41,17 @@ class TapGenerator(wiring.Component):
     **Throughput**: one tap per cycle. **Cycles per op**: Σ over windows of ``max(n, items)``.
     """
 
-    def __init__(self, lanes: int, items: int | None = None):
+    def __init__(self, lanes: int, items: int | None = None, field_bits: int = 24):
         self.lanes = lanes
         self.items = items or lanes
+        self.field_bits = field_bits
         super().__init__(
             {
-                "desc": In(Descriptor),
+                "desc": In(descriptor_layout(field_bits)),
                 "start": In(1),
                 "busy": Out(1),
                 "done": Out(1),
-                "tap": Out(tap_layout(lanes)),
+                "tap": Out(tap_layout(lanes, field_bits)),
             }
         )
 
@@ -60,6 +59,8 @@ class TapGenerator(wiring.Component):
         m = Module()
         d = self.desc
         lanes, items = self.lanes, self.items
+
+        S = signed(self.field_bits + 2)
 
         def reg(name, shape=S):
             return Signal(shape, name=name)
