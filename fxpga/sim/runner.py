@@ -86,6 +86,7 @@ def build(
     waves: bool = False,
     verilog: str | None = None,
     info=lambda msg: None,
+    top: str = TOP,
 ) -> Path:
     """Build (or reuse) a simulator model of the engine for ``prog``.
 
@@ -97,18 +98,18 @@ def build(
 
     env = sim_env(simulator)
     text = verilog if verilog is not None else engine_verilog(prog)
-    key = hashlib.sha256(f"{simulator}:{waves}:{TOP}:v1\n{text}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{simulator}:{waves}:{top}:v1\n{text}".encode()).hexdigest()[:16]
     d = cache_root() / f"{simulator}-{key}"
     stamp = d / "BUILT"
     if stamp.exists():
         return d
     d.mkdir(parents=True, exist_ok=True)
-    src = d / f"{TOP}.v"
+    src = d / f"{top}.v"
     src.write_text(text)
     log = d / "build.log"
     info(f"building the {simulator} model (once per design; log: {log})")
     t0 = time.monotonic()
-    kw = {"sources": [src], "hdl_toplevel": TOP, "build_dir": d, "waves": waves}
+    kw = {"sources": [src], "hdl_toplevel": top, "build_dir": d, "waves": waves}
     if simulator == "verilator":
         kw["build_args"] = ["-Wno-fatal", "-Wno-WIDTH", "-O2"]
     else:
@@ -134,6 +135,52 @@ class JobResult:
     extra: dict = field(default_factory=dict)
 
 
+def run_cocotb(
+    build_dir: Path,
+    simulator: str,
+    test_module: str,
+    job: dict,
+    workdir: Path,
+    *,
+    seed: int = 0,
+    waves: bool = False,
+    top: str = TOP,
+) -> tuple[dict, Path]:
+    """Run cocotb ``test_module`` on a built model with ``job`` (JSON, via FXPGA_SIM_JOB);
+    the module writes its results to ``job["results"]``. Returns (results, log path)."""
+    from cocotb_tools.runner import get_runner
+
+    workdir = Path(workdir).resolve()  # the simulator runs with workdir as its cwd
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_file = workdir / "job.json"
+    results = workdir / "results.json"
+    results.unlink(missing_ok=True)
+    job_file.write_text(json.dumps({**job, "results": str(results)}))
+    log = workdir / "sim.log"
+    log.unlink(missing_ok=True)
+    kw = {
+        "test_module": test_module,
+        "hdl_toplevel": top,
+        "hdl_toplevel_lang": "verilog",
+        "build_dir": build_dir,
+        "test_dir": workdir,
+        "extra_env": {"FXPGA_SIM_JOB": str(job_file)},
+        "waves": waves,
+        "seed": seed,
+        "results_xml": str(workdir / "results.xml"),
+    }
+    if simulator == "icarus":
+        kw["timescale"] = ("1ns", "1ps")
+    try:
+        with patched_env(sim_env(simulator)), _output_to(log):
+            get_runner(simulator).test(**kw)
+    except (SystemExit, Exception) as e:
+        raise FxpgaError(f"{simulator} simulation failed ({_tail(log)}); see {log}") from e
+    if not results.exists():
+        raise FxpgaError(f"{simulator} simulation ended without results ({_tail(log)}); see {log}")
+    return json.loads(results.read_text()), log
+
+
 def run_job(
     prog: Program,
     build_dir: Path,
@@ -148,42 +195,13 @@ def run_job(
     waves: bool = False,
 ) -> JobResult:
     """Run engine-order ``samples`` through the built model; compare with ``expected``."""
-    from cocotb_tools.runner import get_runner
-
-    workdir = Path(workdir).resolve()  # the simulator runs with workdir as its cwd
-    workdir.mkdir(parents=True, exist_ok=True)
-    job = workdir / "job.json"
-    results = workdir / "results.json"
-    results.unlink(missing_ok=True)
-    job.write_text(json.dumps({
+    workdir = Path(workdir).resolve()
+    job = {
         "samples": np.asarray(samples).astype(int).tolist(),
         "expected": np.asarray(expected).astype(int).tolist(),
-        "out_size": prog.out_size, "seed": seed, "stall": stall, "results": str(results),
-        "steps": steps or [{}],
-    }))  # fmt: skip
-    log = workdir / "sim.log"
-    log.unlink(missing_ok=True)
-    kw = {
-        "test_module": TEST_MODULE,
-        "hdl_toplevel": TOP,
-        "hdl_toplevel_lang": "verilog",
-        "build_dir": build_dir,
-        "test_dir": workdir,
-        "extra_env": {"FXPGA_SIM_JOB": str(job)},
-        "waves": waves,
-        "seed": seed,
-        "results_xml": str(workdir / "results.xml"),
-    }
-    if simulator == "icarus":
-        kw["timescale"] = ("1ns", "1ps")
-    try:
-        with patched_env(sim_env(simulator)), _output_to(log):
-            get_runner(simulator).test(**kw)
-    except (SystemExit, Exception) as e:
-        raise FxpgaError(f"{simulator} simulation failed ({_tail(log)}); see {log}") from e
-    if not results.exists():
-        raise FxpgaError(f"{simulator} simulation ended without results ({_tail(log)}); see {log}")
-    r = json.loads(results.read_text())
+        "out_size": prog.out_size, "seed": seed, "stall": stall, "steps": steps or [{}],
+    }  # fmt: skip
+    r, log = run_cocotb(build_dir, simulator, TEST_MODULE, job, workdir, seed=seed, waves=waves)
     wave = None
     if waves:
         found = (

@@ -1,0 +1,277 @@
+"""The board side of the host protocol (``protocol.py``): frame parser, command executor,
+reply sender, and the input/output buffers between the UART and the engine."""
+
+from __future__ import annotations
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..hw.engine import ConfigBus
+from . import protocol as P
+
+
+def crc16_step(m: Module, crc, byte, name: str = "crc"):
+    """CRC-16/CCITT-FALSE of one more byte (combinational, 8 unrolled steps; each step gets
+    its own signal so the expression does not grow exponentially)."""
+    c = Signal(16, name=f"{name}_s0")
+    m.d.comb += c.eq(crc ^ (byte << 8))
+    for i in range(8):
+        n = Signal(16, name=f"{name}_s{i + 1}")
+        m.d.comb += n.eq(Mux(c[15], ((c << 1) ^ 0x1021)[:16], (c << 1)[:16]))
+        c = n
+    return c
+
+
+class HostInterface(wiring.Component):
+    """Parses request frames from ``rx``, drives the engine, and sends replies on ``tx``.
+
+    A frame that stalls for ``byte_timeout`` cycles mid-way is dropped (the parser returns to
+    looking for 0xA5), so truncated frames never wedge the board; a bad CRC gets a NAK.
+    ``ident`` is the 22-byte IDENT reply, fixed at build time.
+    """
+
+    def __init__(
+        self, *, data_bits: int, in_size: int, out_size: int, ident: bytes, byte_timeout: int
+    ):
+        if data_bits > 16:
+            raise ValueError("the host protocol carries at most 16-bit values")
+        self.data_bits, self.in_size, self.out_size = data_bits, in_size, out_size
+        self.vbytes = 1 if data_bits <= 8 else 2
+        self.ident, self.byte_timeout = bytes(ident), byte_timeout
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "tx": Out(stream.Signature(8)),
+            "i": Out(stream.Signature(signed(data_bits))),  # to the engine
+            "o": In(stream.Signature(signed(data_bits))),  # from the engine
+            "cfg": Out(ConfigBus),
+            "cycles": In(32),
+        })  # fmt: skip
+
+    def elaborate(self, platform):
+        m = Module()
+        D, vb = self.data_bits, self.vbytes
+        in_bytes, out_bytes = self.in_size * vb, self.out_size * vb
+
+        inbuf = memory.Memory(shape=8, depth=max(1, in_bytes), init=[])
+        outbuf = memory.Memory(shape=8, depth=max(1, out_bytes), init=[])
+        m.submodules.inbuf, m.submodules.outbuf = inbuf, outbuf
+        in_wr, in_rd = inbuf.write_port(), inbuf.read_port()
+        out_wr, out_rd = outbuf.write_port(), outbuf.read_port()
+
+        # ---- parser
+        cmd, length, count = Signal(8), Signal(16), Signal(16)
+        crc, rx_crc = Signal(16, init=0xFFFF), Signal(16)
+        cfg_rec = Signal(64)
+        have_input = Signal()
+        idle_timer = Signal(range(self.byte_timeout + 1))
+        byte, got = self.rx.payload, self.rx.valid
+        m.d.comb += self.rx.ready.eq(1)
+
+        # ---- executor → sender: what to send
+        r_cmd, r_len, r_code, r_ocmd = Signal(8), Signal(16), Signal(8), Signal(8)
+        send, busy = Signal(), Signal()
+        cycles_l = Signal(32)
+        rx_next_crc = crc16_step(m, crc, byte, "rxcrc")
+
+        with m.FSM(name="parser"):
+            with m.State("SYNC"):
+                with m.If(got & (byte == P.SYNC) & ~busy):
+                    m.d.sync += [crc.eq(0xFFFF), idle_timer.eq(0)]
+                    m.next = "CMD"
+            for state, nxt in (("CMD", "LEN0"), ("LEN0", "LEN1"), ("LEN1", None)):
+                with m.State(state):
+                    with m.If(got):
+                        m.d.sync += [crc.eq(rx_next_crc), idle_timer.eq(0)]
+                        if state == "CMD":
+                            m.d.sync += cmd.eq(byte)
+                            m.next = nxt
+                        elif state == "LEN0":
+                            m.d.sync += length.eq(byte)
+                            m.next = nxt
+                        else:
+                            m.d.sync += [length[8:].eq(byte), count.eq(0)]
+                            with m.If(Cat(length[:8], byte) == 0):
+                                m.next = "CRC0"
+                            with m.Else():
+                                m.next = "PAYLOAD"
+                    with m.Elif(idle_timer == self.byte_timeout):
+                        m.next = "SYNC"
+                    with m.Else():
+                        m.d.sync += idle_timer.eq(idle_timer + 1)
+            with m.State("PAYLOAD"):
+                with m.If(got):
+                    m.d.sync += [
+                        crc.eq(rx_next_crc),
+                        idle_timer.eq(0),
+                        count.eq(count + 1),
+                        cfg_rec.eq(Cat(cfg_rec[8:], byte)),
+                    ]
+                    with m.If((cmd == P.WRITE_INPUT) & (count < in_bytes)):
+                        m.d.comb += [in_wr.addr.eq(count), in_wr.data.eq(byte), in_wr.en.eq(1)]
+                    with m.If(count == length - 1):
+                        m.next = "CRC0"
+                with m.Elif(idle_timer == self.byte_timeout):
+                    m.next = "SYNC"
+                with m.Else():
+                    m.d.sync += idle_timer.eq(idle_timer + 1)
+            with m.State("CRC0"):
+                with m.If(got):
+                    m.d.sync += [rx_crc[8:].eq(byte), idle_timer.eq(0)]
+                    m.next = "CRC1"
+                with m.Elif(idle_timer == self.byte_timeout):
+                    m.next = "SYNC"
+                with m.Else():
+                    m.d.sync += idle_timer.eq(idle_timer + 1)
+            with m.State("CRC1"):
+                with m.If(got):
+                    m.d.sync += rx_crc[:8].eq(byte)
+                    m.next = "EXEC"
+                with m.Elif(idle_timer == self.byte_timeout):
+                    m.next = "SYNC"
+                with m.Else():
+                    m.d.sync += idle_timer.eq(idle_timer + 1)
+            with m.State("EXEC"):
+                m.next = "REPLY"
+
+                def nak(code):
+                    m.d.sync += [r_cmd.eq(P.NAK), r_len.eq(2), r_code.eq(code), r_ocmd.eq(cmd)]
+
+                def ack(n=0):
+                    m.d.sync += [r_cmd.eq(cmd | P.REPLY), r_len.eq(n)]
+
+                with m.If(rx_crc != crc):
+                    nak(P.ERR_CRC)
+                with m.Elif(cmd == P.IDENT):
+                    with m.If(length == 0):
+                        ack(len(self.ident))
+                    with m.Else():
+                        nak(P.ERR_LENGTH)
+                with m.Elif(cmd == P.WRITE_INPUT):
+                    with m.If(length == in_bytes):
+                        m.d.sync += have_input.eq(1)
+                        ack()
+                    with m.Else():
+                        m.d.sync += have_input.eq(0)
+                        nak(P.ERR_LENGTH)
+                with m.Elif(cmd == P.RUN):
+                    with m.If(length != 0):
+                        nak(P.ERR_LENGTH)
+                    with m.Elif(~have_input):
+                        nak(P.ERR_NO_INPUT)
+                    with m.Else():
+                        ack()
+                        m.next = "RUN_FEED"
+                with m.Elif(cmd == P.READ_OUTPUT):
+                    with m.If(length == 0):
+                        ack(out_bytes + 4)
+                    with m.Else():
+                        nak(P.ERR_LENGTH)
+                with m.Elif(cmd == P.CFG_WRITE):
+                    with m.If(length == 8):
+                        m.d.comb += [
+                            self.cfg.addr.eq(cfg_rec[:32]),
+                            self.cfg.data.eq(cfg_rec[32:]),
+                            self.cfg.en.eq(1),
+                        ]
+                        ack()
+                    with m.Else():
+                        nak(P.ERR_LENGTH)
+                with m.Else():
+                    nak(P.ERR_CMD)
+
+            # ---- RUN: stream the input buffer into the engine, collect its output
+            k = Signal(16)
+            with m.State("RUN_FEED"):
+                m.d.sync += [count.eq(0), k.eq(0)]
+                m.next = "FEED_READ"
+            with m.State("FEED_READ"):
+                m.d.comb += in_rd.addr.eq(count)
+                m.d.sync += count.eq(count + 1)
+                m.next = "FEED_SEND" if vb == 1 else "FEED_READ_HI"
+            if vb == 2:
+                lo = Signal(8)
+                with m.State("FEED_READ_HI"):
+                    m.d.comb += in_rd.addr.eq(count)
+                    m.d.sync += [lo.eq(in_rd.data), count.eq(count + 1)]
+                    m.next = "FEED_SEND"
+            with m.State("FEED_SEND"):
+                m.d.comb += in_rd.addr.eq(count - 1)
+                value = in_rd.data if vb == 1 else Cat(lo, in_rd.data)
+                m.d.comb += [self.i.valid.eq(1), self.i.payload.eq(value)]
+                with m.If(self.i.ready):
+                    with m.If(count == in_bytes):
+                        m.d.sync += count.eq(0)
+                        m.next = "COLLECT"
+                    with m.Else():
+                        m.next = "FEED_READ"
+            with m.State("COLLECT"):
+                m.d.comb += self.o.ready.eq(k < out_bytes)
+                with m.If(self.o.valid & (k < out_bytes)):
+                    m.d.comb += [
+                        out_wr.addr.eq(k),
+                        out_wr.data.eq(self.o.payload[:8]),
+                        out_wr.en.eq(1),
+                    ]
+                    m.d.sync += k.eq(k + vb)
+                    if vb == 2:
+                        m.d.sync += count.eq(self.o.payload[8:])
+                        m.next = "COLLECT_HI"
+                with m.If(k == out_bytes):
+                    m.d.sync += cycles_l.eq(self.cycles)
+                    m.next = "REPLY"
+            if vb == 2:
+                with m.State("COLLECT_HI"):
+                    m.d.comb += [out_wr.addr.eq(k - 1), out_wr.data.eq(count[:8]), out_wr.en.eq(1)]
+                    m.next = "COLLECT"
+            with m.State("REPLY"):
+                m.d.comb += send.eq(1)
+                m.next = "WAIT_SENT"
+            with m.State("WAIT_SENT"):
+                with m.If(~busy):
+                    m.next = "SYNC"
+
+        # ---- sender: SYNC, cmd, len (2), payload, CRC (2)
+        pos, total, tcrc = Signal(16), Signal(16), Signal(16)
+        ident = Array(Const(b, 8) for b in self.ident)
+        cyc_bytes = Array(cycles_l.word_select(i, 8) for i in range(4))
+        pay_i = pos - 4
+        m.d.comb += out_rd.addr.eq(pay_i[:16])
+        out_byte = Signal(8)
+        with m.Switch(r_cmd):
+            with m.Case(P.NAK):
+                m.d.comb += out_byte.eq(Mux(pay_i == 0, r_code, r_ocmd))
+            with m.Case(P.IDENT | P.REPLY):
+                m.d.comb += out_byte.eq(ident[pay_i[:5]])
+            with m.Case(P.READ_OUTPUT | P.REPLY):
+                m.d.comb += out_byte.eq(
+                    Mux(pay_i < out_bytes, out_rd.data, cyc_bytes[(pay_i - out_bytes)[:2]])
+                )
+        header = Array([Const(P.SYNC, 8), r_cmd, r_len[:8], r_len[8:]])
+        phase = Signal(range(3))  # 0 idle, 1 fetch (memory latency), 2 present
+        byte_now = Signal(8)
+        with m.If(pos < 4):
+            m.d.comb += byte_now.eq(header[pos[:2]])
+        with m.Elif(pos < 4 + r_len):
+            m.d.comb += byte_now.eq(out_byte)
+        with m.Elif(pos == 4 + r_len):
+            m.d.comb += byte_now.eq(tcrc[8:])
+        with m.Else():
+            m.d.comb += byte_now.eq(tcrc[:8])
+        m.d.comb += busy.eq(phase != 0)
+        tx_next_crc = crc16_step(m, tcrc, byte_now, "txcrc")
+        with m.If(send):
+            m.d.sync += [phase.eq(1), pos.eq(0), tcrc.eq(0xFFFF), total.eq(r_len + 6)]
+        with m.Elif(phase == 1):  # give the output buffer a cycle to read pos's byte
+            m.d.sync += phase.eq(2)
+        with m.Elif(phase == 2):
+            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte_now)]
+            with m.If(self.tx.ready):
+                with m.If((pos >= 1) & (pos < 4 + r_len)):
+                    m.d.sync += tcrc.eq(tx_next_crc)
+                m.d.sync += pos.eq(pos + 1)
+                with m.If(pos == total - 1):
+                    m.d.sync += phase.eq(0)
+                with m.Else():
+                    m.d.sync += phase.eq(1)
+        return m
