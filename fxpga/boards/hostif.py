@@ -50,7 +50,7 @@ class HostInterface(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        D, vb = self.data_bits, self.vbytes
+        vb = self.vbytes
         in_bytes, out_bytes = self.in_size * vb, self.out_size * vb
 
         inbuf = memory.Memory(shape=8, depth=max(1, in_bytes), init=[])

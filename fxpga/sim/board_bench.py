@@ -23,7 +23,7 @@ import struct
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge
+from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
 
 from fxpga.boards import protocol as P
 from fxpga.errors import FxpgaError
@@ -140,6 +140,6 @@ async def board(dut):
             except FxpgaError as e:
                 ok = "no input written" in str(e)
             log.append({"do": do, "ok": ok})
-    await First(RisingEdge(dut.clk))
+    await RisingEdge(dut.clk)
     with open(job["results"], "w") as f:
         json.dump({"log": log}, f)
