@@ -300,6 +300,38 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_build(args) -> int:
+    from .boards import build as boards
+    from .quant import artifact
+
+    qm = artifact.load(args.model)
+    spec = boards.board(args.board)
+    out = Path(args.output)
+    rep = boards.build(
+        qm,
+        args.board,
+        out,
+        lanes=args.lanes,
+        freq_mhz=args.freq,
+        seed=args.seed,
+        allow_timing_fail=True,
+        info=lambda m: _info(args, m),
+    )
+    for line in rep.lines():
+        print(line)
+    if spec.note:
+        print(f"  note: {spec.note}")
+    print(f"wrote {rep.bitstream} and the logs and report in {out}/")
+    if not rep.timing_met and not args.allow_timing_fail:
+        crit = "; ".join(rep.critical_path[-3:]) or "see fxpga.tim"
+        raise FxpgaError(
+            f"timing not met on {args.board}: fmax {rep.fmax_mhz or 0:.1f} MHz < "
+            f"target {rep.target_mhz:.1f} MHz (critical path: {crit}); "
+            f"--allow-timing-fail keeps the build"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fxpga", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"fxpga {__version__}")
@@ -416,6 +448,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep simulator runs, logs, waveforms and failing inputs here",
     )
     s.set_defaults(func=cmd_simulate)
+
+    b = sub.add_parser(
+        "build",
+        parents=[common],
+        help="build a bitstream for a board",
+        description="Synthesize, place and route the engine with the model "
+        "for a board (yowasp yosys + nextpnr) and report resources "
+        "and fmax.",
+    )
+    b.add_argument("model", metavar="MODEL.fxq")
+    b.add_argument("--board", required=True, choices=("icebreaker", "orangecrab-25f", "ulx3s-85f"))
+    b.add_argument("--lanes", type=_positive, help="MAC lanes [the board's default]")
+    b.add_argument("--freq", type=float, metavar="MHZ", help="timing target [board clock]")
+    b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed [1]")
+    b.add_argument(
+        "--allow-timing-fail", action="store_true", help="exit 0 even if fmax is below the target"
+    )
+    b.add_argument("-o", "--output", required=True, metavar="DIR")
+    b.set_defaults(func=cmd_build)
     return p
 
 

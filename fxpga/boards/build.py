@@ -42,9 +42,8 @@ class Board:
 
             return ICEBreakerPlatform()
         if self.name == "orangecrab-25f":
-            from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_25FPlatform
-
             from amaranth.vendor import LatticeECP5Platform
+            from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_25FPlatform
 
             class OrangeCrab(OrangeCrabR0_2_25FPlatform):
                 # no dfu-suffix step: fxpga writes the .bit; `dfu-suffix -v 1209 -p 5af0 -a`
