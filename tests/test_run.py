@@ -1,0 +1,104 @@
+"""``fxpga run`` against a software board behind a fake serial port."""
+
+import struct
+
+import numpy as np
+import pytest
+import serial
+
+from fxpga.boards import protocol as P
+from fxpga.cli import main
+from fxpga.hw import compiler
+from fxpga.quant import artifact
+
+
+class SoftBoard:
+    """Answers the protocol like the board top, computing with the compiler's program model.
+    Corrupts the first request it sees if asked (to exercise retries)."""
+
+    def __init__(self, prog, corrupt_first=False, silent=False, wrong_hash=False):
+        self.prog, self.silent = prog, silent
+        self.ident = P.ident_for(prog)
+        if wrong_hash:
+            self.ident = P.Ident(**{**self.ident.__dict__, "model_hash": bytes(8)})
+        self.dec, self.out, self.input = P.Decoder(), bytearray(), None
+        self.result, self.corrupt_first = None, corrupt_first
+
+    def write(self, data):
+        for cmd, payload in self.dec.feed(bytes(data)):
+            if self.silent:
+                continue
+            if self.corrupt_first:
+                self.corrupt_first = False
+                self.out += P.encode(P.NAK, bytes([P.ERR_CRC, cmd]))
+                continue
+            if cmd == P.IDENT:
+                self.out += P.encode(cmd | P.REPLY, self.ident.pack())
+            elif cmd == P.WRITE_INPUT:
+                self.input = P.unpack_values(payload, self.prog.in_size, 8)
+                self.out += P.encode(cmd | P.REPLY)
+            elif cmd == P.RUN:
+                x = np.array(self.input)[None]  # engine (HWC) order → C-order
+                c, h, w = self.prog.in_shape
+                chw = x.reshape(1, h * w, c).transpose(0, 2, 1).reshape(1, -1)
+                y = compiler.run_program(self.prog, chw[0])
+                oc, oh, ow = self.prog.out_shape
+                self.result = y.reshape(oc, oh * ow).T.reshape(-1).tolist()
+                self.out += P.encode(cmd | P.REPLY)
+            elif cmd == P.READ_OUTPUT:
+                self.out += P.encode(
+                    cmd | P.REPLY,
+                    P.pack_values(self.result, 8) + struct.pack("<I", self.prog.total_cycles),
+                )
+
+    def read(self, n):
+        chunk, self.out = bytes(self.out[:n]), self.out[n:]
+        return chunk
+
+
+@pytest.fixture
+def fxq(tmp_path, digits_q8):
+    digits_q8.provenance["dataset"] = "digits"
+    artifact.save(digits_q8, tmp_path / "d.fxq")
+    return tmp_path / "d.fxq"
+
+
+def run(capsys, monkeypatch, board, *argv):
+    monkeypatch.setattr(serial, "serial_for_url", lambda *a, **k: board)
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def prog8(q):
+    return compiler.compile_model(q, compiler.EngineConfig.for_model(q, 8))
+
+
+def test_run_reports_accuracy_and_cycles(fxq, digits_q8, capsys, monkeypatch):
+    board = SoftBoard(prog8(digits_q8), corrupt_first=True)
+    code, out, err = run(
+        capsys, monkeypatch, board, "run", str(fxq), "--port", "soft://", "--samples", "20", "-q"
+    )
+    assert code == 0, err
+    assert "20 images, 0 mismatches against the golden model" in out
+    assert f"{prog8(digits_q8).total_cycles:,}" in out
+
+
+def test_run_refuses_a_different_model(fxq, digits_q8, capsys, monkeypatch):
+    board = SoftBoard(prog8(digits_q8), wrong_hash=True)
+    code, _, err = run(capsys, monkeypatch, board, "run", str(fxq), "--port", "soft://", "-q")
+    assert code == 1 and "runs a different model or engine" in err
+
+
+def test_run_times_out(fxq, digits_q8, capsys, monkeypatch):
+    board = SoftBoard(prog8(digits_q8), silent=True)
+    code, _, err = run(
+        capsys, monkeypatch, board, "run", str(fxq), "--port", "soft://", "--timeout", "0.2", "-q"
+    )
+    assert code == 1 and "no reply from the board within 0.2 s" in err
+
+
+def test_run_bad_port(fxq, capsys):
+    code = main(["run", str(fxq), "--port", "/dev/nonexistent-fxpga", "-q"])
+    _, err = capsys.readouterr()
+    assert code == 1 and "cannot open the serial port" in err
