@@ -273,7 +273,14 @@ def cmd_simulate(args) -> int:
     n = min(args.samples, len(ds.x_test))
     rng = np.random.default_rng(args.seed)
     idx = np.sort(rng.choice(len(ds.x_test), n, replace=False)) if args.shuffle else np.arange(n)
-    cfg = compiler.EngineConfig.for_model(qm, args.lanes)
+    lanes = args.lanes
+    if args.board:
+        from .boards.build import board
+
+        if lanes is not None:
+            raise FxpgaError("give --lanes or --board, not both")
+        lanes = board(args.board).lanes
+    cfg = compiler.EngineConfig.for_model(qm, lanes or 8)
     prog = compiler.compile_model(qm, cfg)
     _info(args, f"simulating {n} images of {ds.name} on {args.simulator} ({cfg.lanes} lanes)")
     out = Path(args.output) if args.output else None
@@ -478,7 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         "match exactly) and the float model.",
     )
     s.add_argument("model", metavar="MODEL.fxq")
-    s.add_argument("--lanes", type=_positive, default=8, help="MAC lanes [8]")
+    s.add_argument("--lanes", type=_positive, help="MAC lanes [8]")
+    s.add_argument(
+        "--board",
+        choices=("icebreaker", "orangecrab-25f", "ulx3s-85f"),
+        help="use the board's engine configuration instead of --lanes",
+    )
     s.add_argument(
         "--simulator",
         choices=("verilator", "icarus"),

@@ -141,3 +141,19 @@ def test_cli_simulate_fails_on_a_mismatch(digits_q8, tmp_path, capsys, monkeypat
     assert "differ from the golden model (first: test image" in err
     assert "first layer whose output differs from golden: op 1: conv2" in out
     assert (tmp_path / "out" / "failing_input.npz").exists()
+
+
+def test_cli_simulate_board_config_and_conflict(digits_q8, tmp_path, capsys):
+    digits_q8.provenance["dataset"] = "digits"
+    artifact.save(digits_q8, tmp_path / "d.fxq")
+    code = main(
+        ["simulate", str(tmp_path / "d.fxq"), "--board", "icebreaker", "--samples", "2", "-q"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "2 images, 0 mismatches" in out and "(8 lanes)" in out
+    code = main(
+        ["simulate", str(tmp_path / "d.fxq"), "--board", "icebreaker", "--lanes", "3", "-q"]
+    )
+    _, err = capsys.readouterr()
+    assert code == 1 and "give --lanes or --board, not both" in err
