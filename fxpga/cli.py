@@ -358,7 +358,12 @@ def cmd_run(args) -> int:
         raise FxpgaError(f"{args.port}: cannot open the serial port: {e}") from e
     link = protocol.Link(port, timeout=args.timeout)
     ident = link.identify()
-    cfg = compiler.EngineConfig.for_model(qm, ident.lanes, post_lanes=ident.post_lanes)
+    cfg = compiler.EngineConfig.for_model(
+        qm,
+        ident.lanes,
+        post_lanes=ident.post_lanes,
+        weight_store="spram" if ident.weights_at_runtime else "bram",
+    )
     prog = compiler.compile_model(qm, cfg)
     if ident.model_hash != protocol.model_hash(prog):
         raise FxpgaError(
@@ -367,13 +372,16 @@ def cmd_run(args) -> int:
             f"{ident.lanes} lanes {protocol.model_hash(prog).hex()}): "
             f"build and load its bitstream first"
         )
+    from .progress import bar
+
+    if ident.weights_at_runtime:
+        _info(args, f"loading {sum(map(len, prog.wmem)):,} weights into the board")
+        link.load_weights(prog, lambda it: bar(it, desc="weights", enabled=not args.quiet))
     n = min(args.samples, len(ds.x_test))
     xi = golden.quantize_input(qm, ds.x_test[:n])
     want = to_engine_order(golden.run_int(qm, xi).reshape(n, -1), prog.out_shape)
     samples = prog.to_engine(xi)
     bad, cycles, walls, outs = 0, [], [], []
-    from .progress import bar
-
     for i in bar(range(n), desc="board", enabled=not args.quiet):
         t = time.perf_counter()
         got, cyc = link.infer(samples[i], ident)

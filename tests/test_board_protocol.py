@@ -3,6 +3,7 @@
 import os
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,26 +70,48 @@ def test_link_times_out_instead_of_hanging():
         link.identify()
 
 
+SPRAM_MODEL = Path(P.__file__).parent / "sim_models" / "sb_spram256ka.v"
+
+
 @pytest.mark.sim
-@pytest.mark.parametrize("bake", [True, False])
-def test_board_top_over_uart(bake, tmp_path):
-    """IDENT, inference, CRC errors, truncated frames, garbage; with bake=False the program
-    and weights are loaded over CFG_WRITE first (as on the UP5K, whose SPRAM has no init)."""
+@pytest.mark.parametrize("mode", ["baked", "runtime", "spram"])
+def test_board_top_over_uart(mode, tmp_path):
+    """IDENT, inference, CRC errors, truncated frames, garbage. "runtime": program, biases
+    and weights loaded over CFG_WRITE first; "spram": weights in (a model of) the UP5K's
+    SPRAM, loaded over CFG_WRITE, the rest baked."""
+    bake = mode != "runtime"
     model, shape = random_net(random.Random(11), pools=True)
     qm, x = quantized(model, shape, 11)
-    prog = compiler.compile_model(qm, EngineConfig(lanes=3))
+    store = "spram" if mode == "spram" else "bram"
+    prog = compiler.compile_model(qm, EngineConfig(lanes=3, weight_store=store))
     divisor, timeout = 8, 400
     top = BoardTop(prog, divisor, byte_timeout=timeout, bake=bake)
     from amaranth.back import verilog
 
     text = verilog.convert(top, name="fxpga_board")
-    build_dir = runner.build(None, "verilator", verilog=text, top="fxpga_board")
+    extra = (SPRAM_MODEL,) if mode == "spram" else ()
+    build_dir = runner.build(
+        None, "verilator", verilog=text, top="fxpga_board", extra_sources=extra
+    )
     xi = golden.quantize_input(qm, x[:2])
     want = simulate.to_engine_order(golden.run_int(qm, xi).reshape(2, -1), prog.out_shape)
     samples = prog.to_engine(xi)
     actions = []
-    if not bake:
+    if mode == "runtime":
         actions += [{"do": "cfg", "writes": runner.load_writes(prog)}]
+    elif mode == "spram":
+        from fxpga.hw.engine import REGION_WEIGHTS
+
+        actions += [
+            {
+                "do": "cfg",
+                "writes": [
+                    (REGION_WEIGHTS << 28 | lane << 20 | i, w)
+                    for lane, bank in enumerate(prog.wmem)
+                    for i, w in enumerate(bank)
+                ],
+            }
+        ]
     actions += [
         {"do": "run_without_input"},
         {"do": "ident"},

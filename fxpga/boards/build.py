@@ -35,6 +35,7 @@ class Board:
     baud: int
     available: dict[str, int]  # nextpnr cell types → count on the device
     note: str = ""
+    weight_store: str = "bram"  # "spram": weights loaded at run time (iCE40UP5K)
 
     def platform(self):
         if self.name == "icebreaker":
@@ -85,6 +86,9 @@ BOARDS = {
         8,
         1_000_000,
         {"ICESTORM_LC": 5280, "ICESTORM_RAM": 30, "ICESTORM_DSP": 8, "ICESTORM_SPRAM": 4},
+        note="weights live in SPRAM, which a bitstream cannot initialise: fxpga run loads "
+        "them over the UART first",
+        weight_store="spram",
     ),
     "orangecrab-25f": Board(
         "orangecrab-25f",
@@ -221,7 +225,7 @@ def build(
     info=lambda msg: None,
 ) -> BuildReport:
     spec = board(board_name)
-    cfg = EngineConfig.for_model(qm, lanes or spec.lanes)
+    cfg = EngineConfig.for_model(qm, lanes or spec.lanes, weight_store=spec.weight_store)
     prog = compile_model(qm, cfg)
     target = freq_mhz or spec.clock_hz / 1e6
     platform = spec.platform()

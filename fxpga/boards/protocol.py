@@ -114,6 +114,11 @@ class Ident:
     out_size: int
     model_hash: bytes
 
+    @property
+    def weights_at_runtime(self) -> bool:
+        """The board's weights are not in its bitstream (iCE40 SPRAM): load them first."""
+        return bool(self.version & 0x80)
+
     @classmethod
     def parse(cls, payload: bytes) -> Ident:
         if len(payload) != 22 or payload[:4] != MAGIC:
@@ -154,7 +159,7 @@ def model_hash(prog) -> bytes:
 def ident_for(prog) -> Ident:
     c = prog.config
     return Ident(
-        VERSION,
+        VERSION | (0x80 if c.weight_store == "spram" else 0),
         c.lanes,
         c.data_bits,
         c.weight_bits,
@@ -229,6 +234,18 @@ class Link:
         out = unpack_values(reply, ident.out_size, ident.data_bits)
         (cycles,) = struct.unpack("<I", reply[-4:])
         return out, cycles
+
+    def load_weights(self, prog, progress=None):
+        """Write every lane's weights over CFG_WRITE (for boards with SPRAM weights)."""
+        from ..hw.engine import REGION_WEIGHTS
+
+        writes = [
+            (REGION_WEIGHTS << 28 | lane << 20 | i, w)
+            for lane, bank in enumerate(prog.wmem)
+            for i, w in enumerate(bank)
+        ]
+        for addr, data in progress(writes) if progress else writes:
+            self.cfg_write(addr, data)
 
     def cfg_write(self, addr: int, data: int):
         self.request(CFG_WRITE, struct.pack("<II", addr & 0xFFFFFFFF, data & 0xFFFFFFFF))

@@ -54,11 +54,18 @@ class EngineConfig:
     bmem_depth: int | None = None  # biases (all lanes)
     max_ops: int | None = None  # program capacity
     post_lanes: int | None = None  # lanes post-processed per cycle (power of 2) [lanes/8]
+    weight_store: str = "bram"  # "bram" (initialised) or "spram" (iCE40, loaded at run time)
 
     def __post_init__(self):
+        if self.weight_store not in ("bram", "spram"):
+            raise FxpgaError(
+                f"EngineConfig.weight_store must be 'bram' or 'spram', not {self.weight_store!r}"
+            )
+        if self.weight_store == "spram" and (self.lanes > 8 or self.weight_bits > 8):
+            raise FxpgaError("SPRAM weights (iCE40UP5K) hold at most 8 lanes of 8-bit weights")
         for f in fields(self):
             v = getattr(self, f.name)
-            if v is None and f.default is None:
+            if f.name == "weight_store" or (v is None and f.default is None):
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise FxpgaError(f"EngineConfig.{f.name} must be a positive integer, not {v!r}")
@@ -480,7 +487,7 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     fmap_need = max(max(s) for s in sizes if s)
     for what, need, have in (
         ("feature-map buffer", fmap_need, cfg.fmap_depth),
-        ("weight bank (per lane)", w_off, cfg.wmem_depth),
+        ("weight bank (per lane)", w_off, 16384 if cfg.weight_store == "spram" else cfg.wmem_depth),
         ("bias memory", b_off, cfg.bmem_depth),
         ("program", len(ops), cfg.max_ops),
     ):

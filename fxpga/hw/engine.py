@@ -13,6 +13,7 @@ from .desc import HEADER_WORDS, check_fits, descriptor_layout, field_bits_for
 from .mac import MACArray
 from .postproc import PostProcessor
 from .taps import TapGenerator
+from .weights import SPRAM_DEPTH, WeightBanks
 
 REGION_PROGRAM, REGION_BIAS, REGION_WEIGHTS = 0, 1, 2
 
@@ -113,10 +114,14 @@ class Engine(wiring.Component):
         FB = self.field_bits
         fmap = [FeatureBuffer(self.fmap_depth, D, W, FB) for _ in range(2)]
         m.submodules.fmap0, m.submodules.fmap1 = fmap
-        banks = [
-            mem(f"wbank{lane}", signed(WB), self.wmem_depth, p.wmem[lane] if p else [])
-            for lane in range(lanes)
-        ]
+        spram = cfg.weight_store == "spram"
+        m.submodules.weights = weights = WeightBanks(
+            lanes,
+            WB,
+            SPRAM_DEPTH if spram else self.wmem_depth,
+            init=p.wmem if p and not spram else None,
+            store=cfg.weight_store,
+        )
         brows = -(-self.bmem_depth // W)
         bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
         pwords = program_words(p, FB) if p else []
@@ -135,12 +140,12 @@ class Engine(wiring.Component):
                 bwr.data.eq(self.cfg.data),
                 bwr.en.eq(self.cfg.en & (region == REGION_BIAS) & (index % W == i)),
             ]
-        for lane, (_, _, wwr) in enumerate(banks):
-            m.d.comb += [
-                wwr.addr.eq(index),
-                wwr.data.eq(self.cfg.data),
-                wwr.en.eq(self.cfg.en & (region == REGION_WEIGHTS) & (lane_sel == lane)),
-            ]
+        m.d.comb += [
+            weights.wr_addr.eq(index),
+            weights.wr_lane.eq(lane_sel),
+            weights.wr_data.eq(self.cfg.data),
+            weights.wr_en.eq(self.cfg.en & (region == REGION_WEIGHTS)),
+        ]
 
         # ---- datapath
         m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB)
@@ -156,8 +161,9 @@ class Engine(wiring.Component):
         m.d.sync += mac_d1.eq(tap.mac)
         in_data = Mux(in_buf, fmap[1].rd_data, fmap[0].rd_data)
         m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(in_data)]
-        for lane, (_, wrd, _) in enumerate(banks):
-            m.d.comb += [wrd.addr.eq(tap.w_addr), mac.w[lane].eq(wrd.data)]
+        m.d.comb += weights.rd_addr.eq(tap.w_addr)
+        for lane in range(lanes):
+            m.d.comb += mac.w[lane].eq(weights.rd_data[lane])
 
         # window metadata travels TAP_TO_ACC cycles to meet its accumulators
         last_q, meta_q = tap.last, Signal(post.meta_layout)

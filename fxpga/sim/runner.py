@@ -87,6 +87,7 @@ def build(
     verilog: str | None = None,
     info=lambda msg: None,
     top: str = TOP,
+    extra_sources: tuple[Path, ...] = (),
 ) -> Path:
     """Build (or reuse) a simulator model of the engine for ``prog``.
 
@@ -98,7 +99,9 @@ def build(
 
     env = sim_env(simulator)
     text = verilog if verilog is not None else engine_verilog(prog)
-    key = hashlib.sha256(f"{simulator}:{waves}:{top}:v1\n{text}".encode()).hexdigest()[:16]
+    extra = "".join(Path(p).read_text() for p in extra_sources)
+    key = hashlib.sha256(f"{simulator}:{waves}:{top}:v1\n{text}{extra}".encode()).hexdigest()
+    key = key[:16]
     d = cache_root() / f"{simulator}-{key}"
     stamp = d / "BUILT"
     if stamp.exists():
@@ -109,7 +112,7 @@ def build(
     log = d / "build.log"
     info(f"building the {simulator} model (once per design; log: {log})")
     t0 = time.monotonic()
-    kw = {"sources": [src], "hdl_toplevel": top, "build_dir": d, "waves": waves}
+    kw = {"sources": [src, *extra_sources], "hdl_toplevel": top, "build_dir": d, "waves": waves}
     if simulator == "verilator":
         kw["build_args"] = ["-Wno-fatal", "-Wno-WIDTH", "-O2"]
     else:

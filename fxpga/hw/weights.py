@@ -1,0 +1,80 @@
+"""Per-lane weight memories: block RAM (initialised) or iCE40 SPRAM (loaded at run time)."""
+
+from __future__ import annotations
+
+from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal, signed
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+SPRAM_DEPTH = 16384  # SB_SPRAM256KA: 16K x 16 bits
+SPRAM_COUNT = 4  # on the iCE40UP5K
+
+
+class WeightBanks(wiring.Component):
+    """``lanes`` weight memories read together at ``rd_addr`` (**latency 1**), written one
+    lane at a time (``wr_*``, while the engine is idle).
+
+    ``store="bram"``: one block-RAM memory per lane, initialised from ``init``.
+    ``store="spram"``: iCE40 SB_SPRAM256KA, two lanes per 16-bit word (low byte even lane,
+    high byte odd lane, written with the nibble mask), up to 8 lanes of 8-bit weights and 16K
+    weights per lane. SPRAM has no initial contents: the host loads it (``CFG_WRITE``), and it
+    is single-ported, so a write takes the address for its cycle.
+    """
+
+    def __init__(self, lanes: int, weight_bits: int, depth: int, init=None, store="bram"):
+        if store not in ("bram", "spram"):
+            raise ValueError(f"store must be 'bram' or 'spram', not {store!r}")
+        if store == "spram" and (weight_bits > 8 or lanes > 2 * SPRAM_COUNT or depth > SPRAM_DEPTH):
+            raise ValueError("SPRAM weights hold at most 8 lanes of 8-bit weights, 16K deep")
+        self.lanes, self.weight_bits, self.depth = lanes, weight_bits, depth
+        self.init, self.store = init, store
+        abits = max(1, (depth - 1).bit_length())
+        super().__init__(
+            {
+                "rd_addr": In(abits),
+                "rd_data": Out(signed(weight_bits)).array(lanes),
+                "wr_addr": In(abits),
+                "wr_lane": In(8),
+                "wr_data": In(signed(weight_bits)),
+                "wr_en": In(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        if self.store == "bram":
+            for lane in range(self.lanes):
+                init = self.init[lane] if self.init else []
+                mem = memory.Memory(shape=signed(self.weight_bits), depth=self.depth, init=init)
+                m.submodules[f"lane{lane}"] = mem
+                rd, wr = mem.read_port(), mem.write_port()
+                m.d.comb += [
+                    rd.addr.eq(self.rd_addr),
+                    self.rd_data[lane].eq(rd.data),
+                    wr.addr.eq(self.wr_addr),
+                    wr.data.eq(self.wr_data),
+                    wr.en.eq(self.wr_en & (self.wr_lane == lane)),
+                ]
+            return m
+        for j in range((self.lanes + 1) // 2):
+            we = Signal(name=f"we{j}")
+            dout = Signal(16, name=f"dout{j}")
+            m.d.comb += we.eq(self.wr_en & (self.wr_lane[1:] == j))
+            byte = self.wr_data.as_unsigned()[:8]
+            m.submodules[f"spram{j}"] = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=Mux(we, self.wr_addr, self.rd_addr)[:14],
+                i_DATAIN=Cat(byte, byte),
+                i_MASKWREN=Mux(self.wr_lane[0], 0b1100, 0b0011),
+                i_WREN=we,
+                i_CHIPSELECT=1,
+                i_CLOCK=ClockSignal(),
+                i_STANDBY=0,
+                i_SLEEP=0,
+                i_POWEROFF=1,
+                o_DATAOUT=dout,
+            )
+            for k in range(2):
+                if 2 * j + k < self.lanes:
+                    m.d.comb += self.rd_data[2 * j + k].eq(dout[8 * k : 8 * k + self.weight_bits])
+        return m
