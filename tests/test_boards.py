@@ -37,3 +37,38 @@ def test_orangecrab_bitstream(digits_q8, tmp_path, capsys):
 def test_unknown_board():
     with pytest.raises(FxpgaError, match=r"unknown board 'de10' \(have: icebreaker"):
         boards.board("de10")
+
+
+def test_icebreaker_bitstream(digits_q8, tmp_path, capsys):
+    """digits-cnn fits the UP5K with its weights in SPRAM (and no descriptor prefetch)."""
+    artifact.save(digits_q8, tmp_path / "d.fxq")
+    out = tmp_path / "ice"
+    code = main(["build", str(tmp_path / "d.fxq"), "--board", "icebreaker", "-o", str(out), "-q"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert (out / "fxpga.bin").stat().st_size > 100_000
+    lines = {ln.split()[0]: ln.split() for ln in stdout.splitlines() if ln.startswith("  ")}
+    assert lines["ICESTORM_DSP"][1] == "8" and lines["ICESTORM_SPRAM"][1] == "4"
+    assert "fxpga run loads them over the UART first" in stdout
+
+
+def test_timing_failure_is_an_error_unless_allowed(digits_q8, tmp_path, capsys):
+    artifact.save(digits_q8, tmp_path / "d.fxq")
+    code = main(
+        [
+            "build",
+            str(tmp_path / "d.fxq"),
+            "--board",
+            "orangecrab-25f",
+            "--lanes",
+            "8",
+            "--freq",
+            "400",
+            "-o",
+            str(tmp_path / "oc"),
+            "-q",
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 1 and "timing not met on orangecrab-25f" in err and "critical path" in err
+    assert (tmp_path / "oc" / "fxpga.bit").exists()  # the build is kept for inspection

@@ -291,6 +291,23 @@ def test_digits_cnn_bit_exact(digits_q8, digits):
     assert prog.utilization() > 0.9
 
 
+def test_digits_cnn_bit_exact_without_prefetch(digits_q8, digits):
+    cfg = EngineConfig(lanes=8, prefetch=False)
+    check_engine(digits_q8, digits.x_test[7:], lanes=8, n=1, config=cfg)
+
+
+def test_left_shift_limit_is_refused():
+    from fxpga.quant import quantizer as Q
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    qm, _ = quantized(model, (4,), 0)
+    cfg = Q.Config.from_json({"layers": {"1": {"output": {"bits": 8, "fl": 40}}}}, "cfg")
+    g = qm.graph
+    qm2 = Q.quantize_model(g, np.random.default_rng(0).standard_normal((8, 4)), config=cfg)
+    with pytest.raises(FxpgaError, match=r"layer '1' scales up by 2\^\d+ when requantizing"):
+        compiler.compile_model(qm2, EngineConfig(lanes=2))
+
+
 def test_digits_cnn_bit_exact_wide_post_processor(digits_q8, digits):
     cfg = EngineConfig(lanes=16, post_lanes=2)
     check_engine(digits_q8, digits.x_test[5:], lanes=16, n=1, config=cfg)

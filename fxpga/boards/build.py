@@ -36,6 +36,7 @@ class Board:
     available: dict[str, int]  # nextpnr cell types → count on the device
     note: str = ""
     weight_store: str = "bram"  # "spram": weights loaded at run time (iCE40UP5K)
+    prefetch: bool = True  # descriptor prefetch (costs a second descriptor register)
 
     def platform(self):
         if self.name == "icebreaker":
@@ -89,6 +90,7 @@ BOARDS = {
         note="weights live in SPRAM, which a bitstream cannot initialise: fxpga run loads "
         "them over the UART first",
         weight_store="spram",
+        prefetch=False,
     ),
     "orangecrab-25f": Board(
         "orangecrab-25f",
@@ -225,7 +227,9 @@ def build(
     info=lambda msg: None,
 ) -> BuildReport:
     spec = board(board_name)
-    cfg = EngineConfig.for_model(qm, lanes or spec.lanes, weight_store=spec.weight_store)
+    cfg = EngineConfig.for_model(
+        qm, lanes or spec.lanes, weight_store=spec.weight_store, prefetch=spec.prefetch
+    )
     prog = compile_model(qm, cfg)
     target = freq_mhz or spec.clock_hz / 1e6
     platform = spec.platform()

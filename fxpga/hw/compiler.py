@@ -39,6 +39,7 @@ from ..quant.qformat import QFormat, signed_width
 from ..quant.qmodel import QLayer, QModel
 
 POOL_MAX, POOL_AVG = 0, 1
+MAX_LEFT_SHIFT = 7  # requantization may scale up by at most 2^7 (fl_out - fl_in - fl_w <= 7)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class EngineConfig:
     max_ops: int | None = None  # program capacity
     post_lanes: int | None = None  # lanes post-processed per cycle (power of 2) [lanes/8]
     weight_store: str = "bram"  # "bram" (initialised) or "spram" (iCE40, loaded at run time)
+    prefetch: bool = True  # fetch the next descriptor while an op runs (a second register)
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -65,7 +67,7 @@ class EngineConfig:
             raise FxpgaError("SPRAM weights (iCE40UP5K) hold at most 8 lanes of 8-bit weights")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "weight_store" or (v is None and f.default is None):
+            if f.name in ("weight_store", "prefetch") or (v is None and f.default is None):
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise FxpgaError(f"EngineConfig.{f.name} must be a positive integer, not {v!r}")
@@ -98,8 +100,8 @@ class EngineConfig:
 
     @classmethod
     def for_model(cls, qm: QModel, lanes: int = 8, **overrides) -> EngineConfig:
-        """The narrowest widths ``qm`` needs (at least 8-bit data/weights, 32-bit accumulators
-        where that suffices); ``overrides`` win."""
+        """The narrowest widths ``qm`` needs (at least 8-bit data/weights and a 16-bit
+        accumulator, rounded up to a multiple of 4); ``overrides`` win."""
         data = max([qm.input_fmt.bits] + [la.out_fmt.bits for la in qm.layers])
         weight = max([la.w_fmt.bits for la in qm.layers if la.w_fmt] + [2])
         acc = max(qm.max_acc_bits, data + 2)
@@ -107,7 +109,7 @@ class EngineConfig:
             "lanes": lanes,
             "data_bits": max(8, data),
             "weight_bits": max(8, weight),
-            "acc_bits": min(48, max(32, acc)),
+            "acc_bits": min(48, max(16, -(-acc // 4) * 4)),
         }
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
@@ -256,7 +258,12 @@ def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:
     out, prev_run = [], None
     for op in ops:
         run = run_cycles(op, cfg)
-        wait = nf + 2 if prev_run is None else 1 + max(0, nf - 1 - prev_run - drain)
+        if not cfg.prefetch:  # FETCH (1) then the fetch itself, every op but the first
+            wait = nf + 2 + (prev_run is not None)
+        elif prev_run is None:
+            wait = nf + 2
+        else:
+            wait = 1 + max(0, nf - 1 - prev_run - drain)
         out.append(wait + 1 + run + 1 + drain)
         prev_run = run
     return out
@@ -467,6 +474,13 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         )
     if need_w > cfg.weight_bits:
         problems.append(f"weights need {need_w} bits, the engine has weight_bits={cfg.weight_bits}")
+    for op in ops:
+        if op.shift < -MAX_LEFT_SHIFT:
+            problems.append(
+                f"layer '{op.name}' scales up by 2^{-op.shift} when requantizing; "
+                f"the engine allows at most 2^{MAX_LEFT_SHIFT} (lower its "
+                f"output fl)"
+            )
     if need_acc > cfg.acc_bits:
         worst = max(ops, key=lambda o: o.acc_bits)
         problems.append(

@@ -207,7 +207,7 @@ class Engine(wiring.Component):
 
         # descriptor prefetcher: reads op `pf_op`'s NF words into `nxt` while an op runs
         nf = len(DESC_FIELDS)
-        nxt = Signal(descriptor_layout(FB))
+        nxt = Signal(descriptor_layout(FB)) if cfg.prefetch else desc
         pf_start, pf_busy = Signal(), Signal()
         pf_op, pf_cnt = Signal(8), Signal(range(nf + 1))
         with m.If(pf_start):
@@ -252,9 +252,14 @@ class Engine(wiring.Component):
                         m.next = "NEXT"
             with m.State("NEXT"):  # wait for the prefetched descriptor, start fetching the next
                 with m.If(~pf_busy):
-                    m.d.sync += [desc.eq(nxt), pf_op.eq(op + 1)]
-                    m.d.comb += pf_start.eq(op + 1 != n_ops)
+                    if cfg.prefetch:
+                        m.d.sync += [desc.eq(nxt), pf_op.eq(op + 1)]
+                        m.d.comb += pf_start.eq(op + 1 != n_ops)
                     m.next = "START"
+            with m.State("FETCH"):  # without prefetch: read this op's descriptor now
+                m.d.sync += pf_op.eq(op)
+                m.d.comb += pf_start.eq(1)
+                m.next = "NEXT"
             with m.State("START"):
                 m.d.comb += taps.start.eq(1)
                 m.d.sync += self.running.eq(1)
@@ -269,7 +274,7 @@ class Engine(wiring.Component):
                         m.d.sync += [counting.eq(0), self.running.eq(0)]
                         m.next = "OUT_READ"
                     with m.Else():
-                        m.next = "NEXT"
+                        m.next = "NEXT" if cfg.prefetch else "FETCH"
             with m.State("OUT_READ"):
                 m.d.comb += rd_addr.eq(cnt)
                 m.next = "OUT_SEND"

@@ -6,9 +6,8 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .compiler import MAX_LEFT_SHIFT
 from .desc import descriptor_layout
-
-MAX_LEFT_SHIFT = 31
 
 
 class PostProcessor(wiring.Component):
@@ -135,7 +134,7 @@ class PostProcessor(wiring.Component):
         follow(s3, s2)
         s3_val = [Signal(signed(D), name=f"s3_val{i}") for i in range(W)]
         sh = d.shift
-        rsh, lsh = Signal(unsigned(6)), Signal(unsigned(5))
+        rsh, lsh = Signal(unsigned(6)), Signal(range(MAX_LEFT_SHIFT + 1))
         m.d.comb += [rsh.eq(Mux(sh > 0, sh, 0)), lsh.eq(Mux(sh < 0, -sh, 0))]
         rounding = Mux(sh > 0, Const(1, unsigned(A + 1)) << (rsh - 1)[:6], 0)
         for i in range(W):
