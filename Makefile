@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/quant.py
 	$(PY) bench/engine.py
 	$(PY) bench/sim.py
+	$(PY) bench/boards.py
 
 clean:
 	rm -rf build .pytest_cache
