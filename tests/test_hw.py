@@ -12,7 +12,7 @@ from amaranth.sim import Simulator
 from fxpga.errors import FxpgaError
 from fxpga.hw import amsim, compiler
 from fxpga.hw.compiler import EngineConfig
-from fxpga.hw.engine import REGION_BIAS, REGION_PROGRAM, REGION_WEIGHTS, Engine, program_words
+from fxpga.hw.engine import Engine
 from fxpga.hw.mac import MACArray
 from fxpga.hw.postproc import PostProcessor
 from fxpga.hw.taps import TapGenerator
@@ -375,13 +375,9 @@ def test_runtime_writes_replace_initial_memories(digits):
     got = []
 
     async def bench(ctx):
-        writes = [(REGION_PROGRAM << 28 | i, w) for i, w in enumerate(program_words(prog))]
-        writes += [(REGION_BIAS << 28 | i, b) for i, b in enumerate(prog.bmem)]
-        writes += [
-            (REGION_WEIGHTS << 28 | lane << 20 | i, w)
-            for lane, bank in enumerate(prog.wmem)
-            for i, w in enumerate(bank)
-        ]
+        from fxpga.sim.runner import load_writes
+
+        writes = load_writes(prog)
         for addr, val in writes:
             ctx.set(empty.cfg.addr, addr)
             ctx.set(empty.cfg.data, val & 0xFFFFFFFF)

@@ -74,6 +74,13 @@ class HostInterface(wiring.Component):
         cycles_l = Signal(32)
         rx_next_crc = crc16_step(m, crc, byte, "rxcrc")
 
+        def idle():
+            """After a `with m.If(got)` block: count quiet cycles, give up on the frame."""
+            with m.Elif(idle_timer == self.byte_timeout):
+                m.next = "SYNC"
+            with m.Else():
+                m.d.sync += idle_timer.eq(idle_timer + 1)
+
         with m.FSM(name="parser"):
             with m.State("SYNC"):
                 with m.If(got & (byte == P.SYNC) & ~busy):
@@ -95,10 +102,7 @@ class HostInterface(wiring.Component):
                                 m.next = "CRC0"
                             with m.Else():
                                 m.next = "PAYLOAD"
-                    with m.Elif(idle_timer == self.byte_timeout):
-                        m.next = "SYNC"
-                    with m.Else():
-                        m.d.sync += idle_timer.eq(idle_timer + 1)
+                    idle()
             with m.State("PAYLOAD"):
                 with m.If(got):
                     m.d.sync += [
@@ -111,26 +115,17 @@ class HostInterface(wiring.Component):
                         m.d.comb += [in_wr.addr.eq(count), in_wr.data.eq(byte), in_wr.en.eq(1)]
                     with m.If(count == length - 1):
                         m.next = "CRC0"
-                with m.Elif(idle_timer == self.byte_timeout):
-                    m.next = "SYNC"
-                with m.Else():
-                    m.d.sync += idle_timer.eq(idle_timer + 1)
+                idle()
             with m.State("CRC0"):
                 with m.If(got):
                     m.d.sync += [rx_crc[8:].eq(byte), idle_timer.eq(0)]
                     m.next = "CRC1"
-                with m.Elif(idle_timer == self.byte_timeout):
-                    m.next = "SYNC"
-                with m.Else():
-                    m.d.sync += idle_timer.eq(idle_timer + 1)
+                idle()
             with m.State("CRC1"):
                 with m.If(got):
                     m.d.sync += rx_crc[:8].eq(byte)
                     m.next = "EXEC"
-                with m.Elif(idle_timer == self.byte_timeout):
-                    m.next = "SYNC"
-                with m.Else():
-                    m.d.sync += idle_timer.eq(idle_timer + 1)
+                idle()
             with m.State("EXEC"):
                 m.next = "REPLY"
 
