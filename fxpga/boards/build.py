@@ -72,9 +72,16 @@ class Board:
             )
             return p
         if self.name == "ulx3s-85f":
+            from amaranth.vendor import LatticeECP5Platform
             from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-            return ULX3S_85F_Platform()
+            class ULX3S(ULX3S_85F_Platform):
+                # openFPGALoader programs the board; it is not needed to build
+                @property
+                def required_tools(self):
+                    return LatticeECP5Platform.required_tools.fget(self)
+
+            return ULX3S()
         raise FxpgaError(f"unknown board '{self.name}'")
 
 
