@@ -232,7 +232,7 @@ class Op:
 
 # Timing constants shared with the hardware (engine.py asserts them):
 TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4
-POST_LATENCY = 5  # PostProcessor.LATENCY
+POST_LATENCY = 6  # PostProcessor.LATENCY
 
 
 def run_cycles(op: Op, cfg: EngineConfig) -> int:

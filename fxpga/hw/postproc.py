@@ -17,26 +17,26 @@ class PostProcessor(wiring.Component):
     On ``capture`` (the window's last tap has reached the accumulators) all ``lanes``
     accumulators are latched together with the window's metadata; then item ``j`` (lanes
     ``j·post_lanes … j·post_lanes + post_lanes − 1``) is processed in cycle
-    ``capture + 1 + j`` through a 5-stage pipeline, each lane of the item in parallel:
+    ``capture + 1 + j`` through a 6-stage pipeline, each lane of the item in parallel:
 
     1. window sum = ``acc − snapshot`` (modulo ``2^acc_bits``; the snapshot becomes ``acc``);
        the bias row read is issued;
-    2. ``+ bias``;
-    3. requantize: ``s > 0``: ``(v + 2^(s−1)) >> s``, ``s ≤ 0``: ``v << −s``; saturate to
-       ``[qmin, qmax]``; ReLU if ``relu_pre``;
-    4. pool: the first window of a pool output loads the lane's pool register, the others
+    2. ``v = + bias`` (wrapped to ``acc_bits``), plus ``2^(s−1)`` when ``s > 0``;
+    3. the shift: ``s > 0``: ``v >> s`` (arithmetic), ``s ≤ 0``: ``v << −s``;
+    4. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
+    5. pool: the first window of a pool output loads the lane's pool register, the others
        take the max or add; a window in pool padding contributes nothing. On the pool's last
        window: avg → ``(sum + 2^(k−1)) >> k``, then ReLU if ``relu_post``;
-    5. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
+    6. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
        out_addr + j·post_lanes``) where ``l < nvalid`` and it was the pool's last window.
 
-    **Latency**: item ``j``'s writes happen in cycle ``capture + 5 + j`` (``LATENCY`` = 5).
+    **Latency**: item ``j``'s writes happen in cycle ``capture + 6 + j`` (``LATENCY`` = 6).
     **Throughput**: one window per ``items`` cycles; ``capture`` must not come more often
     (the ``TapGenerator`` guarantees it). Exactly matches ``golden.step`` for conv/linear
     followed by the fused element-wise layers.
     """
 
-    LATENCY = 5
+    LATENCY = 6
 
     def __init__(
         self,
@@ -123,27 +123,44 @@ class PostProcessor(wiring.Component):
             with m.If(self.capture):
                 m.d.sync += cnt.eq(0)
 
-        # stage 2: + bias
-        s2 = item("s2")
-        follow(s2, s1)
-        s2_val = [Signal(signed(A), name=f"s2_val{i}") for i in range(W)]
-        m.d.sync += [s2_val[i].eq(s1_diff[i] + self.bias_data[i]) for i in range(W)]
-
-        # stage 3: requantize, saturate, relu_pre
-        s3 = item("s3")
-        follow(s3, s2)
-        s3_val = [Signal(signed(D), name=f"s3_val{i}") for i in range(W)]
+        # per-op constants of the requantizer, registered off the data path
         sh = d.shift
         rsh, lsh = Signal(unsigned(6)), Signal(range(MAX_LEFT_SHIFT + 1))
-        m.d.comb += [rsh.eq(Mux(sh > 0, sh, 0)), lsh.eq(Mux(sh < 0, -sh, 0))]
-        rounding = Mux(sh > 0, Const(1, unsigned(A + 1)) << (rsh - 1)[:6], 0)
+        right, rounding = Signal(), Signal(unsigned(A + 1))
+        m.d.sync += [
+            right.eq(sh > 0),
+            rsh.eq(Mux(sh > 0, sh, 0)),
+            lsh.eq(Mux(sh < 0, -sh, 0)),
+            rounding.eq(Mux(sh > 0, Const(1, unsigned(A + 1)) << (sh - 1)[:6], 0)),
+        ]
+
+        # stage 2: + bias (+ the rounding constant of a right shift)
+        s2 = item("s2")
+        follow(s2, s1)
+        s2_val = [Signal(signed(A + 2), name=f"s2_val{i}") for i in range(W)]
         for i in range(W):
-            wide = Signal(signed(A + MAX_LEFT_SHIFT + 1), name=f"s3_wide{i}")
-            m.d.comb += wide.eq(Mux(sh > 0, (s2_val[i] + rounding) >> rsh, s2_val[i] << lsh))
+            # diff + bias is exact modulo 2^A and fits A bits: wrap it back first, then round
+            v = (s1_diff[i] + self.bias_data[i])[:A].as_signed()
+            m.d.sync += s2_val[i].eq(v + rounding)
+
+        # stage 3: the rounding shift
+        s3a = item("s3a")
+        follow(s3a, s2)
+        s3a_val = [Signal(signed(A + MAX_LEFT_SHIFT + 2), name=f"s3a_val{i}") for i in range(W)]
+        for i in range(W):
+            v = s2_val[i]
+            m.d.sync += s3a_val[i].eq(Mux(right, v >> rsh, v << lsh))
+
+        # stage 4: saturate, relu_pre
+        s3 = item("s3")
+        follow(s3, s3a)
+        s3_val = [Signal(signed(D), name=f"s3_val{i}") for i in range(W)]
+        for i in range(W):
+            wide = s3a_val[i]
             sat = Mux(wide > d.qmax, d.qmax, Mux(wide < d.qmin, d.qmin, wide))
             m.d.sync += s3_val[i].eq(Mux(d.relu_pre & (sat < 0), 0, sat))
 
-        # stage 4: pool (pacc rows rotate one item per cycle)
+        # stage 5: pool (pacc rows rotate one item per cycle)
         s4_val = [Signal(signed(D), name=f"s4_val{i}") for i in range(W)]
         s4_en = [Signal(name=f"s4_en{i}") for i in range(W)]
         s4_addr = Signal(FB)
@@ -168,7 +185,7 @@ class PostProcessor(wiring.Component):
             ]
         m.d.sync += s4_addr.eq(s3["addr"])
 
-        # stage 5: write
+        # stage 6: write
         m.d.comb += self.wr_addr.eq(s4_addr)
         for i in range(W):
             m.d.comb += [self.wr_en[i].eq(s4_en[i]), self.wr_data[i].eq(s4_val[i])]
