@@ -249,19 +249,21 @@ def drain_cycles(cfg: EngineConfig) -> int:
 def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:
     """Exact cycles per op, as the sequencer spends them (engine.py):
 
-    NEXT (wait for the prefetched descriptor: ``NF + 2`` cycles for the first op, then
-    ``1 + max(0, NF − 1 − run − drain)`` of the previous op), START (1), RUN (``run + 1``: the
-    last cycle sees ``done``), DRAIN (``drain_cycles``). The descriptor of op k+1 is read
-    (``NF + 1`` cycles) while op k runs.
+    NEXT (wait for the descriptor: for the first op 1 cycle if the input is longer than the
+    ``NF`` descriptor words, whose fetch then overlaps the input, else ``NF + 2``; later
+    ``1 + max(0, NF − 1 − run − drain)`` with prefetch, ``NF + 3`` without), START (1), RUN
+    (``run + 1``: the last cycle sees ``done``), DRAIN (``drain_cycles``). With prefetch the
+    descriptor of op k+1 is read (``NF + 1`` cycles) while op k runs.
     """
     nf, drain = len(DESC_FIELDS), drain_cycles(cfg)
     out, prev_run = [], None
+    first = 1 if ops[0].in_size > nf else nf + 2  # op 0's fetch hides behind a long input
     for op in ops:
         run = run_cycles(op, cfg)
-        if not cfg.prefetch:  # FETCH (1) then the fetch itself, every op but the first
-            wait = nf + 2 + (prev_run is not None)
-        elif prev_run is None:
-            wait = nf + 2
+        if prev_run is None:
+            wait = first
+        elif not cfg.prefetch:  # FETCH (1) then the fetch itself
+            wait = nf + 3
         else:
             wait = 1 + max(0, nf - 1 - prev_run - drain)
         out.append(wait + 1 + run + 1 + drain)

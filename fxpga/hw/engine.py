@@ -235,7 +235,10 @@ class Engine(wiring.Component):
                         with m.Case(k + 1):
                             m.d.sync += sig.eq(prd.data)
                 with m.If(cnt == HEADER_WORDS):
-                    m.d.sync += cnt.eq(0)
+                    m.d.sync += [cnt.eq(0), pf_op.eq(0)]
+                    # a long input hides op 0's descriptor fetch (deterministically: the
+                    # load takes at least in_size cycles, whatever the stream's stalls)
+                    m.d.comb += pf_start.eq(in_size > nf)
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [
@@ -247,8 +250,8 @@ class Engine(wiring.Component):
                 with m.If(self.i.valid):
                     m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt == in_size - 1):
-                        m.d.sync += [cnt.eq(0), op.eq(0), cycles.eq(0), counting.eq(1), pf_op.eq(0)]
-                        m.d.comb += pf_start.eq(1)
+                        m.d.sync += [cnt.eq(0), op.eq(0), cycles.eq(0), counting.eq(1)]
+                        m.d.comb += pf_start.eq(in_size <= nf)
                         m.next = "NEXT"
             with m.State("NEXT"):  # wait for the prefetched descriptor, start fetching the next
                 with m.If(~pf_busy):
