@@ -50,7 +50,7 @@ def main() -> int:
             len(ds.x_test),
             f"{rep.speed:,.0f}",
             f"{wall:.1f} s",
-            f"{t_build:.1f} s (cached)",
+            f"{t_build:.1f} s",
             len(rep.mismatches),
         ]
     )
