@@ -155,16 +155,28 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from .quant import artifact, data, quantizer, report
+def _dataset_for(args, qm, missing: str = "--data is required"):
+    """The dataset for a .fxq: ``--data``, else the one its provenance records; its samples
+    must have the model's input shape."""
+    from .quant import data
 
-    qm = artifact.load(args.model)
-    ds = data.load(args.data)
+    spec = args.data or qm.provenance.get("dataset")
+    if not spec:
+        raise FxpgaError(f"{missing} (the .fxq records no dataset)")
+    ds = data.load(spec)
     if ds.sample_shape != qm.graph.input_shape:
         raise FxpgaError(
             f"dataset {ds.name} has samples of shape {ds.sample_shape}, "
             f"{args.model} takes {qm.graph.input_shape}"
         )
+    return ds
+
+
+def cmd_eval(args) -> int:
+    from .quant import artifact, quantizer, report
+
+    qm = artifact.load(args.model)
+    ds = _dataset_for(args, qm)
     float_acc = quantizer.float_accuracy(qm.graph, ds.x_test, ds.y_test)
     fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
     print(report.layer_table(qm))
@@ -221,17 +233,9 @@ def _check_in_amaranth(args, qm, prog) -> int:
 
     from .hw import amsim
     from .progress import bar
-    from .quant import data, golden
+    from .quant import golden
 
-    ds_spec = args.data or qm.provenance.get("dataset")
-    if not ds_spec:
-        raise FxpgaError("--check needs --data (the .fxq records no dataset)")
-    ds = data.load(ds_spec)
-    if ds.sample_shape != qm.graph.input_shape:
-        raise FxpgaError(
-            f"dataset {ds.name} has samples of shape {ds.sample_shape}, "
-            f"{args.model} takes {qm.graph.input_shape}"
-        )
+    ds = _dataset_for(args, qm, "--check needs --data")
     n = min(args.check, len(ds.x_test))
     xi = golden.quantize_input(qm, ds.x_test[:n])
     want = golden.run_int(qm, xi).reshape(n, -1)
@@ -256,20 +260,12 @@ def _check_in_amaranth(args, qm, prog) -> int:
 
 def cmd_simulate(args) -> int:
     from .hw import compiler
-    from .quant import artifact, data
+    from .quant import artifact
     from .sim import simulate, tools
 
     qm = artifact.load(args.model)
     tools.sim_env(args.simulator)  # a missing simulator fails before anything is built
-    ds_spec = args.data or qm.provenance.get("dataset")
-    if not ds_spec:
-        raise FxpgaError("--data is required (the .fxq records no dataset)")
-    ds = data.load(ds_spec)
-    if ds.sample_shape != qm.graph.input_shape:
-        raise FxpgaError(
-            f"dataset {ds.name} has samples of shape {ds.sample_shape}, "
-            f"{args.model} takes {qm.graph.input_shape}"
-        )
+    ds = _dataset_for(args, qm)
     n = min(args.samples, len(ds.x_test))
     rng = np.random.default_rng(args.seed)
     idx = np.sort(rng.choice(len(ds.x_test), n, replace=False)) if args.shuffle else np.arange(n)
@@ -321,7 +317,6 @@ def cmd_build(args) -> int:
         lanes=args.lanes,
         freq_mhz=args.freq,
         seed=args.seed,
-        allow_timing_fail=True,
         info=lambda m: _info(args, m),
     )
     for line in rep.lines():
@@ -344,14 +339,11 @@ def cmd_run(args) -> int:
 
     from .boards import protocol
     from .hw import compiler
-    from .quant import artifact, data, golden
+    from .quant import artifact, golden
     from .sim.simulate import to_engine_order
 
     qm = artifact.load(args.model)
-    ds_spec = args.data or qm.provenance.get("dataset")
-    if not ds_spec:
-        raise FxpgaError("--data is required (the .fxq records no dataset)")
-    ds = data.load(ds_spec)
+    ds = _dataset_for(args, qm)
     try:
         port = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.05)
     except (serial.SerialException, ValueError) as e:

@@ -38,12 +38,9 @@ class SoftBoard:
                 self.input = P.unpack_values(payload, self.prog.in_size, 8)
                 self.out += P.encode(cmd | P.REPLY)
             elif cmd == P.RUN:
-                x = np.array(self.input)[None]  # engine (HWC) order → C-order
-                c, h, w = self.prog.in_shape
-                chw = x.reshape(1, h * w, c).transpose(0, 2, 1).reshape(1, -1)
+                chw = compiler.hwc_to_chw(np.array(self.input)[None], self.prog.in_shape)
                 y = compiler.run_program(self.prog, chw[0])
-                oc, oh, ow = self.prog.out_shape
-                self.result = y.reshape(oc, oh * ow).T.reshape(-1).tolist()
+                self.result = compiler.chw_to_hwc(y[None], self.prog.out_shape)[0].tolist()
                 self.out += P.encode(cmd | P.REPLY)
             elif cmd == P.READ_OUTPUT:
                 self.out += P.encode(

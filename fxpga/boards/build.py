@@ -230,7 +230,6 @@ def build(
     lanes: int | None = None,
     freq_mhz: float | None = None,
     seed: int = 1,
-    allow_timing_fail: bool = False,
     info=lambda msg: None,
 ) -> BuildReport:
     spec = board(board_name)
@@ -307,10 +306,4 @@ def build(
         shutil.rmtree(out_dir)
     os.replace(work, out_dir)
     rep.bitstream = out_dir / bit.name if bit else None
-    if not rep.timing_met and not allow_timing_fail:
-        crit = "; ".join(path[-3:])
-        raise FxpgaError(
-            f"timing not met on {board_name}: fmax {fmax or 0:.1f} MHz < target "
-            f"{target:.1f} MHz ({crit}); --allow-timing-fail to keep the build"
-        )
-    return rep
+    return rep  # whether a missed fmax is an error is the caller's call (rep.timing_met)

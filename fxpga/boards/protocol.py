@@ -149,7 +149,8 @@ def model_hash(prog) -> bytes:
     from ..hw.engine import program_words
 
     h = hashlib.sha256()
-    h.update(struct.pack(f"<{len(program_words(prog))}I", *program_words(prog)))
+    words = program_words(prog)
+    h.update(struct.pack(f"<{len(words)}I", *words))
     for bank in prog.wmem:
         h.update(struct.pack(f"<{len(bank)}q", *bank))
     h.update(struct.pack(f"<{len(prog.bmem)}q", *prog.bmem))

@@ -38,7 +38,6 @@ from ..quant import ir
 from ..quant.qformat import QFormat, signed_width
 from ..quant.qmodel import QLayer, QModel
 
-POOL_MAX, POOL_AVG = 0, 1
 MAX_LEFT_SHIFT = 7  # requantization may scale up by at most 2^7 (fl_out - fl_in - fl_w <= 7)
 
 
@@ -271,6 +270,19 @@ def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:
     return out
 
 
+def chw_to_hwc(x: np.ndarray, shape) -> np.ndarray:
+    """(N, C·H·W) values in C-order for tensors of ``shape`` (C, H, W) → (N, ·) in HWC order,
+    the order the engine stores feature maps in."""
+    c, h, w = shape
+    return np.asarray(x).reshape(len(x), c, h * w).transpose(0, 2, 1).reshape(len(x), -1)
+
+
+def hwc_to_chw(y: np.ndarray, shape) -> np.ndarray:
+    """The inverse of ``chw_to_hwc``."""
+    c, h, w = shape
+    return np.asarray(y).reshape(len(y), h * w, c).transpose(0, 2, 1).reshape(len(y), -1)
+
+
 @dataclass
 class Program:
     """Everything the engine needs to run a model: ops, memory images, sizes and estimates."""
@@ -296,13 +308,11 @@ class Program:
 
     def to_engine(self, x: np.ndarray) -> np.ndarray:
         """(N, ...) samples in C-order → (N, in_size) in the engine's HWC order."""
-        c, h, w = self.in_shape
-        return np.asarray(x).reshape(len(x), c, h * w).transpose(0, 2, 1).reshape(len(x), -1)
+        return chw_to_hwc(x, self.in_shape)
 
     def from_engine(self, y: np.ndarray) -> np.ndarray:
         """(N, out_size) from the engine (HWC) → (N, out_size) in C-order, as golden's."""
-        c, h, w = self.out_shape
-        return np.asarray(y).reshape(len(y), h * w, c).transpose(0, 2, 1).reshape(len(y), -1)
+        return hwc_to_chw(y, self.out_shape)
 
     @property
     def total_macs(self) -> int:

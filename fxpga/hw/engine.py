@@ -152,7 +152,6 @@ class Engine(wiring.Component):
         m.submodules.mac = mac = MACArray(lanes, D, WB, A)
         m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(brows), W, FB)
         desc = Signal(descriptor_layout(FB))
-        self._parts = {"taps": taps, "mac": mac, "post": post, "desc": desc}  # for debugging
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
 
         in_buf = desc.in_buf[0]

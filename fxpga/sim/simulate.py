@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hw.compiler import Program
+from ..hw.compiler import Program, chw_to_hwc
 from ..progress import bar
 from ..quant import golden
 from ..quant.qmodel import QModel
@@ -17,10 +17,7 @@ from . import runner
 CHUNK = 100  # images per simulator run (one progress step)
 
 
-def to_engine_order(y: np.ndarray, shape) -> np.ndarray:
-    """(N, C·H·W) in C-order → HWC, the order the engine streams its output in."""
-    c, h, w = shape
-    return np.asarray(y).reshape(len(y), c, h * w).transpose(0, 2, 1).reshape(len(y), -1)
+to_engine_order = chw_to_hwc  # golden's C-order outputs → the order the engine streams
 
 
 @dataclass
