@@ -24,30 +24,33 @@ from fxpga.quant.qformat import avg_round, requantize
 
 def ref_taps(d: dict, lanes: int, items: int):
     """Cycle-by-cycle taps of one op: (mac, addr, w_addr, last[, padwin, first, lastpool,
-    out_addr, b_addr, nvalid]), addresses only where they matter. HWC feature maps."""
+    out_addr, b_addr, nvalid]), addresses only where they matter. HWC feature maps.
+    Written from the descriptor's meaning, not from the hardware's incremental terms."""
     out = []
-    C, H, W = d["C"], d["H"], d["W"]
+    C, H, W = d["c_max"] + 1, d["H"], d["W"]
+    KH, KW = d["CKK"] // (C * (d["kx_max"] + 1)), d["kx_max"] + 1
     sh, sw = d["SH"], d["SW"]
     ph, pw = -(d["iy0"] - d["oy0"] * sh), -(d["ix0"] - d["ox0"] * sw)  # conv padding
-    for g in range(d["G"]):
-        for py in range(d["POH"]):
-            for px in range(d["POW"]):
-                out_addr = d["out_base"] + g * lanes + (py * d["POW"] + px) * d["O"]
-                for dy in range(d["PKH"]):
-                    for dx in range(d["PKW"]):
+    PKH, PKW = d["dy_max"] + 1, d["dx_max"] + 1
+    G = d["g_max"] + 1
+    for g in range(G):
+        for py in range(d["py_max"] + 1):
+            for px in range(d["px_max"] + 1):
+                out_addr = d["out_base"] + g * lanes + (py * (d["px_max"] + 1) + px) * d["O"]
+                for dy in range(PKH):
+                    for dx in range(PKW):
                         oy = d["oy0"] + py * d["PSH"] + dy
                         ox = d["ox0"] + px * d["PSW"] + dx
                         pad = not (0 <= oy < d["OH"] and 0 <= ox < d["OW"])
-                        meta = (pad, dy == 0 and dx == 0,
-                                dy == d["PKH"] - 1 and dx == d["PKW"] - 1, out_addr,
-                                d["b_base"] + g * items,
-                                d["O_last"] if g == d["G"] - 1 else lanes)  # fmt: skip
+                        meta = (pad, dy == 0 and dx == 0, dy == PKH - 1 and dx == PKW - 1,
+                                out_addr, d["b_base"] + g * items,
+                                d["O_last"] if g == G - 1 else lanes)  # fmt: skip
                         taps = []
                         if pad:
                             taps.append((0, None, None))
                         else:
-                            for ky in range(d["KH"]):
-                                for kx in range(d["KW"]):
+                            for ky in range(KH):
+                                for kx in range(KW):
                                     for c in range(C):
                                         iy, ix = oy * sh - ph + ky, ox * sw - pw + kx
                                         inside = 0 <= iy < H and 0 <= ix < W
@@ -137,6 +140,9 @@ def test_tap_generator_matches_model(seed):
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
+            for _ in range(TapGenerator.LATENCY - 1):
+                assert ctx.get(dut.busy) and not ctx.get(dut.tap.mac) | ctx.get(dut.tap.last)
+                await ctx.tick()
             for _ in range(n):
                 t = dut.tap
                 mac, addr, w, last = (

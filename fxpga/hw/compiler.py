@@ -115,11 +115,13 @@ class EngineConfig:
 
 
 # Fields of one layer descriptor, in program order. Values are signed integers; the
-# sequencer uses them directly, so everything the address generator needs is precomputed.
+# sequencer uses them directly, so everything the address generator needs is precomputed:
+# "*_max" is a loop counter's last value (the loop's extent − 1), "lead" the idle cycles
+# before a window's taps, addresses are relative to the buffer they index.
 DESC_FIELDS = (
-    "in_buf", "C", "H", "W", "KH", "KW", "CKK", "WC", "OH", "OW",
-    "PKH", "PKW", "POH", "POW", "G", "O", "O_last",
-    "in_base", "out_base", "w_base", "b_base",
+    "in_buf", "c_max", "H", "W", "kx_max", "CKK", "lead", "WC", "OH", "OW",
+    "dy_max", "dx_max", "py_max", "px_max", "g_max", "O", "O_last",
+    "out_base", "w_base", "b_base",
     "oy0", "ox0", "iy0", "ix0", "xc0", "ra0",
     "SH", "SW", "SWC", "SHWC", "PSH", "PSW", "PSH_SH", "PSW_SW", "PSW_SWC", "PSH_SHWC",
     "shift", "qmin", "qmax", "relu_pre", "relu_post", "pool_avg", "avg_shift",
@@ -194,11 +196,11 @@ class Op:
         iy0 = -self.PPH * self.SH - self.PH
         ix0 = -self.PPW * self.SW - self.PW
         d = {
-            "in_buf": self.in_buf, "C": C, "H": self.H, "W": W, "KH": self.KH, "KW": self.KW,
-            "CKK": self.CKK, "WC": W * C, "OH": self.OH, "OW": self.OW,
-            "PKH": self.PKH, "PKW": self.PKW, "POH": self.POH, "POW": self.POW,
-            "G": G, "O": self.O, "O_last": self.O - (G - 1) * lanes,
-            "in_base": 0, "out_base": 0, "w_base": self.w_base,
+            "in_buf": self.in_buf, "c_max": C - 1, "H": self.H, "W": W, "kx_max": self.KW - 1,
+            "CKK": self.CKK, "lead": max(0, lanes // post_lanes - self.CKK), "WC": W * C,
+            "OH": self.OH, "OW": self.OW, "dy_max": self.PKH - 1, "dx_max": self.PKW - 1,
+            "py_max": self.POH - 1, "px_max": self.POW - 1, "g_max": G - 1, "O": self.O,
+            "O_last": self.O - (G - 1) * lanes, "out_base": 0, "w_base": self.w_base,
             "b_base": self.b_base // post_lanes,
             "oy0": -self.PPH, "ox0": -self.PPW, "iy0": iy0, "ix0": ix0, "xc0": ix0 * C,
             "ra0": iy0 * W * C,
@@ -230,8 +232,9 @@ class Op:
 
 
 # Timing constants shared with the hardware (engine.py asserts them):
+TAP_LATENCY = 3  # TapGenerator.LATENCY: the first tap leaves 3 cycles after the op starts
 TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4
-POST_LATENCY = 6  # PostProcessor.LATENCY
+POST_LATENCY = 9  # PostProcessor.LATENCY
 
 
 def run_cycles(op: Op, cfg: EngineConfig) -> int:
@@ -251,14 +254,15 @@ def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:
     NEXT (wait for the descriptor: for the first op 1 cycle if the input is longer than the
     ``NF`` descriptor words, whose fetch then overlaps the input, else ``NF + 2``; later
     ``1 + max(0, NF − 1 − run − drain)`` with prefetch, ``NF + 3`` without), START (1), RUN
-    (``run + 1``: the last cycle sees ``done``), DRAIN (``drain_cycles``). With prefetch the
-    descriptor of op k+1 is read (``NF + 1`` cycles) while op k runs.
+    (``run + 1`` with ``run = run_cycles + TAP_LATENCY − 1``: the last cycle sees ``done``),
+    DRAIN (``drain_cycles``). With prefetch the descriptor of op k+1 is read (``NF + 1``
+    cycles) while op k runs.
     """
     nf, drain = len(DESC_FIELDS), drain_cycles(cfg)
     out, prev_run = [], None
     first = 1 if ops[0].in_size > nf else nf + 2  # op 0's fetch hides behind a long input
     for op in ops:
-        run = run_cycles(op, cfg)
+        run = run_cycles(op, cfg) + TAP_LATENCY - 1
         if prev_run is None:
             wait = first
         elif not cfg.prefetch:  # FETCH (1) then the fetch itself

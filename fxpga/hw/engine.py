@@ -20,6 +20,7 @@ REGION_PROGRAM, REGION_BIAS, REGION_WEIGHTS = 0, 1, 2
 ConfigBus = wiring.Signature({"addr": Out(32), "data": Out(32), "en": Out(1)})
 
 assert MACArray.LATENCY + 1 == compiler.TAP_TO_ACC
+assert TapGenerator.LATENCY == compiler.TAP_LATENCY
 assert PostProcessor.LATENCY == compiler.POST_LATENCY
 
 
@@ -176,7 +177,7 @@ class Engine(wiring.Component):
         ]
         for k in range(compiler.TAP_TO_ACC):
             nl, nm = Signal(name=f"last_d{k + 1}"), Signal(post.meta_layout, name=f"meta_d{k + 1}")
-            m.d.sync += [nl.eq(last_q & taps.busy if k == 0 else last_q), nm.eq(meta_q)]
+            m.d.sync += [nl.eq(last_q), nm.eq(meta_q)]
             last_q, meta_q = nl, nm
         m.d.comb += [
             post.capture.eq(last_q),

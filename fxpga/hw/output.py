@@ -85,7 +85,7 @@ def program_json(prog: Program, model_sha: str | None = None) -> dict:
                 "fused": op.fused,
                 "cycles": cyc,
                 "macs": op.macs,
-                "descriptor": op.descriptor(prog.config.lanes),
+                "descriptor": op.descriptor(prog.config.lanes, prog.config.post_lanes),
             }
             for op, cyc in zip(prog.ops, prog.estimate, strict=True)
         ],

@@ -17,26 +17,29 @@ class PostProcessor(wiring.Component):
     On ``capture`` (the window's last tap has reached the accumulators) all ``lanes``
     accumulators are latched together with the window's metadata; then item ``j`` (lanes
     ``j·post_lanes … j·post_lanes + post_lanes − 1``) is processed in cycle
-    ``capture + 1 + j`` through a 6-stage pipeline, each lane of the item in parallel:
+    ``capture + 1 + j`` through a 9-stage pipeline, each lane of the item in parallel, with at
+    most one carry chain or three mux levels per stage (for fmax):
 
     1. window sum = ``acc − snapshot`` (modulo ``2^acc_bits``; the snapshot becomes ``acc``);
-       the bias row read is issued;
+       the bias row read is issued; which lanes hold real channels (``< nvalid``);
     2. ``v = + bias`` (wrapped to ``acc_bits``), plus ``2^(s−1)`` when ``s > 0``;
-    3. the shift: ``s > 0``: ``v >> s`` (arithmetic), ``s ≤ 0``: ``v << −s``;
-    4. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
-    5. pool: the first window of a pool output loads the lane's pool register, the others
-       take the max or add; a window in pool padding contributes nothing. On the pool's last
-       window: avg → ``(sum + 2^(k−1)) >> k``, then ReLU if ``relu_post``;
-    6. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
+    3. the coarse shift: ``s > 0``: ``v >> (s & ~7)`` (arithmetic), ``s ≤ 0``: ``v << −s``;
+    4. the fine shift ``>> (s & 7)``;
+    5. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
+    6. pool: the first window of a pool output loads the lane's pool register, the others
+       take the max or add; a window in pool padding contributes nothing;
+    7. avg pool: ``+ 2^(k−1)``;
+    8. avg pool: ``>> k``; then ReLU if ``relu_post``;
+    9. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
        out_addr + j·post_lanes``) where ``l < nvalid`` and it was the pool's last window.
 
-    **Latency**: item ``j``'s writes happen in cycle ``capture + 6 + j`` (``LATENCY`` = 6).
+    **Latency**: item ``j``'s writes happen in cycle ``capture + 9 + j`` (``LATENCY`` = 9).
     **Throughput**: one window per ``items`` cycles; ``capture`` must not come more often
     (the ``TapGenerator`` guarantees it). Exactly matches ``golden.step`` for conv/linear
     followed by the fused element-wise layers.
     """
 
-    LATENCY = 6
+    LATENCY = 9
 
     def __init__(
         self,
@@ -87,34 +90,55 @@ class PostProcessor(wiring.Component):
         active = Signal()
         cnt = Signal(L + 1)
 
-        def item(name):  # signals travelling with one item from stage to stage
-            return {
-                "v": Signal(name=f"{name}_v"), "l": Signal(L + 1, name=f"{name}_l"),
-                "meta": Signal(self.meta_layout, name=f"{name}_meta"),
-                "addr": Signal(FB, name=f"{name}_addr"),
-            }  # fmt: skip
+        # what travels with one item from stage to stage (the data travels beside it)
+        item_layout = data.StructLayout(
+            {"v": 1, "padwin": 1, "first": 1, "plast": 1, "ok": W, "addr": unsigned(FB)}
+        )
+        stages = [Signal(item_layout, name=f"s{k}") for k in range(1, self.LATENCY)]
 
-        def follow(dst, src):
-            m.d.sync += [dst[k].eq(src[k]) for k in ("v", "l", "meta", "addr")]
+        def follow(k):  # stage k+1's item ← stage k's
+            m.d.sync += stages[k].eq(stages[k - 1])
+            return stages[k]
 
-        # stage 1: window sum, bias read
-        s1 = item("s1")
+        # per-op constants, registered off the data path
+        sh = d.shift
+        rsh, lsh = Signal(unsigned(6)), Signal(range(MAX_LEFT_SHIFT + 1))
+        right, rounding = Signal(), Signal(unsigned(A + 1))
+        k = Signal(4)
+        half = Signal(unsigned(P))
+        m.d.sync += [
+            right.eq(sh > 0),
+            rsh.eq(Mux(sh > 0, sh, 0)),
+            lsh.eq(Mux(sh < 0, -sh, 0)),
+            rounding.eq(Mux(sh > 0, Const(1, unsigned(A + 1)) << (sh - 1)[:6], 0)),
+            k.eq(d.avg_shift[:4]),
+            half.eq(Mux(d.avg_shift[:4] > 0, Const(1, unsigned(P)) << (d.avg_shift - 1)[:4], 0)),
+        ]
+
+        # stage 1: window sum, bias read, the item's valid lanes
+        s1 = stages[0]
         s1_diff = [Signal(signed(A), name=f"s1_diff{i}") for i in range(W)]
         lane_addr = Signal(FB)
         m.d.comb += self.bias_addr.eq(meta.b_addr + cnt)
         with m.If(self.capture):
             m.d.sync += [cap[j][i].eq(self.acc[j * W + i]) for j in range(n) for i in range(W)]
             m.d.sync += [meta.eq(self.meta), active.eq(1), cnt.eq(0)]
-        m.d.sync += s1["v"].eq(active)
+        m.d.sync += s1.v.eq(active)
         with m.If(active):
             m.d.sync += [s1_diff[i].eq(cap[0][i] - snap[0][i]) for i in range(W)]
-            m.d.sync += [s1["l"].eq(cnt), s1["meta"].eq(meta)]
+            m.d.sync += [
+                s1.padwin.eq(meta.padwin),
+                s1.first.eq(meta.pool_first),
+                s1.plast.eq(meta.pool_last),
+            ]
+            first_lane = cnt << (W.bit_length() - 1)
+            m.d.sync += [s1.ok[i].eq(first_lane + i < meta.nvalid) for i in range(W)]
             with m.If(~self.capture):
                 m.d.sync += [cap[j][i].eq(cap[j + 1][i]) for j in range(n - 1) for i in range(W)]
             m.d.sync += [snap[j][i].eq(snap[j + 1][i]) for j in range(n - 1) for i in range(W)]
             m.d.sync += [snap[n - 1][i].eq(cap[0][i]) for i in range(W)]
             addr = Mux(cnt == 0, meta.out_addr, lane_addr + W)
-            m.d.sync += [lane_addr.eq(addr), s1["addr"].eq(addr)]
+            m.d.sync += [lane_addr.eq(addr), s1.addr.eq(addr)]
             with m.If(cnt == n - 1):
                 with m.If(~self.capture):
                     m.d.sync += active.eq(0)
@@ -123,71 +147,68 @@ class PostProcessor(wiring.Component):
             with m.If(self.capture):
                 m.d.sync += cnt.eq(0)
 
-        # per-op constants of the requantizer, registered off the data path
-        sh = d.shift
-        rsh, lsh = Signal(unsigned(6)), Signal(range(MAX_LEFT_SHIFT + 1))
-        right, rounding = Signal(), Signal(unsigned(A + 1))
-        m.d.sync += [
-            right.eq(sh > 0),
-            rsh.eq(Mux(sh > 0, sh, 0)),
-            lsh.eq(Mux(sh < 0, -sh, 0)),
-            rounding.eq(Mux(sh > 0, Const(1, unsigned(A + 1)) << (sh - 1)[:6], 0)),
-        ]
+        def lanes_of(name, shape, f):
+            """Stage registers ``name{i}`` ← ``f(i)`` for each lane of the item."""
+            out = [Signal(shape, name=f"{name}{i}") for i in range(W)]
+            m.d.sync += [out[i].eq(f(i)) for i in range(W)]
+            return out
 
-        # stage 2: + bias (+ the rounding constant of a right shift)
-        s2 = item("s2")
-        follow(s2, s1)
-        s2_val = [Signal(signed(A + 2), name=f"s2_val{i}") for i in range(W)]
-        for i in range(W):
-            # diff + bias is exact modulo 2^A and fits A bits: wrap it back first, then round
-            v = (s1_diff[i] + self.bias_data[i])[:A].as_signed()
-            m.d.sync += s2_val[i].eq(v + rounding)
+        # stage 2: + bias (+ the rounding constant of a right shift); diff + bias is exact
+        # modulo 2^A and fits A bits: wrap it back first, then round
+        follow(1)
+        s2 = lanes_of(
+            "s2_val",
+            signed(A + 2),
+            lambda i: (s1_diff[i] + self.bias_data[i])[:A].as_signed() + rounding,
+        )
+        # stages 3-4: the rounding shift, coarse (multiples of 8, or left) then fine
+        follow(2)
+        s3 = lanes_of(
+            "s3_val",
+            signed(A + MAX_LEFT_SHIFT + 2),
+            lambda i: Mux(right, s2[i] >> Cat(Const(0, 3), rsh[3:]), s2[i] << lsh),
+        )
+        follow(3)
+        s4 = lanes_of(
+            "s4_val", signed(A + MAX_LEFT_SHIFT + 2), lambda i: s3[i] >> Mux(right, rsh[:3], 0)
+        )
 
-        # stage 3: the rounding shift
-        s3a = item("s3a")
-        follow(s3a, s2)
-        s3a_val = [Signal(signed(A + MAX_LEFT_SHIFT + 2), name=f"s3a_val{i}") for i in range(W)]
-        for i in range(W):
-            v = s2_val[i]
-            m.d.sync += s3a_val[i].eq(Mux(right, v >> rsh, v << lsh))
+        # stage 5: saturate, relu_pre
+        it5 = follow(4)
 
-        # stage 4: saturate, relu_pre
-        s3 = item("s3")
-        follow(s3, s3a)
-        s3_val = [Signal(signed(D), name=f"s3_val{i}") for i in range(W)]
-        for i in range(W):
-            wide = s3a_val[i]
-            sat = Mux(wide > d.qmax, d.qmax, Mux(wide < d.qmin, d.qmin, wide))
-            m.d.sync += s3_val[i].eq(Mux(d.relu_pre & (sat < 0), 0, sat))
+        def saturate(i):
+            sat = Mux(s4[i] > d.qmax, d.qmax, Mux(s4[i] < d.qmin, d.qmin, s4[i]))
+            return Mux(d.relu_pre & (sat < 0), 0, sat)
 
-        # stage 5: pool (pacc rows rotate one item per cycle)
-        s4_val = [Signal(signed(D), name=f"s4_val{i}") for i in range(W)]
-        s4_en = [Signal(name=f"s4_en{i}") for i in range(W)]
-        s4_addr = Signal(FB)
-        first, padw = s3["meta"].pool_first, s3["meta"].padwin
+        s5 = lanes_of("s5_val", signed(D), saturate)
+
+        # stage 6: pool (the pool registers rotate one item per cycle)
+        follow(5)
+        first, padw = it5.first, it5.padwin
         empty = Mux(d.pool_avg, 0, d.qmin)
-        k = d.avg_shift[:4].as_unsigned()
-        half = Mux(k > 0, Const(1, unsigned(P)) << (k - 1)[:4], 0)
+        s6 = [Signal(signed(P), name=f"s6_val{i}") for i in range(W)]
         for i in range(W):
-            head, x = pacc[0][i], s3_val[i]
+            head, x = pacc[0][i], s5[i]
             combined = Mux(d.pool_avg, head + x, Mux(x > head, x, head))
-            new = Signal(signed(P), name=f"s4_new{i}")
-            m.d.comb += new.eq(Mux(padw, Mux(first, empty, head), Mux(first, x, combined)))
-            pooled = Signal(signed(P), name=f"s4_pooled{i}")
-            m.d.comb += pooled.eq(Mux(d.pool_avg, (new + half) >> k, new))
-            with m.If(s3["v"]):
+            new = Mux(padw, Mux(first, empty, head), Mux(first, x, combined))
+            m.d.sync += s6[i].eq(new)
+            with m.If(it5.v):
                 m.d.sync += [pacc[j][i].eq(pacc[j + 1][i]) for j in range(n - 1)]
                 m.d.sync += pacc[n - 1][i].eq(new)
-            lane = (s3["l"] << (W.bit_length() - 1)) + i
-            m.d.sync += [
-                s4_en[i].eq(s3["v"] & s3["meta"].pool_last & (lane < s3["meta"].nvalid)),
-                s4_val[i].eq(Mux(d.relu_post & (pooled < 0), 0, pooled)),
-            ]
-        m.d.sync += s4_addr.eq(s3["addr"])
 
-        # stage 6: write
-        m.d.comb += self.wr_addr.eq(s4_addr)
+        # stages 7-8: avg pool's rounding shift (k = 0 for max pool), relu_post
+        it7 = follow(6)
+        s7 = lanes_of("s7_val", signed(P + 1), lambda i: s6[i] + half)
+        follow(7)
+        pooled = [s7[i] >> k for i in range(W)]
+        s8 = lanes_of(
+            "s8_val", signed(D), lambda i: Mux(d.relu_post & (pooled[i] < 0), 0, pooled[i])
+        )
+        s8_en = lanes_of("s8_en", 1, lambda i: it7.v & it7.plast & it7.ok[i])
+
+        # stage 9: write
+        m.d.comb += self.wr_addr.eq(stages[-1].addr)
         for i in range(W):
-            m.d.comb += [self.wr_en[i].eq(s4_en[i]), self.wr_data[i].eq(s4_val[i])]
-        m.d.comb += self.busy.eq(active | s1["v"] | s2["v"] | s3["v"] | Cat(*s4_en).any())
+            m.d.comb += [self.wr_en[i].eq(s8_en[i]), self.wr_data[i].eq(s8[i])]
+        m.d.comb += self.busy.eq(active | Cat(st.v for st in stages).any())
         return m

@@ -29,17 +29,26 @@ def tap_layout(lanes: int, field_bits: int = 24) -> data.StructLayout:
 class TapGenerator(wiring.Component):
     """Emits the taps of one op: loops g > py > px > dy > dx (windows) > ky > kx > c (taps).
 
-    ``start`` (one cycle, with ``desc`` valid and held until ``done``) begins the walk; ``tap``
-    is valid combinationally while ``busy``. A window of ``n`` taps (``n = KH·KW·C``, or 1 for
-    a window in pool padding) occupies ``max(n, items)`` cycles: idle cycles first, then the
-    taps, ``last`` on the n-th. So consecutive ``last`` taps are at least ``items`` cycles
-    apart and the post-processor (``items`` cycles per window) never falls behind.
-    Feature maps are HWC, so the taps of one kernel row are consecutive addresses.
-    All positions and addresses are kept incrementally from constants the compiler
-    precomputed: no multipliers. ``done`` pulses in the cycle after the final window.
+    ``start`` (one cycle, with ``desc`` valid from that cycle until ``done``) begins the
+    walk; the first tap is on ``tap`` ``LATENCY`` cycles later, then one per cycle while
+    ``busy``. A window of ``n`` taps (``n = KH·KW·C``, or 1 for a window in pool padding)
+    occupies ``max(n, items)`` cycles: idle cycles first, then the taps, ``last`` on the n-th.
+    So consecutive ``last`` taps are at least ``items`` cycles apart and the post-processor
+    (``items`` cycles per window) never falls behind. Feature maps are HWC, so the taps of
+    one kernel row are consecutive addresses. ``done`` pulses in the cycle after the final
+    tap.
 
-    **Throughput**: one tap per cycle. **Cycles per op**: Σ over windows of ``max(n, items)``.
+    Pipelined for fmax, with no multiplier and at most one carry chain between registers:
+    a *window sequencer* holds the next window (its loop counters, positions and address
+    terms, all kept incrementally from constants the compiler precomputed), a *tap walker*
+    the current one (its taps' addresses, bounds and counts), and ``tap`` is a register.
+    The sequencer steps when the walker takes its window, so it works a window ahead.
+
+    **Throughput**: one tap per cycle. **Cycles per op**: ``LATENCY`` + Σ over windows of
+    ``max(n, items)``.
     """
+
+    LATENCY = 3  # start → the sequencer holds window 0 → the walker → the tap register
 
     def __init__(self, lanes: int, items: int | None = None, field_bits: int = 24):
         self.lanes = lanes
@@ -62,77 +71,110 @@ class TapGenerator(wiring.Component):
 
         S = signed(self.field_bits + 2)
 
-        def reg(name, shape=S):
-            return Signal(shape, name=name)
+        def regs(*names, shape=S):
+            return [Signal(shape, name=n) for n in names]
 
-        # window-level state: conv output position (oy, ox), its input origin (iy0, ix0),
-        # and the address terms ra0 = iy0·W·C, xc0 = ix0·C; "_p" = at the pool window's origin
-        g, py, px, dy, dx = (reg(n) for n in ("g", "py", "px", "dy", "dx"))
-        oy_p, ox_p, oy, ox = (reg(n) for n in ("oy_p", "ox_p", "oy", "ox"))
-        iy0_p, ix0_p, iy0, ix0 = (reg(n) for n in ("iy0_p", "ix0_p", "iy0", "ix0"))
-        ra0_p, xc0_p, ra0, xc0 = (reg(n) for n in ("ra0_p", "xc0_p", "ra0", "xc0"))
-        wg, bbase, out_g, out_addr = reg("wg"), reg("bbase"), reg("out_g"), reg("out_addr")
-        # tap-level state: koff = kx·C + c within a kernel row, kyWC = ky·W·C
-        kx, ky, c, koff, kyWC, woff, t = (
-            reg(n) for n in ("kx", "ky", "c", "koff", "kyWC", "woff", "t")
-        )
-        busy = Signal()
-        m.d.comb += self.busy.eq(busy)
+        # ---- window sequencer: the next window. Its conv output position (oy, ox), input
+        # origin (iy0, ix0) and address terms ra0 = iy0·W·C, xc0 = ix0·C; "_p" = at the pool
+        # window's origin
+        g, py, px, dy, dx = regs("g", "py", "px", "dy", "dx")
+        oy_p, ox_p, oy, ox = regs("oy_p", "ox_p", "oy", "ox")
+        iy0_p, ix0_p, iy0, ix0 = regs("iy0_p", "ix0_p", "iy0", "ix0")
+        ra0_p, xc0_p, ra0, xc0 = regs("ra0_p", "xc0_p", "ra0", "xc0")
+        wg, bbase, out_g, out_addr = regs("wg", "bbase", "out_g", "out_addr")
+        pending = Signal()  # the sequencer holds a window the walker has not taken
 
-        padwin = ~((oy >= 0) & (oy < d.OH) & (ox >= 0) & (ox < d.OW))
-        win_len = Mux(padwin, 1, d.CKK)
-        period = Mux(win_len > items, win_len, items)
-        # bubbles lead, taps trail: every window's last tap ends its period, so consecutive
-        # last taps (and captures) are at least `items` cycles apart whatever the lengths
-        emitting = busy & (t >= period - win_len)
-        last = busy & (t == period - 1)
-        win_end = last
-        iy = iy0 + ky
-        ix = ix0 + kx
-        inside = (iy >= 0) & (iy < d.H) & (ix >= 0) & (ix < d.W)
+        # ---- tap walker: the current window
+        walking = Signal()  # a window is being walked
+        w_pad, w_first, w_lastp = Signal(), Signal(), Signal()
+        w_out, w_b, w_nvalid, w_ix0 = regs("w_out", "w_b", "w_nvalid", "w_ix0")
+        iy, ix, a, row, w, c, kx, left = regs("iy", "ix", "a", "row", "w", "c", "kx", "left")
+        lead_cnt = Signal(range(items + 1))
+        in_lead = Signal()  # the window's idle cycles are not over
+        last = Signal()  # this cycle emits the window's last tap
 
+        emitting = walking & ~in_lead
+        win_end = emitting & last
+        take = pending & (~walking | win_end)  # the walker takes the sequencer's window
+
+        # ---- the walker takes a window: bounds, counts and address terms
+        pad = ~((oy >= 0) & (oy < d.OH) & (ox >= 0) & (ox < d.OW))
+        with m.If(take):
+            m.d.sync += [
+                walking.eq(1), w_pad.eq(pad),
+                w_first.eq((dy == 0) & (dx == 0)),
+                w_lastp.eq((dy == d.dy_max) & (dx == d.dx_max)),
+                w_out.eq(out_addr), w_b.eq(bbase),
+                w_nvalid.eq(Mux(g == d.g_max, d.O_last, lanes)),
+                iy.eq(iy0), ix.eq(ix0), w_ix0.eq(ix0),
+                a.eq(ra0 + xc0), row.eq(ra0 + xc0), w.eq(wg), c.eq(0), kx.eq(0),
+                lead_cnt.eq(Mux(pad, items - 1, d.lead)),
+                in_lead.eq(Mux(pad, items > 1, d.lead != 0)),
+                left.eq(Mux(pad, 1, d.CKK)),
+                last.eq(Mux(pad, items == 1, (d.lead == 0) & (d.CKK == 1))),
+            ]  # fmt: skip
+        with m.Elif(win_end):
+            m.d.sync += walking.eq(0)
+        with m.Elif(in_lead):
+            m.d.sync += [lead_cnt.eq(lead_cnt - 1), last.eq((lead_cnt == 1) & (left == 1))]
+            with m.If(lead_cnt == 1):
+                m.d.sync += in_lead.eq(0)
+        with m.Elif(emitting):
+            m.d.sync += [left.eq(left - 1), last.eq(left == 2), w.eq(w + 1)]
+            with m.If(c != d.c_max):
+                m.d.sync += [c.eq(c + 1), a.eq(a + 1)]
+            with m.Elif(kx != d.kx_max):
+                m.d.sync += [c.eq(0), kx.eq(kx + 1), ix.eq(ix + 1), a.eq(a + 1)]
+            with m.Else():  # next kernel row
+                m.d.sync += [
+                    c.eq(0), kx.eq(0), ix.eq(w_ix0), iy.eq(iy + 1),
+                    row.eq(row + d.WC), a.eq(row + d.WC),
+                ]  # fmt: skip
+
+        # ---- the tap register
         tap = self.tap
-        m.d.comb += [
-            tap.mac.eq(emitting & ~padwin & inside),
-            tap.addr.eq(d.in_base + ra0 + kyWC + xc0 + koff),
-            tap.w_addr.eq(wg + woff),
-            tap.last.eq(last),
-            tap.padwin.eq(padwin),
-            tap.pool_first.eq((dy == 0) & (dx == 0)),
-            tap.pool_last.eq((dy == d.PKH - 1) & (dx == d.PKW - 1)),
-            tap.out_addr.eq(out_addr),
-            tap.b_addr.eq(bbase),
-            tap.nvalid.eq(Mux(g == d.G - 1, d.O_last, lanes)),
+        inside = (iy >= 0) & (iy < d.H) & (ix >= 0) & (ix < d.W)
+        out_valid, finished = Signal(), Signal()
+        m.d.sync += [
+            tap.mac.eq(emitting & ~w_pad & inside),
+            tap.addr.eq(a),
+            tap.w_addr.eq(w),
+            tap.last.eq(win_end),
+            tap.padwin.eq(w_pad),
+            tap.pool_first.eq(w_first),
+            tap.pool_last.eq(w_lastp),
+            tap.out_addr.eq(w_out),
+            tap.b_addr.eq(w_b),
+            tap.nvalid.eq(w_nvalid),
+            out_valid.eq(walking),
+            finished.eq(win_end & ~pending),
+            self.done.eq(finished),
         ]
+        m.d.comb += self.busy.eq(pending | walking | out_valid)
 
-        def reset_taps():
-            m.d.sync += [kx.eq(0), ky.eq(0), c.eq(0), koff.eq(0), kyWC.eq(0), woff.eq(0), t.eq(0)]
-
-        m.d.sync += self.done.eq(0)
+        # ---- the sequencer: load window 0 on start, step when the walker takes a window
         with m.If(self.start):
             m.d.sync += [
-                busy.eq(1), g.eq(0), py.eq(0), px.eq(0), dy.eq(0), dx.eq(0),
+                pending.eq(1), g.eq(0), py.eq(0), px.eq(0), dy.eq(0), dx.eq(0),
                 oy_p.eq(d.oy0), oy.eq(d.oy0), ox_p.eq(d.ox0), ox.eq(d.ox0),
                 iy0_p.eq(d.iy0), iy0.eq(d.iy0), ix0_p.eq(d.ix0), ix0.eq(d.ix0),
                 ra0_p.eq(d.ra0), ra0.eq(d.ra0), xc0_p.eq(d.xc0), xc0.eq(d.xc0),
                 wg.eq(d.w_base), bbase.eq(d.b_base), out_g.eq(d.out_base),
                 out_addr.eq(d.out_base),
             ]  # fmt: skip
-            reset_taps()
-        with m.Elif(win_end):
-            reset_taps()
-            with m.If(dx != d.PKW - 1):
+        with m.Elif(take):
+            with m.If(dx != d.dx_max):
                 m.d.sync += [dx.eq(dx + 1), ox.eq(ox + 1), ix0.eq(ix0 + d.SW), xc0.eq(xc0 + d.SWC)]
             with m.Else():
                 m.d.sync += dx.eq(0)
-                with m.If(dy != d.PKH - 1):
+                with m.If(dy != d.dy_max):
                     m.d.sync += [
                         dy.eq(dy + 1), oy.eq(oy + 1), iy0.eq(iy0 + d.SH), ra0.eq(ra0 + d.SHWC),
                         ox.eq(ox_p), ix0.eq(ix0_p), xc0.eq(xc0_p),
                     ]  # fmt: skip
                 with m.Else():
                     m.d.sync += [dy.eq(0), out_addr.eq(out_addr + d.O)]
-                    with m.If(px != d.POW - 1):
+                    with m.If(px != d.px_max):
                         m.d.sync += [
                             px.eq(px + 1), ox_p.eq(ox_p + d.PSW), ix0_p.eq(ix0_p + d.PSW_SW),
                             xc0_p.eq(xc0_p + d.PSW_SWC), ox.eq(ox_p + d.PSW),
@@ -141,15 +183,10 @@ class TapGenerator(wiring.Component):
                         ]  # fmt: skip
                     with m.Else():
                         m.d.sync += [
-                            px.eq(0),
-                            ox_p.eq(d.ox0),
-                            ix0_p.eq(d.ix0),
-                            xc0_p.eq(d.xc0),
-                            ox.eq(d.ox0),
-                            ix0.eq(d.ix0),
-                            xc0.eq(d.xc0),
-                        ]
-                        with m.If(py != d.POH - 1):
+                            px.eq(0), ox_p.eq(d.ox0), ix0_p.eq(d.ix0), xc0_p.eq(d.xc0),
+                            ox.eq(d.ox0), ix0.eq(d.ix0), xc0.eq(d.xc0),
+                        ]  # fmt: skip
+                        with m.If(py != d.py_max):
                             m.d.sync += [
                                 py.eq(py + 1), oy_p.eq(oy_p + d.PSH),
                                 iy0_p.eq(iy0_p + d.PSH_SH), ra0_p.eq(ra0_p + d.PSH_SHWC),
@@ -158,34 +195,14 @@ class TapGenerator(wiring.Component):
                             ]  # fmt: skip
                         with m.Else():
                             m.d.sync += [
-                                py.eq(0),
-                                oy_p.eq(d.oy0),
-                                iy0_p.eq(d.iy0),
-                                ra0_p.eq(d.ra0),
-                                oy.eq(d.oy0),
-                                iy0.eq(d.iy0),
-                                ra0.eq(d.ra0),
-                            ]
-                            with m.If(g != d.G - 1):
+                                py.eq(0), oy_p.eq(d.oy0), iy0_p.eq(d.iy0), ra0_p.eq(d.ra0),
+                                oy.eq(d.oy0), iy0.eq(d.iy0), ra0.eq(d.ra0),
+                            ]  # fmt: skip
+                            with m.If(g != d.g_max):
                                 m.d.sync += [
-                                    g.eq(g + 1),
-                                    wg.eq(wg + d.CKK),
-                                    bbase.eq(bbase + items),
-                                    out_g.eq(out_g + lanes),
-                                    out_addr.eq(out_g + lanes),
-                                ]
+                                    g.eq(g + 1), wg.eq(wg + d.CKK), bbase.eq(bbase + items),
+                                    out_g.eq(out_g + lanes), out_addr.eq(out_g + lanes),
+                                ]  # fmt: skip
                             with m.Else():
-                                m.d.sync += [busy.eq(0), self.done.eq(1)]
-        with m.Elif(busy):
-            m.d.sync += t.eq(t + 1)
-            with m.If(emitting & ~last):
-                m.d.sync += [woff.eq(woff + 1), koff.eq(koff + 1)]
-                with m.If(c != d.C - 1):
-                    m.d.sync += c.eq(c + 1)
-                with m.Else():
-                    m.d.sync += c.eq(0)
-                    with m.If(kx != d.KW - 1):
-                        m.d.sync += kx.eq(kx + 1)
-                    with m.Else():
-                        m.d.sync += [kx.eq(0), koff.eq(0), ky.eq(ky + 1), kyWC.eq(kyWC + d.WC)]
+                                m.d.sync += pending.eq(0)
         return m
