@@ -528,7 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("model", metavar="MODEL.fxq")
     b.add_argument("--board", required=True, choices=("icebreaker", "orangecrab-25f", "ulx3s-85f"))
     b.add_argument("--lanes", type=_positive, help="MAC lanes [the board's default]")
-    b.add_argument("--freq", type=float, metavar="MHZ", help="timing target [board clock]")
+    b.add_argument(
+        "--freq",
+        type=float,
+        metavar="MHZ",
+        help="engine clock, made by the board's PLL when it is not the oscillator's "
+        "[the board's default]",
+    )
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed [1]")
     b.add_argument(
         "--allow-timing-fail", action="store_true", help="exit 0 even if fmax is below the target"

@@ -22,6 +22,7 @@ from amaranth.build import Attrs, Pins, Resource, Subsignal
 from ..errors import FxpgaError
 from ..hw.compiler import EngineConfig, Program, compile_model
 from ..quant.qmodel import QModel
+from .clocks import PLL, PLLDomain, pll_for
 from .top import BoardTop
 
 
@@ -31,6 +32,7 @@ class Board:
     family: str  # ice40 | ecp5
     device: str
     clock_hz: float  # the board oscillator
+    freq_hz: float  # the engine clock by default (a PLL makes it when it is not clock_hz)
     lanes: int  # default engine size
     baud: int
     available: dict[str, int]  # nextpnr cell types → count on the device
@@ -91,6 +93,7 @@ BOARDS = {
         "ice40",
         "iCE40UP5K",
         12e6,
+        12e6,
         8,
         1_000_000,
         {"ICESTORM_LC": 5280, "ICESTORM_RAM": 30, "ICESTORM_DSP": 8, "ICESTORM_SPRAM": 4},
@@ -104,6 +107,7 @@ BOARDS = {
         "ecp5",
         "LFE5U-25F",
         48e6,
+        48e6,
         24,
         1_000_000,
         {"TRELLIS_COMB": 24288, "TRELLIS_FF": 24288, "DP16KD": 56, "MULT18X18D": 28},
@@ -113,6 +117,7 @@ BOARDS = {
         "ulx3s-85f",
         "ecp5",
         "LFE5U-85F",
+        25e6,
         25e6,
         128,
         1_000_000,
@@ -127,16 +132,30 @@ def board(name: str) -> Board:
     return BOARDS[name]
 
 
-class BoardWrapper(Elaboratable):
-    """The board's clock and UART pins around ``BoardTop`` (clock: the board oscillator)."""
+def uart_divisor(freq_hz: float, baud: int) -> int:
+    divisor = round(freq_hz / baud)
+    if divisor < 4 or abs(freq_hz / divisor - baud) > 0.02 * baud:
+        raise FxpgaError(
+            f"a {freq_hz / 1e6:g} MHz clock cannot make {baud:,} baud within 2% "
+            f"(divisor {divisor}): choose another --freq"
+        )
+    return divisor
 
-    def __init__(self, spec: Board, prog: Program):
-        self.spec, self.prog = spec, prog
+
+class BoardWrapper(Elaboratable):
+    """The board's clock and UART pins around ``BoardTop``: the engine runs on the board
+    oscillator, or on a PLL when ``pll`` is given."""
+
+    def __init__(self, spec: Board, prog: Program, pll: PLL | None = None):
+        self.spec, self.prog, self.pll = spec, prog, pll
 
     def elaborate(self, platform):
         m = Module()
-        divisor = round(self.spec.clock_hz / self.spec.baud)
-        m.submodules.top = top = BoardTop(self.prog, divisor)
+        freq = self.pll.f_out if self.pll else self.spec.clock_hz
+        if self.pll:
+            pin = platform.request(platform.default_clk, dir="-")
+            m.submodules.clocks = PLLDomain(self.pll, pin)
+        m.submodules.top = top = BoardTop(self.prog, uart_divisor(freq, self.spec.baud))
         uart = platform.request("uart", 0)
         m.d.comb += [top.rx.eq(uart.rx.i), uart.tx.o.eq(top.tx)]
         return m
@@ -237,7 +256,10 @@ def build(
         qm, lanes or spec.lanes, weight_store=spec.weight_store, prefetch=spec.prefetch
     )
     prog = compile_model(qm, cfg)
-    target = freq_mhz or spec.clock_hz / 1e6
+    freq = freq_mhz * 1e6 if freq_mhz else spec.freq_hz
+    pll = None if freq == spec.clock_hz else pll_for(spec.family, spec.clock_hz, freq)
+    target = (pll.f_out if pll else freq) / 1e6
+    uart_divisor(target * 1e6, spec.baud)  # fail before synthesis
     platform = spec.platform()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -246,14 +268,15 @@ def build(
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     t0 = time.monotonic()
+    clock = f"PLL {target:.4g} MHz" if pll else f"{target:g} MHz oscillator"
     info(
-        f"building {board_name} ({cfg.lanes} lanes) with yowasp yosys/nextpnr in {work} "
-        f"(the first yowasp run compiles WebAssembly for ~50 s)"
+        f"building {board_name} ({cfg.lanes} lanes, {clock}) with yowasp yosys/nextpnr in "
+        f"{work} (the first yowasp run compiles WebAssembly for ~50 s)"
     )
     synth = "-dsp" if spec.family == "ice40" else ""
     try:
         platform.build(
-            BoardWrapper(spec, prog),
+            BoardWrapper(spec, prog, pll),
             name="fxpga",
             build_dir=str(work),
             do_program=False,

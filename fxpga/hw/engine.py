@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import compiler
@@ -65,7 +65,8 @@ class Engine(wiring.Component):
     ``data_bits``, weights ``weight_bits``, accumulators ``acc_bits`` (modular).
 
     Memories are initialised from ``program`` (a self-contained bitstream). All of them can
-    also be written at run time, while the engine waits for input, through ``cfg``:
+    also be written at run time, while the engine waits for input, through ``cfg`` (a write
+    lands in the cycle after it is presented):
     ``addr[28:32]`` is the region (0 program words, 1 biases, 2 weights), for weights
     ``addr[20:28]`` the lane, and ``addr[0:20]`` the index; ``data`` is the value.
     """
@@ -128,24 +129,27 @@ class Engine(wiring.Component):
         pwords = program_words(p, FB) if p else []
         _, prd, pwr = mem("program", unsigned(32), self.prog_depth, pwords)
 
-        # ---- runtime writes
-        region, lane_sel, index = self.cfg.addr[28:32], self.cfg.addr[20:28], self.cfg.addr[:20]
+        # ---- runtime writes, registered once (off the host's and the memories' paths)
+        wcfg = Signal(data.StructLayout({"addr": 32, "data": 32, "en": 1}))
+        m.d.sync += [wcfg.addr.eq(self.cfg.addr), wcfg.data.eq(self.cfg.data)]
+        m.d.sync += wcfg.en.eq(self.cfg.en)
+        region, lane_sel, index = wcfg.addr[28:32], wcfg.addr[20:28], wcfg.addr[:20]
         m.d.comb += [
             pwr.addr.eq(index),
-            pwr.data.eq(self.cfg.data),
-            pwr.en.eq(self.cfg.en & (region == REGION_PROGRAM)),
+            pwr.data.eq(wcfg.data),
+            pwr.en.eq(wcfg.en & (region == REGION_PROGRAM)),
         ]
         for i, (_, _, bwr) in enumerate(bias):
             m.d.comb += [
                 bwr.addr.eq(index // W),
-                bwr.data.eq(self.cfg.data),
-                bwr.en.eq(self.cfg.en & (region == REGION_BIAS) & (index % W == i)),
+                bwr.data.eq(wcfg.data),
+                bwr.en.eq(wcfg.en & (region == REGION_BIAS) & (index % W == i)),
             ]
         m.d.comb += [
             weights.wr_addr.eq(index),
             weights.wr_lane.eq(lane_sel),
-            weights.wr_data.eq(self.cfg.data),
-            weights.wr_en.eq(self.cfg.en & (region == REGION_WEIGHTS)),
+            weights.wr_data.eq(wcfg.data),
+            weights.wr_en.eq(wcfg.en & (region == REGION_WEIGHTS)),
         ]
 
         # ---- datapath
@@ -205,11 +209,12 @@ class Engine(wiring.Component):
             m.d.comb += f.rd_addr.eq(rd_addr)
         m.d.comb += rd_addr.eq(tap.addr)
 
-        # descriptor prefetcher: reads op `pf_op`'s NF words into `nxt` while an op runs
+        # descriptor prefetcher: reads the NF words at `pf_base` (the next op's descriptor, kept
+        # incrementally: no multiplier) into `nxt` while an op runs
         nf = len(DESC_FIELDS)
         nxt = Signal(descriptor_layout(FB)) if cfg.prefetch else desc
         pf_start, pf_busy = Signal(), Signal()
-        pf_op, pf_cnt = Signal(8), Signal(range(nf + 1))
+        pf_base, pf_cnt = Signal(range(self.prog_depth + 1)), Signal(range(nf + 1))
         with m.If(pf_start):
             m.d.sync += [pf_busy.eq(1), pf_cnt.eq(0)]
         with m.Elif(pf_busy):
@@ -220,7 +225,7 @@ class Engine(wiring.Component):
                 )
             with m.If(pf_cnt == nf):
                 m.d.sync += pf_busy.eq(0)
-        m.d.comb += prd.addr.eq(HEADER_WORDS + pf_op * nf + pf_cnt)
+        m.d.comb += prd.addr.eq(pf_base + pf_cnt)
 
         with m.FSM():
             with m.State("IDLE"):  # the header is read per inference: run-time writes count
@@ -235,7 +240,7 @@ class Engine(wiring.Component):
                         with m.Case(k + 1):
                             m.d.sync += sig.eq(prd.data)
                 with m.If(cnt == HEADER_WORDS):
-                    m.d.sync += [cnt.eq(0), pf_op.eq(0)]
+                    m.d.sync += [cnt.eq(0), pf_base.eq(HEADER_WORDS)]
                     # a long input hides op 0's descriptor fetch (deterministically: the
                     # load takes at least in_size cycles, whatever the stream's stalls)
                     m.d.comb += pf_start.eq(in_size > nf)
@@ -256,11 +261,11 @@ class Engine(wiring.Component):
             with m.State("NEXT"):  # wait for the prefetched descriptor, start fetching the next
                 with m.If(~pf_busy):
                     if cfg.prefetch:
-                        m.d.sync += [desc.eq(nxt), pf_op.eq(op + 1)]
+                        m.d.sync += [desc.eq(nxt), pf_base.eq(pf_base + nf)]
                         m.d.comb += pf_start.eq(op + 1 != n_ops)
                     m.next = "START"
             with m.State("FETCH"):  # without prefetch: read this op's descriptor now
-                m.d.sync += pf_op.eq(op)
+                m.d.sync += pf_base.eq(pf_base + nf)
                 m.d.comb += pf_start.eq(1)
                 m.next = "NEXT"
             with m.State("START"):
