@@ -23,6 +23,7 @@ from ..errors import FxpgaError
 from ..hw.compiler import EngineConfig, Program, compile_model
 from ..quant.qmodel import QModel
 from .clocks import PLL, PLLDomain, pll_for
+from .fit import check_fit
 from .top import BoardTop
 
 
@@ -96,7 +97,13 @@ BOARDS = {
         12e6,
         8,
         1_000_000,
-        {"ICESTORM_LC": 5280, "ICESTORM_RAM": 30, "ICESTORM_DSP": 8, "ICESTORM_SPRAM": 4},
+        {
+            "ICESTORM_LC": 5280,
+            "ICESTORM_RAM": 30,
+            "ICESTORM_DSP": 8,
+            "ICESTORM_SPRAM": 4,
+            "ICESTORM_PLL": 1,
+        },
         note="weights live in SPRAM, which a bitstream cannot initialise: fxpga run loads "
         "them over the UART first",
         weight_store="spram",
@@ -110,7 +117,13 @@ BOARDS = {
         48e6,
         24,
         1_000_000,
-        {"TRELLIS_COMB": 24288, "TRELLIS_FF": 24288, "DP16KD": 56, "MULT18X18D": 28},
+        {
+            "TRELLIS_COMB": 24288,
+            "TRELLIS_FF": 24288,
+            "DP16KD": 56,
+            "MULT18X18D": 28,
+            "EHXPLLL": 2,
+        },
         note="UART on Feather pins 0 (rx) and 1 (tx): a 3.3 V USB-serial adapter",
     ),
     "ulx3s-85f": Board(
@@ -121,7 +134,13 @@ BOARDS = {
         25e6,
         128,
         1_000_000,
-        {"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "DP16KD": 208, "MULT18X18D": 156},
+        {
+            "TRELLIS_COMB": 83640,
+            "TRELLIS_FF": 83640,
+            "DP16KD": 208,
+            "MULT18X18D": 156,
+            "EHXPLLL": 4,
+        },
     ),
 }
 
@@ -256,6 +275,7 @@ def build(
         qm, lanes or spec.lanes, weight_store=spec.weight_store, prefetch=spec.prefetch
     )
     prog = compile_model(qm, cfg)
+    check_fit(prog, board_name, spec.family, spec.available)
     freq = freq_mhz * 1e6 if freq_mhz else spec.freq_hz
     pll = None if freq == spec.clock_hz else pll_for(spec.family, spec.clock_hz, freq)
     target = (pll.f_out if pll else freq) / 1e6

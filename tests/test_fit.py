@@ -1,0 +1,63 @@
+"""The pre-synthesis fit check: resource estimates and refusals before any tool runs."""
+
+import dataclasses
+import re
+
+import pytest
+
+from fxpga.boards import build as boards
+from fxpga.boards.fit import blocks, estimate
+from fxpga.cli import main
+from fxpga.hw.compiler import EngineConfig, compile_model
+from fxpga.quant import artifact
+
+
+def test_block_counts():
+    assert blocks("ice40", 256, 8) == 1 and blocks("ice40", 176, 32) == 2
+    assert blocks("ice40", 16, 8) == 0 and blocks("ecp5", 64, 24) == 0
+    assert blocks("ecp5", 745, 8) == 1 and blocks("ecp5", 4096, 8) == 2
+
+
+@pytest.mark.parametrize(
+    "lanes,store,family,bram,dsp",
+    [  # the block RAMs and multipliers nextpnr reported for these digits-cnn builds
+        (8, "spram", "ice40", 7, 8),
+        (24, "bram", "ecp5", 25, 24),
+        (128, "bram", "ecp5", 129, 128),
+    ],
+)
+def test_estimate_matches_builds(digits_q8, lanes, store, family, bram, dsp):
+    prog = compile_model(digits_q8, EngineConfig.for_model(digits_q8, lanes, weight_store=store))
+    est = estimate(prog, family)
+    cells = {"ice40": ("ICESTORM_RAM", "ICESTORM_DSP"), "ecp5": ("DP16KD", "MULT18X18D")}[family]
+    assert (est[cells[0]][0], est[cells[1]][0]) == (bram, dsp)
+
+
+@pytest.mark.parametrize(
+    "board,lanes,message",
+    [
+        ("orangecrab-25f", 32, r"does not fit orangecrab-25f: needs 32 MULT18X18D \(32 lanes"),
+        ("icebreaker", 16, r"SPRAM weights \(iCE40UP5K\) hold at most 8 lanes"),
+    ],
+)
+def test_oversized_engine_fails_before_synthesis(
+    digits_q8, tmp_path, capsys, board, lanes, message
+):
+    artifact.save(digits_q8, tmp_path / "d.fxq")
+    out = tmp_path / "b"
+    code = main(
+        ["build", str(tmp_path / "d.fxq"), "--board", board, "--lanes", str(lanes), "-o", str(out)]
+    )
+    _, err = capsys.readouterr()
+    assert code == 1 and re.search(message, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.fxq", "d.fxq.npz"]  # no build dir
+
+
+def test_too_many_weights_per_lane_for_spram(digits_q8):
+    prog = compile_model(digits_q8, EngineConfig.for_model(digits_q8, 2, weight_store="spram"))
+    prog = dataclasses.replace(prog, wmem=[[0] * 20_000] * 2)
+    with pytest.raises(
+        boards.FxpgaError,
+        match=r"20,000 weights per lane at 2 lanes, its SPRAM holds 16,384 per lane \(try more",
+    ):
+        boards.check_fit(prog, "icebreaker", "ice40", boards.BOARDS["icebreaker"].available)
