@@ -243,8 +243,8 @@ class HostInterface(wiring.Component):
                     Mux(pay_i < out_bytes, out_rd.data, cyc_bytes[(pay_i - out_bytes)[:2]])
                 )
         header = Array([Const(P.SYNC, 8), r_cmd, r_len[:8], r_len[8:]])
-        phase = Signal(range(3))  # 0 idle, 1 fetch (memory latency), 2 present
-        byte_now = Signal(8)
+        phase = Signal(range(4))  # 0 idle, 1 fetch (memory latency), 2 select, 3 present
+        byte_now, byte_r = Signal(8), Signal(8)
         with m.If(pos < 4):
             m.d.comb += byte_now.eq(header[pos[:2]])
         with m.Elif(pos < 4 + r_len):
@@ -254,13 +254,15 @@ class HostInterface(wiring.Component):
         with m.Else():
             m.d.comb += byte_now.eq(tcrc[:8])
         m.d.comb += busy.eq(phase != 0)
-        tx_next_crc = crc16_step(m, tcrc, byte_now, "txcrc")
+        tx_next_crc = crc16_step(m, tcrc, byte_r, "txcrc")
         with m.If(send):
             m.d.sync += [phase.eq(1), pos.eq(0), tcrc.eq(0xFFFF), total.eq(r_len + 6)]
         with m.Elif(phase == 1):  # give the output buffer a cycle to read pos's byte
             m.d.sync += phase.eq(2)
-        with m.Elif(phase == 2):
-            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte_now)]
+        with m.Elif(phase == 2):  # the byte is registered: the CRC starts from a register
+            m.d.sync += [byte_r.eq(byte_now), phase.eq(3)]
+        with m.Elif(phase == 3):
+            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte_r)]
             with m.If(self.tx.ready):
                 with m.If((pos >= 1) & (pos < 4 + r_len)):
                     m.d.sync += tcrc.eq(tx_next_crc)
