@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -74,10 +76,23 @@ class TapGenerator(wiring.Component):
         def regs(*names, shape=S):
             return [Signal(shape, name=n) for n in names]
 
+        def counter(name, maximum):
+            """A loop counter 0 … ``maximum`` kept as the count left, with registered
+            ``first``/``last`` flags: no comparator between its registers and the selects."""
+            left = Signal(S, name=f"{name}_left")
+            first, last = Signal(name=f"{name}_first"), Signal(name=f"{name}_last")
+            return SimpleNamespace(
+                first=first,
+                last=last,
+                restart=[left.eq(maximum), first.eq(1), last.eq(maximum == 0)],
+                step=[left.eq(left - 1), first.eq(0), last.eq(left == 1)],
+            )
+
         # ---- window sequencer: the next window. Its conv output position (oy, ox), input
         # origin (iy0, ix0) and address terms ra0 = iy0·W·C, xc0 = ix0·C; "_p" = at the pool
         # window's origin
-        g, py, px, dy, dx = regs("g", "py", "px", "dy", "dx")
+        g, py, px = counter("g", d.g_max), counter("py", d.py_max), counter("px", d.px_max)
+        dy, dx = counter("dy", d.dy_max), counter("dx", d.dx_max)
         oy_p, ox_p, oy, ox = regs("oy_p", "ox_p", "oy", "ox")
         iy0_p, ix0_p, iy0, ix0 = regs("iy0_p", "ix0_p", "iy0", "ix0")
         ra0_p, xc0_p, ra0, xc0 = regs("ra0_p", "xc0_p", "ra0", "xc0")
@@ -88,7 +103,8 @@ class TapGenerator(wiring.Component):
         walking = Signal()  # a window is being walked
         w_pad, w_first, w_lastp = Signal(), Signal(), Signal()
         w_out, w_b, w_nvalid, w_ix0 = regs("w_out", "w_b", "w_nvalid", "w_ix0")
-        iy, ix, a, row, w, c, kx, left = regs("iy", "ix", "a", "row", "w", "c", "kx", "left")
+        iy, ix, a, row, w, left = regs("iy", "ix", "a", "row", "w", "left")
+        c, kx = counter("c", d.c_max), counter("kx", d.kx_max)
         lead_cnt = Signal(range(items + 1))
         in_lead = Signal()  # the window's idle cycles are not over
         last = Signal()  # this cycle emits the window's last tap
@@ -102,12 +118,12 @@ class TapGenerator(wiring.Component):
         with m.If(take):
             m.d.sync += [
                 walking.eq(1), w_pad.eq(pad),
-                w_first.eq((dy == 0) & (dx == 0)),
-                w_lastp.eq((dy == d.dy_max) & (dx == d.dx_max)),
+                w_first.eq(dy.first & dx.first),
+                w_lastp.eq(dy.last & dx.last),
                 w_out.eq(out_addr), w_b.eq(bbase),
-                w_nvalid.eq(Mux(g == d.g_max, d.O_last, lanes)),
+                w_nvalid.eq(Mux(g.last, d.O_last, lanes)),
                 iy.eq(iy0), ix.eq(ix0), w_ix0.eq(ix0),
-                a.eq(ra0 + xc0), row.eq(ra0 + xc0), w.eq(wg), c.eq(0), kx.eq(0),
+                a.eq(ra0 + xc0), row.eq(ra0 + xc0), w.eq(wg), *c.restart, *kx.restart,
                 lead_cnt.eq(Mux(pad, items - 1, d.lead)),
                 in_lead.eq(Mux(pad, items > 1, d.lead != 0)),
                 left.eq(Mux(pad, 1, d.CKK)),
@@ -121,13 +137,13 @@ class TapGenerator(wiring.Component):
                 m.d.sync += in_lead.eq(0)
         with m.Elif(emitting):
             m.d.sync += [left.eq(left - 1), last.eq(left == 2), w.eq(w + 1)]
-            with m.If(c != d.c_max):
-                m.d.sync += [c.eq(c + 1), a.eq(a + 1)]
-            with m.Elif(kx != d.kx_max):
-                m.d.sync += [c.eq(0), kx.eq(kx + 1), ix.eq(ix + 1), a.eq(a + 1)]
+            with m.If(~c.last):
+                m.d.sync += [*c.step, a.eq(a + 1)]
+            with m.Elif(~kx.last):
+                m.d.sync += [*c.restart, *kx.step, ix.eq(ix + 1), a.eq(a + 1)]
             with m.Else():  # next kernel row
                 m.d.sync += [
-                    c.eq(0), kx.eq(0), ix.eq(w_ix0), iy.eq(iy + 1),
+                    *c.restart, *kx.restart, ix.eq(w_ix0), iy.eq(iy + 1),
                     row.eq(row + d.WC), a.eq(row + d.WC),
                 ]  # fmt: skip
 
@@ -155,7 +171,7 @@ class TapGenerator(wiring.Component):
         # ---- the sequencer: load window 0 on start, step when the walker takes a window
         with m.If(self.start):
             m.d.sync += [
-                pending.eq(1), g.eq(0), py.eq(0), px.eq(0), dy.eq(0), dx.eq(0),
+                pending.eq(1), *g.restart, *py.restart, *px.restart, *dy.restart, *dx.restart,
                 oy_p.eq(d.oy0), oy.eq(d.oy0), ox_p.eq(d.ox0), ox.eq(d.ox0),
                 iy0_p.eq(d.iy0), iy0.eq(d.iy0), ix0_p.eq(d.ix0), ix0.eq(d.ix0),
                 ra0_p.eq(d.ra0), ra0.eq(d.ra0), xc0_p.eq(d.xc0), xc0.eq(d.xc0),
@@ -163,44 +179,44 @@ class TapGenerator(wiring.Component):
                 out_addr.eq(d.out_base),
             ]  # fmt: skip
         with m.Elif(take):
-            with m.If(dx != d.dx_max):
-                m.d.sync += [dx.eq(dx + 1), ox.eq(ox + 1), ix0.eq(ix0 + d.SW), xc0.eq(xc0 + d.SWC)]
+            with m.If(~dx.last):
+                m.d.sync += [*dx.step, ox.eq(ox + 1), ix0.eq(ix0 + d.SW), xc0.eq(xc0 + d.SWC)]
             with m.Else():
-                m.d.sync += dx.eq(0)
-                with m.If(dy != d.dy_max):
+                m.d.sync += dx.restart
+                with m.If(~dy.last):
                     m.d.sync += [
-                        dy.eq(dy + 1), oy.eq(oy + 1), iy0.eq(iy0 + d.SH), ra0.eq(ra0 + d.SHWC),
+                        *dy.step, oy.eq(oy + 1), iy0.eq(iy0 + d.SH), ra0.eq(ra0 + d.SHWC),
                         ox.eq(ox_p), ix0.eq(ix0_p), xc0.eq(xc0_p),
                     ]  # fmt: skip
                 with m.Else():
-                    m.d.sync += [dy.eq(0), out_addr.eq(out_addr + d.O)]
-                    with m.If(px != d.px_max):
+                    m.d.sync += [*dy.restart, out_addr.eq(out_addr + d.O)]
+                    with m.If(~px.last):
                         m.d.sync += [
-                            px.eq(px + 1), ox_p.eq(ox_p + d.PSW), ix0_p.eq(ix0_p + d.PSW_SW),
+                            *px.step, ox_p.eq(ox_p + d.PSW), ix0_p.eq(ix0_p + d.PSW_SW),
                             xc0_p.eq(xc0_p + d.PSW_SWC), ox.eq(ox_p + d.PSW),
                             ix0.eq(ix0_p + d.PSW_SW), xc0.eq(xc0_p + d.PSW_SWC),
                             oy.eq(oy_p), iy0.eq(iy0_p), ra0.eq(ra0_p),
                         ]  # fmt: skip
                     with m.Else():
                         m.d.sync += [
-                            px.eq(0), ox_p.eq(d.ox0), ix0_p.eq(d.ix0), xc0_p.eq(d.xc0),
+                            *px.restart, ox_p.eq(d.ox0), ix0_p.eq(d.ix0), xc0_p.eq(d.xc0),
                             ox.eq(d.ox0), ix0.eq(d.ix0), xc0.eq(d.xc0),
                         ]  # fmt: skip
-                        with m.If(py != d.py_max):
+                        with m.If(~py.last):
                             m.d.sync += [
-                                py.eq(py + 1), oy_p.eq(oy_p + d.PSH),
+                                *py.step, oy_p.eq(oy_p + d.PSH),
                                 iy0_p.eq(iy0_p + d.PSH_SH), ra0_p.eq(ra0_p + d.PSH_SHWC),
                                 oy.eq(oy_p + d.PSH), iy0.eq(iy0_p + d.PSH_SH),
                                 ra0.eq(ra0_p + d.PSH_SHWC),
                             ]  # fmt: skip
                         with m.Else():
                             m.d.sync += [
-                                py.eq(0), oy_p.eq(d.oy0), iy0_p.eq(d.iy0), ra0_p.eq(d.ra0),
+                                *py.restart, oy_p.eq(d.oy0), iy0_p.eq(d.iy0), ra0_p.eq(d.ra0),
                                 oy.eq(d.oy0), iy0.eq(d.iy0), ra0.eq(d.ra0),
                             ]  # fmt: skip
-                            with m.If(g != d.g_max):
+                            with m.If(~g.last):
                                 m.d.sync += [
-                                    g.eq(g + 1), wg.eq(wg + d.CKK), bbase.eq(bbase + items),
+                                    *g.step, wg.eq(wg + d.CKK), bbase.eq(bbase + items),
                                     out_g.eq(out_g + lanes), out_addr.eq(out_g + lanes),
                                 ]  # fmt: skip
                             with m.Else():
