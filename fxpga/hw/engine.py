@@ -200,6 +200,14 @@ class Engine(wiring.Component):
         op = Signal(8)
         cycles = Signal(32)
         counting = Signal()
+        # compares the sequencer would otherwise chain before its state register, precomputed
+        in_last, out_last, ops_left = Signal(FB), Signal(FB), Signal(8)
+        long_input, op_last = Signal(), Signal()
+        m.d.sync += [
+            in_last.eq(in_size - 1),
+            out_last.eq(out_size - 1),
+            long_input.eq(in_size > len(DESC_FIELDS)),
+        ]
         m.d.comb += [self.op_index.eq(op), self.cycles.eq(cycles)]
         with m.If(counting):
             m.d.sync += cycles.eq(cycles + 1)
@@ -243,7 +251,7 @@ class Engine(wiring.Component):
                     m.d.sync += [cnt.eq(0), pf_base.eq(HEADER_WORDS)]
                     # a long input hides op 0's descriptor fetch (deterministically: the
                     # load takes at least in_size cycles, whatever the stream's stalls)
-                    m.d.comb += pf_start.eq(in_size > nf)
+                    m.d.comb += pf_start.eq(long_input)
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [
@@ -254,15 +262,16 @@ class Engine(wiring.Component):
                 ]
                 with m.If(self.i.valid):
                     m.d.sync += cnt.eq(cnt + 1)
-                    with m.If(cnt == in_size - 1):
+                    with m.If(cnt == in_last):
                         m.d.sync += [cnt.eq(0), op.eq(0), cycles.eq(0), counting.eq(1)]
-                        m.d.comb += pf_start.eq(in_size <= nf)
+                        m.d.sync += [ops_left.eq(n_ops - 1), op_last.eq(n_ops == 1)]
+                        m.d.comb += pf_start.eq(~long_input)
                         m.next = "NEXT"
             with m.State("NEXT"):  # wait for the prefetched descriptor, start fetching the next
                 with m.If(~pf_busy):
                     if cfg.prefetch:
                         m.d.sync += [desc.eq(nxt), pf_base.eq(pf_base + nf)]
-                        m.d.comb += pf_start.eq(op + 1 != n_ops)
+                        m.d.comb += pf_start.eq(~op_last)
                     m.next = "START"
             with m.State("FETCH"):  # without prefetch: read this op's descriptor now
                 m.d.sync += pf_base.eq(pf_base + nf)
@@ -278,7 +287,8 @@ class Engine(wiring.Component):
                 m.d.sync += cnt.eq(cnt + 1)
                 with m.If(cnt == compiler.drain_cycles(cfg) - 1):
                     m.d.sync += [cnt.eq(0), op.eq(op + 1)]
-                    with m.If(op == n_ops - 1):
+                    m.d.sync += [ops_left.eq(ops_left - 1), op_last.eq(ops_left == 1)]
+                    with m.If(op_last):
                         m.d.sync += [counting.eq(0), self.running.eq(0)]
                         m.next = "OUT_READ"
                     with m.Else():
@@ -294,7 +304,7 @@ class Engine(wiring.Component):
                 ]
                 with m.If(self.o.ready):
                     m.d.sync += cnt.eq(cnt + 1)
-                    with m.If(cnt == out_size - 1):
+                    with m.If(cnt == out_last):
                         m.d.sync += cnt.eq(0)
                         m.next = "IDLE"
                     with m.Else():
