@@ -17,7 +17,7 @@ class PostProcessor(wiring.Component):
     On ``capture`` (the window's last tap has reached the accumulators) all ``lanes``
     accumulators are latched together with the window's metadata; then item ``j`` (lanes
     ``j·post_lanes … j·post_lanes + post_lanes − 1``) is processed in cycle
-    ``capture + 1 + j`` through a 9-stage pipeline, each lane of the item in parallel, with at
+    ``capture + 1 + j`` through a 10-stage pipeline, each lane of the item in parallel, with at
     most one carry chain or three mux levels per stage (for fmax):
 
     1. window sum = ``acc − snapshot`` (modulo ``2^acc_bits``; the snapshot becomes ``acc``);
@@ -25,21 +25,22 @@ class PostProcessor(wiring.Component):
     2. ``v = + bias`` (wrapped to ``acc_bits``), plus ``2^(s−1)`` when ``s > 0``;
     3. the coarse shift: ``s > 0``: ``v >> (s & ~7)`` (arithmetic), ``s ≤ 0``: ``v << −s``;
     4. the fine shift ``>> (s & 7)``;
-    5. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
-    6. pool: the first window of a pool output loads the lane's pool register, the others
+    5. compare with ``qmax`` and ``qmin``;
+    6. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
+    7. pool: the first window of a pool output loads the lane's pool register, the others
        take the max or add; a window in pool padding contributes nothing;
-    7. avg pool: ``+ 2^(k−1)``;
-    8. avg pool: ``>> k``; then ReLU if ``relu_post``;
-    9. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
+    8. avg pool: ``+ 2^(k−1)``;
+    9. avg pool: ``>> k``; then ReLU if ``relu_post``;
+    10. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
        out_addr + j·post_lanes``) where ``l < nvalid`` and it was the pool's last window.
 
-    **Latency**: item ``j``'s writes happen in cycle ``capture + 9 + j`` (``LATENCY`` = 9).
+    **Latency**: item ``j``'s writes happen in cycle ``capture + 10 + j`` (``LATENCY`` = 10).
     **Throughput**: one window per ``items`` cycles; ``capture`` must not come more often
     (the ``TapGenerator`` guarantees it). Exactly matches ``golden.step`` for conv/linear
     followed by the fused element-wise layers.
     """
 
-    LATENCY = 9
+    LATENCY = 10
 
     def __init__(
         self,
@@ -173,42 +174,46 @@ class PostProcessor(wiring.Component):
             "s4_val", signed(A + MAX_LEFT_SHIFT + 2), lambda i: s3[i] >> Mux(right, rsh[:3], 0)
         )
 
-        # stage 5: saturate, relu_pre
-        it5 = follow(4)
+        # stages 5-6: saturate to [qmin, qmax] (the compares, then the selection), relu_pre
+        follow(4)
+        over = lanes_of("s5_over", 1, lambda i: s4[i] > d.qmax)
+        under = lanes_of("s5_under", 1, lambda i: s4[i] < d.qmin)
+        s5 = lanes_of("s5_val", signed(D), lambda i: s4[i][:D])  # exact unless over/under
+        it6 = follow(5)
 
         def saturate(i):
-            sat = Mux(s4[i] > d.qmax, d.qmax, Mux(s4[i] < d.qmin, d.qmin, s4[i]))
+            sat = Mux(over[i], d.qmax, Mux(under[i], d.qmin, s5[i]))
             return Mux(d.relu_pre & (sat < 0), 0, sat)
 
-        s5 = lanes_of("s5_val", signed(D), saturate)
+        s6s = lanes_of("s6_sat", signed(D), saturate)
 
-        # stage 6: pool (the pool registers rotate one item per cycle)
-        follow(5)
-        first, padw = it5.first, it5.padwin
+        # stage 7: pool (the pool registers rotate one item per cycle)
+        follow(6)
+        first, padw = it6.first, it6.padwin
         empty = Mux(d.pool_avg, 0, d.qmin)
-        s6 = [Signal(signed(P), name=f"s6_val{i}") for i in range(W)]
+        s7 = [Signal(signed(P), name=f"s7_val{i}") for i in range(W)]
         for i in range(W):
-            head, x = pacc[0][i], s5[i]
+            head, x = pacc[0][i], s6s[i]
             combined = Mux(d.pool_avg, head + x, Mux(x > head, x, head))
             new = Mux(padw, Mux(first, empty, head), Mux(first, x, combined))
-            m.d.sync += s6[i].eq(new)
-            with m.If(it5.v):
+            m.d.sync += s7[i].eq(new)
+            with m.If(it6.v):
                 m.d.sync += [pacc[j][i].eq(pacc[j + 1][i]) for j in range(n - 1)]
                 m.d.sync += pacc[n - 1][i].eq(new)
 
-        # stages 7-8: avg pool's rounding shift (k = 0 for max pool), relu_post
-        it7 = follow(6)
-        s7 = lanes_of("s7_val", signed(P + 1), lambda i: s6[i] + half)
-        follow(7)
-        pooled = [s7[i] >> k for i in range(W)]
-        s8 = lanes_of(
-            "s8_val", signed(D), lambda i: Mux(d.relu_post & (pooled[i] < 0), 0, pooled[i])
+        # stages 8-9: avg pool's rounding shift (k = 0 for max pool), relu_post
+        it8 = follow(7)
+        s8 = lanes_of("s8_val", signed(P + 1), lambda i: s7[i] + half)
+        follow(8)
+        pooled = [s8[i] >> k for i in range(W)]
+        s9 = lanes_of(
+            "s9_val", signed(D), lambda i: Mux(d.relu_post & (pooled[i] < 0), 0, pooled[i])
         )
-        s8_en = lanes_of("s8_en", 1, lambda i: it7.v & it7.plast & it7.ok[i])
+        s9_en = lanes_of("s9_en", 1, lambda i: it8.v & it8.plast & it8.ok[i])
 
-        # stage 9: write
+        # stage 10: write
         m.d.comb += self.wr_addr.eq(stages[-1].addr)
         for i in range(W):
-            m.d.comb += [self.wr_en[i].eq(s8_en[i]), self.wr_data[i].eq(s8[i])]
+            m.d.comb += [self.wr_en[i].eq(s9_en[i]), self.wr_data[i].eq(s9[i])]
         m.d.comb += self.busy.eq(active | Cat(st.v for st in stages).any())
         return m
