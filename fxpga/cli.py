@@ -6,6 +6,7 @@ Errors are one line on stderr and exit status 1 (``--debug`` shows the traceback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 import time
@@ -269,14 +270,15 @@ def cmd_simulate(args) -> int:
     n = min(args.samples, len(ds.x_test))
     rng = np.random.default_rng(args.seed)
     idx = np.sort(rng.choice(len(ds.x_test), n, replace=False)) if args.shuffle else np.arange(n)
-    lanes = args.lanes
     if args.board:
         from .boards.build import board
 
-        if lanes is not None:
+        if args.lanes is not None:
             raise FxpgaError("give --lanes or --board, not both")
-        lanes = board(args.board).lanes
-    cfg = compiler.EngineConfig.for_model(qm, lanes or 8)
+        # the board's engine, with its weights in block RAM (the simulators have no SPRAM)
+        cfg = dataclasses.replace(board(args.board).engine_config(qm), weight_store="bram")
+    else:
+        cfg = compiler.EngineConfig.for_model(qm, args.lanes or 8)
     prog = compiler.compile_model(qm, cfg)
     _info(args, f"simulating {n} images of {ds.name} on {args.simulator} ({cfg.lanes} lanes)")
     out = Path(args.output) if args.output else None

@@ -173,9 +173,11 @@ def test_tap_generator_matches_model(seed):
         assert got == want
 
 
-def test_mac_array_wraps_and_gates(rng):
+@pytest.mark.parametrize("pre", [0, 1, 2])
+def test_mac_array_wraps_and_gates(rng, pre):
     lanes, D, W, A = 3, 8, 8, 12
-    dut = MACArray(lanes, D, W, A)
+    dut = MACArray(lanes, D, W, A, pre=pre)
+    latency = MACArray.LATENCY + pre
     ops = [
         (
             int(rng.integers(0, 2)),
@@ -188,15 +190,15 @@ def test_mac_array_wraps_and_gates(rng):
     async def bench(ctx):
         ref = [0] * lanes
         hist = []
-        for en, a, ws in ops + [(0, 0, [0] * lanes)] * MACArray.LATENCY:
+        for en, a, ws in ops + [(0, 0, [0] * lanes)] * latency:
             ctx.set(dut.en, en)
             ctx.set(dut.a, a)
             for lane in range(lanes):
                 ctx.set(dut.w[lane], ws[lane])
             hist.append((en, a, ws))
             await ctx.tick()
-            if len(hist) >= MACArray.LATENCY:
-                e, aa, ww = hist[-MACArray.LATENCY]
+            if len(hist) >= latency:
+                e, aa, ww = hist[-latency]
                 for lane in range(lanes):
                     ref[lane] += e * aa * ww[lane]
                     want = (ref[lane] + 2 ** (A - 1)) % 2**A - 2 ** (A - 1)
@@ -295,6 +297,16 @@ def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post
 def test_digits_cnn_bit_exact(digits_q8, digits):
     prog = check_engine(digits_q8, digits.x_test, lanes=8, n=3)
     assert prog.utilization() > 0.9
+
+
+def test_digits_cnn_bit_exact_with_operand_registers(digits_q8, digits):
+    """An extra register between the memories and the multipliers (the ECP5 boards' engine):
+    same results, one cycle more per op, exactly as estimated."""
+    base = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
+    prog = check_engine(
+        digits_q8, digits.x_test, lanes=8, n=2, config=EngineConfig(lanes=8, operand_regs=1)
+    )
+    assert [b + 1 for b in base.estimate] == prog.estimate
 
 
 def test_digits_cnn_bit_exact_without_prefetch(digits_q8, digits):

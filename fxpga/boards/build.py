@@ -40,6 +40,17 @@ class Board:
     note: str = ""
     weight_store: str = "bram"  # "spram": weights loaded at run time (iCE40UP5K)
     prefetch: bool = True  # descriptor prefetch (costs a second descriptor register)
+    operand_regs: int = 0  # EngineConfig.operand_regs: block RAM → multiplier in its own cycle
+
+    def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
+        """The engine this board builds for ``qm`` (``lanes`` overrides the default)."""
+        return EngineConfig.for_model(
+            qm,
+            lanes or self.lanes,
+            weight_store=self.weight_store,
+            prefetch=self.prefetch,
+            operand_regs=self.operand_regs,
+        )
 
     def platform(self):
         if self.name == "icebreaker":
@@ -125,6 +136,7 @@ BOARDS = {
             "EHXPLLL": 2,
         },
         note="UART on Feather pins 0 (rx) and 1 (tx): a 3.3 V USB-serial adapter",
+        operand_regs=1,
     ),
     "ulx3s-85f": Board(
         "ulx3s-85f",
@@ -141,6 +153,7 @@ BOARDS = {
             "MULT18X18D": 156,
             "EHXPLLL": 4,
         },
+        operand_regs=1,
     ),
 }
 
@@ -271,9 +284,7 @@ def build(
     info=lambda msg: None,
 ) -> BuildReport:
     spec = board(board_name)
-    cfg = EngineConfig.for_model(
-        qm, lanes or spec.lanes, weight_store=spec.weight_store, prefetch=spec.prefetch
-    )
+    cfg = spec.engine_config(qm, lanes)
     prog = compile_model(qm, cfg)
     check_fit(prog, board_name, spec.family, spec.available)
     freq = freq_mhz * 1e6 if freq_mhz else spec.freq_hz

@@ -56,6 +56,7 @@ class EngineConfig:
     post_lanes: int | None = None  # lanes post-processed per cycle (power of 2) [lanes/8]
     weight_store: str = "bram"  # "bram" (initialised) or "spram" (iCE40, loaded at run time)
     prefetch: bool = True  # fetch the next descriptor while an op runs (a second register)
+    operand_regs: int = 0  # extra registers between the memories and the multipliers (fmax)
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -67,6 +68,10 @@ class EngineConfig:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name in ("weight_store", "prefetch") or (v is None and f.default is None):
+                continue
+            if f.name == "operand_regs":
+                if v not in (0, 1, 2):
+                    raise FxpgaError(f"EngineConfig.operand_regs must be 0, 1 or 2, not {v!r}")
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise FxpgaError(f"EngineConfig.{f.name} must be a positive integer, not {v!r}")
@@ -233,7 +238,7 @@ class Op:
 
 # Timing constants shared with the hardware (engine.py asserts them):
 TAP_LATENCY = 3  # TapGenerator.LATENCY: the first tap leaves 3 cycles after the op starts
-TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4
+TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4 (+ operand_regs)
 POST_LATENCY = 10  # PostProcessor.LATENCY
 
 
@@ -245,7 +250,12 @@ def run_cycles(op: Op, cfg: EngineConfig) -> int:
 
 def drain_cycles(cfg: EngineConfig) -> int:
     """Cycles the sequencer waits after the last window for the final writes to land."""
-    return TAP_TO_ACC + POST_LATENCY + cfg.items - 1
+    return tap_to_acc(cfg) + POST_LATENCY + cfg.items - 1
+
+
+def tap_to_acc(cfg: EngineConfig) -> int:
+    """Cycles from a tap leaving the address generator to its product in the accumulators."""
+    return TAP_TO_ACC + cfg.operand_regs
 
 
 def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:

@@ -154,7 +154,7 @@ class Engine(wiring.Component):
 
         # ---- datapath
         m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB)
-        m.submodules.mac = mac = MACArray(lanes, D, WB, A)
+        m.submodules.mac = mac = MACArray(lanes, D, WB, A, pre=cfg.operand_regs)
         m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(brows), W, FB)
         desc = Signal(descriptor_layout(FB))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
@@ -169,7 +169,7 @@ class Engine(wiring.Component):
         for lane in range(lanes):
             m.d.comb += mac.w[lane].eq(weights.rd_data[lane])
 
-        # window metadata travels TAP_TO_ACC cycles to meet its accumulators
+        # window metadata travels tap_to_acc cycles to meet its accumulators
         last_q, meta_q = tap.last, Signal(post.meta_layout)
         m.d.comb += [
             meta_q.padwin.eq(tap.padwin),
@@ -179,7 +179,7 @@ class Engine(wiring.Component):
             meta_q.b_addr.eq(tap.b_addr),
             meta_q.nvalid.eq(tap.nvalid),
         ]
-        for k in range(compiler.TAP_TO_ACC):
+        for k in range(compiler.tap_to_acc(cfg)):
             nl, nm = Signal(name=f"last_d{k + 1}"), Signal(post.meta_layout, name=f"meta_d{k + 1}")
             m.d.sync += [nl.eq(last_q), nm.eq(meta_q)]
             last_q, meta_q = nl, nm

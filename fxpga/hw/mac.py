@@ -15,8 +15,10 @@ class MACArray(wiring.Component):
     - ``a``, ``w[l]`` and ``en`` are registered (the DSP input registers), the product is
       registered (the DSP pipeline register, and the register ECP5 needs around its
       MULT18X18D), then ``acc ← acc + p``.
-    - **Latency** ``LATENCY = 3``: operands presented in cycle ``t`` are included in ``acc``
-      from cycle ``t + 3``. **Throughput**: one MAC per lane per cycle, never stalls.
+    - **Latency** ``LATENCY + pre`` (``LATENCY = 3``): operands presented in cycle ``t`` are
+      included in ``acc`` from cycle ``t + 3 + pre``; ``pre`` extra operand registers come
+      first (they let the memories' outputs travel to the multipliers in a cycle of their own).
+      **Throughput**: one MAC per lane per cycle, never stalls.
     - **Widths**: the product is ``data_bits + weight_bits`` bits; ``acc`` is ``acc_bits`` and
       wraps modulo ``2^acc_bits``. It is never cleared (``acc ← acc + p`` is the form yosys
       packs into SB_MAC16 with no fabric around it and that never costs a cycle): a window's
@@ -26,8 +28,8 @@ class MACArray(wiring.Component):
 
     LATENCY = 3
 
-    def __init__(self, lanes: int, data_bits: int, weight_bits: int, acc_bits: int):
-        self.lanes = lanes
+    def __init__(self, lanes: int, data_bits: int, weight_bits: int, acc_bits: int, pre: int = 0):
+        self.lanes, self.pre = lanes, pre
         self.data_bits, self.weight_bits, self.acc_bits = data_bits, weight_bits, acc_bits
         super().__init__(
             {
@@ -40,17 +42,27 @@ class MACArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        a, w, en = self.a, list(self.w), self.en
+        for k in range(self.pre):
+            a_k = Signal(signed(self.data_bits), name=f"a_pre{k}", reset_less=True)
+            en_k = Signal(name=f"en_pre{k}")
+            w_k = [
+                Signal(signed(self.weight_bits), name=f"w_pre{k}_{i}", reset_less=True)
+                for i in range(self.lanes)
+            ]
+            m.d.sync += [a_k.eq(a), en_k.eq(en)] + [w_k[i].eq(w[i]) for i in range(self.lanes)]
+            a, w, en = a_k, w_k, en_k
         if (
             getattr(platform, "family", None) == "ecp5"
             and max(self.data_bits, self.weight_bits) <= 18
         ):
-            return self._ecp5(m)
+            return self._ecp5(m, a, w, en)
         # The operand and product registers have no reset: with one, yosys leaves the
         # accumulator's adder in fabric instead of packing it into SB_MAC16 (checked with
         # yosys 0.50: 8 lanes → 8 SB_MAC16 and no SB_CARRY). `en` is low during reset, so a
         # reset held for 2 cycles flushes them to 0 while `acc` is held at 0.
         a_r = Signal(signed(self.data_bits), reset_less=True)
-        m.d.sync += a_r.eq(Mux(self.en, self.a, 0))
+        m.d.sync += a_r.eq(Mux(en, a, 0))
         for lane in range(self.lanes):
             w_r = Signal(signed(self.weight_bits), name=f"w_r{lane}", reset_less=True)
             p_r = Signal(
@@ -58,24 +70,24 @@ class MACArray(wiring.Component):
             )
             acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
             m.d.sync += [
-                w_r.eq(self.w[lane]),
+                w_r.eq(w[lane]),
                 p_r.eq(a_r * w_r),
                 acc.eq(acc + p_r),
             ]
             m.d.comb += self.acc[lane].eq(acc)
         return m
 
-    def _ecp5(self, m):
+    def _ecp5(self, m, a_in, w_in, en):
         """ECP5: the operand and product registers are the MULT18X18D's own (REG_INPUTA/B,
         REG_OUTPUT), so no fabric routing sits between them and the multiplier. Ports as
         yosys's ECP5 DSP techmap connects them, registers per Lattice TN1267; same latency."""
         D, WB = self.data_bits, self.weight_bits
         a = Signal(signed(D))
-        m.d.comb += a.eq(Mux(self.en, self.a, 0))
+        m.d.comb += a.eq(Mux(en, a_in, 0))
         for lane in range(self.lanes):
             p = Signal(36, name=f"p{lane}")
             acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
-            w = self.w[lane]
+            w = w_in[lane]
             # 18-bit signed operands: bits past the width repeat the sign bit
             ports = {f"i_A{i}": a[min(i, D - 1)] for i in range(18)}
             ports |= {f"i_B{i}": w[min(i, WB - 1)] for i in range(18)}
