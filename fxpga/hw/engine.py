@@ -169,7 +169,10 @@ class Engine(wiring.Component):
         for lane in range(lanes):
             m.d.comb += mac.w[lane].eq(weights.rd_data[lane])
 
-        # window metadata travels tap_to_acc cycles to meet its accumulators
+        # window metadata travels tap_to_acc cycles to meet its accumulators: `last` down a
+        # delay line; the metadata too when windows can follow each other closer than that,
+        # else (consecutive `last`s are >= items cycles apart) it waits in one register
+        t2a = compiler.tap_to_acc(cfg)
         last_q, meta_q = tap.last, Signal(post.meta_layout)
         m.d.comb += [
             meta_q.padwin.eq(tap.padwin),
@@ -179,10 +182,19 @@ class Engine(wiring.Component):
             meta_q.b_addr.eq(tap.b_addr),
             meta_q.nvalid.eq(tap.nvalid),
         ]
-        for k in range(compiler.tap_to_acc(cfg)):
-            nl, nm = Signal(name=f"last_d{k + 1}"), Signal(post.meta_layout, name=f"meta_d{k + 1}")
-            m.d.sync += [nl.eq(last_q), nm.eq(meta_q)]
-            last_q, meta_q = nl, nm
+        if cfg.items >= t2a:
+            held = Signal(post.meta_layout)
+            with m.If(tap.last):
+                m.d.sync += held.eq(meta_q)
+            meta_q = held
+        for k in range(t2a):
+            nl = Signal(name=f"last_d{k + 1}")
+            m.d.sync += nl.eq(last_q)
+            last_q = nl
+            if cfg.items < t2a:
+                nm = Signal(post.meta_layout, name=f"meta_d{k + 1}")
+                m.d.sync += nm.eq(meta_q)
+                meta_q = nm
         m.d.comb += [
             post.capture.eq(last_q),
             post.meta.eq(meta_q),
