@@ -12,6 +12,7 @@ from amaranth.sim import Simulator
 from fxpga.errors import FxpgaError
 from fxpga.hw import amsim, compiler
 from fxpga.hw.compiler import EngineConfig
+from fxpga.hw.desc import coord_bits_for
 from fxpga.hw.engine import Engine
 from fxpga.hw.mac import MACArray
 from fxpga.hw.postproc import PostProcessor
@@ -129,7 +130,7 @@ def test_tap_generator_matches_model(seed):
     prog = compiler.compile_model(qm, cfg)
     for d in prog.descriptors:
         want = ref_taps(d, lanes, cfg.items)
-        dut = TapGenerator(lanes, cfg.items)
+        dut = TapGenerator(lanes, cfg.items, coord_bits=coord_bits_for(prog.descriptors))
         got = []
 
         n_taps = len(want)

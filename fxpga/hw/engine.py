@@ -9,7 +9,14 @@ from amaranth.lib.wiring import In, Out
 from . import compiler
 from .buffers import FeatureBuffer
 from .compiler import DESC_FIELDS, EngineConfig, Program
-from .desc import HEADER_WORDS, check_fits, descriptor_layout, field_bits_for
+from .desc import (
+    HEADER_WORDS,
+    check_fits,
+    coord_bits_for,
+    descriptor_layout,
+    field_bits_for,
+    field_widths,
+)
 from .mac import MACArray
 from .postproc import PostProcessor
 from .taps import TapGenerator
@@ -30,18 +37,22 @@ def engine_field_bits(
     return field_bits_for(config.data_bits, fmap_depth, wmem_depth, bmem_depth)
 
 
-def program_words(prog: Program, field_bits: int | None = None) -> list[int]:
+def program_words(
+    prog: Program, field_bits: int | None = None, coord_bits: int | None = None
+) -> list[int]:
     """The program memory image: a header, then one 32-bit word per descriptor field.
 
-    Every field must fit the engine's ``field_bits`` (by default: an engine sized to ``prog``).
+    Every field must fit the engine's field widths (by default: an engine sized to ``prog``).
     """
     if field_bits is None:
         field_bits = engine_field_bits(
             prog.config, prog.fmap_depth, max(1, len(prog.wmem[0])), max(1, len(prog.bmem))
         )
+        coord_bits = coord_bits_for(prog.descriptors)
+    widths = field_widths(field_bits, coord_bits)
     words = [len(prog.ops), prog.in_size, prog.out_size, prog.out_buf]
     for i, d in enumerate(prog.descriptors):
-        check_fits(d, field_bits, f"op {i} ({prog.ops[i].name})")
+        check_fits(d, widths, f"op {i} ({prog.ops[i].name})")
         words += [d[k] & 0xFFFFFFFF for k in DESC_FIELDS]
     return words
 
@@ -90,6 +101,10 @@ class Engine(wiring.Component):
         self.max_ops = max_ops or cfg.max_ops or (len(p.ops) if p else 16)
         self.prog_depth = HEADER_WORDS + len(DESC_FIELDS) * self.max_ops
         self.field_bits = engine_field_bits(cfg, self.fmap_depth, self.wmem_depth, self.bmem_depth)
+        # coordinates sized to the baked program; a run-time program may need the full width
+        self.coord_bits = (
+            min(self.field_bits, coord_bits_for(p.descriptors)) if p else self.field_bits
+        )
         super().__init__(
             {
                 "i": In(stream.Signature(signed(cfg.data_bits))),
@@ -113,7 +128,7 @@ class Engine(wiring.Component):
             return mm, mm.read_port(), mm.write_port()
 
         W = cfg.post_lanes
-        FB = self.field_bits
+        FB, CB = self.field_bits, self.coord_bits
         fmap = [FeatureBuffer(self.fmap_depth, D, W, FB) for _ in range(2)]
         m.submodules.fmap0, m.submodules.fmap1 = fmap
         spram = cfg.weight_store == "spram"
@@ -126,7 +141,7 @@ class Engine(wiring.Component):
         )
         brows = -(-self.bmem_depth // W)
         bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
-        pwords = program_words(p, FB) if p else []
+        pwords = program_words(p, FB, CB) if p else []
         _, prd, pwr = mem("program", unsigned(32), self.prog_depth, pwords)
 
         # ---- runtime writes, registered once (off the host's and the memories' paths)
@@ -153,10 +168,10 @@ class Engine(wiring.Component):
         ]
 
         # ---- datapath
-        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB)
+        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB)
         m.submodules.mac = mac = MACArray(lanes, D, WB, A, pre=cfg.operand_regs)
-        m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(brows), W, FB)
-        desc = Signal(descriptor_layout(FB))
+        m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(brows), W, FB, CB)
+        desc = Signal(descriptor_layout(FB, CB))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
 
         in_buf = desc.in_buf[0]
@@ -232,17 +247,17 @@ class Engine(wiring.Component):
         # descriptor prefetcher: reads the NF words at `pf_base` (the next op's descriptor, kept
         # incrementally: no multiplier) into `nxt` while an op runs
         nf = len(DESC_FIELDS)
-        nxt = Signal(descriptor_layout(FB)) if cfg.prefetch else desc
+        nxt = Signal(descriptor_layout(FB, CB)) if cfg.prefetch else desc
         pf_start, pf_busy = Signal(), Signal()
         pf_base, pf_cnt = Signal(range(self.prog_depth + 1)), Signal(range(nf + 1))
         with m.If(pf_start):
             m.d.sync += [pf_busy.eq(1), pf_cnt.eq(0)]
         with m.Elif(pf_busy):
             m.d.sync += pf_cnt.eq(pf_cnt + 1)
-            with m.If(pf_cnt != 0):
-                m.d.sync += nxt.as_value().eq(
-                    (nxt.as_value() >> FB) | (prd.data[:FB].as_unsigned() << (FB * (nf - 1)))
-                )
+            with m.Switch(pf_cnt):  # word k arrives while pf_cnt = k + 1
+                for k, (name, width) in enumerate(field_widths(FB, CB).items()):
+                    with m.Case(k + 1):
+                        m.d.sync += nxt[name].eq(prd.data[:width])
             with m.If(pf_cnt == nf):
                 m.d.sync += pf_busy.eq(0)
         m.d.comb += prd.addr.eq(pf_base + pf_cnt)

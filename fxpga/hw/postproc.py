@@ -50,6 +50,7 @@ class PostProcessor(wiring.Component):
         bias_row_bits: int,
         post_lanes: int = 1,
         field_bits: int = 24,
+        coord_bits: int | None = None,
     ):
         assert lanes % post_lanes == 0
         self.field_bits = FB = field_bits
@@ -62,7 +63,7 @@ class PostProcessor(wiring.Component):
         self.meta_layout = meta
         super().__init__(
             {
-                "desc": In(descriptor_layout(FB)),
+                "desc": In(descriptor_layout(FB, coord_bits)),
                 "capture": In(1),
                 "meta": In(meta),
                 "acc": In(signed(acc_bits)).array(lanes),

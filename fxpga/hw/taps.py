@@ -52,13 +52,20 @@ class TapGenerator(wiring.Component):
 
     LATENCY = 3  # start → the sequencer holds window 0 → the walker → the tap register
 
-    def __init__(self, lanes: int, items: int | None = None, field_bits: int = 24):
+    def __init__(
+        self,
+        lanes: int,
+        items: int | None = None,
+        field_bits: int = 24,
+        coord_bits: int | None = None,
+    ):
         self.lanes = lanes
         self.items = items or lanes
         self.field_bits = field_bits
+        self.coord_bits = coord_bits or field_bits
         super().__init__(
             {
-                "desc": In(descriptor_layout(field_bits)),
+                "desc": In(descriptor_layout(field_bits, self.coord_bits)),
                 "start": In(1),
                 "busy": Out(1),
                 "done": Out(1),
@@ -71,15 +78,16 @@ class TapGenerator(wiring.Component):
         d = self.desc
         lanes, items = self.lanes, self.items
 
-        S = signed(self.field_bits + 2)
+        S = signed(self.field_bits + 2)  # addresses and counts
+        P = signed(self.coord_bits)  # positions (coord_bits has a bit to spare)
 
         def regs(*names, shape=S):
             return [Signal(shape, name=n) for n in names]
 
-        def counter(name, maximum):
+        def counter(name, maximum, shape=S):
             """A loop counter 0 … ``maximum`` kept as the count left, with registered
             ``first``/``last`` flags: no comparator between its registers and the selects."""
-            left = Signal(S, name=f"{name}_left")
+            left = Signal(shape, name=f"{name}_left")
             first, last = Signal(name=f"{name}_first"), Signal(name=f"{name}_last")
             return SimpleNamespace(
                 first=first,
@@ -91,10 +99,11 @@ class TapGenerator(wiring.Component):
         # ---- window sequencer: the next window. Its conv output position (oy, ox), input
         # origin (iy0, ix0) and address terms ra0 = iy0·W·C, xc0 = ix0·C; "_p" = at the pool
         # window's origin
-        g, py, px = counter("g", d.g_max), counter("py", d.py_max), counter("px", d.px_max)
-        dy, dx = counter("dy", d.dy_max), counter("dx", d.dx_max)
-        oy_p, ox_p, oy, ox = regs("oy_p", "ox_p", "oy", "ox")
-        iy0_p, ix0_p, iy0, ix0 = regs("iy0_p", "ix0_p", "iy0", "ix0")
+        g = counter("g", d.g_max)
+        py, px = counter("py", d.py_max, P), counter("px", d.px_max, P)
+        dy, dx = counter("dy", d.dy_max, P), counter("dx", d.dx_max, P)
+        oy_p, ox_p, oy, ox = regs("oy_p", "ox_p", "oy", "ox", shape=P)
+        iy0_p, ix0_p, iy0, ix0 = regs("iy0_p", "ix0_p", "iy0", "ix0", shape=P)
         ra0_p, xc0_p, ra0, xc0 = regs("ra0_p", "xc0_p", "ra0", "xc0")
         wg, bbase, out_g, out_addr = regs("wg", "bbase", "out_g", "out_addr")
         pending = Signal()  # the sequencer holds a window the walker has not taken
@@ -102,9 +111,10 @@ class TapGenerator(wiring.Component):
         # ---- tap walker: the current window
         walking = Signal()  # a window is being walked
         w_pad, w_first, w_lastp = Signal(), Signal(), Signal()
-        w_out, w_b, w_nvalid, w_ix0 = regs("w_out", "w_b", "w_nvalid", "w_ix0")
-        iy, ix, a, row, w, left = regs("iy", "ix", "a", "row", "w", "left")
-        c, kx = counter("c", d.c_max), counter("kx", d.kx_max)
+        w_out, w_b, w_nvalid = regs("w_out", "w_b", "w_nvalid")
+        w_ix0, iy, ix = regs("w_ix0", "iy", "ix", shape=P)
+        a, row, w, left = regs("a", "row", "w", "left")
+        c, kx = counter("c", d.c_max), counter("kx", d.kx_max, P)
         lead_cnt = Signal(range(items + 1))
         in_lead = Signal()  # the window's idle cycles are not over
         last = Signal()  # this cycle emits the window's last tap
