@@ -250,16 +250,16 @@ class Engine(wiring.Component):
         nxt = Signal(descriptor_layout(FB, CB)) if cfg.prefetch else desc
         pf_start, pf_busy = Signal(), Signal()
         pf_base, pf_cnt = Signal(range(self.prog_depth + 1)), Signal(range(nf + 1))
-        with m.If(pf_start):
+        with m.If(pf_start):  # (never while pf_busy)
             m.d.sync += [pf_busy.eq(1), pf_cnt.eq(0)]
         with m.Elif(pf_busy):
             m.d.sync += pf_cnt.eq(pf_cnt + 1)
-            with m.Switch(pf_cnt):  # word k arrives while pf_cnt = k + 1
-                for k, (name, width) in enumerate(field_widths(FB, CB).items()):
-                    with m.Case(k + 1):
-                        m.d.sync += nxt[name].eq(prd.data[:width])
             with m.If(pf_cnt == nf):
                 m.d.sync += pf_busy.eq(0)
+        with m.If(pf_busy), m.Switch(pf_cnt):  # word k arrives while pf_cnt = k + 1
+            for k, (name, width) in enumerate(field_widths(FB, CB).items()):
+                with m.Case(k + 1):
+                    m.d.sync += nxt[name].eq(prd.data[:width])
         m.d.comb += prd.addr.eq(pf_base + pf_cnt)
 
         with m.FSM():
