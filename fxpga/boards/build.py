@@ -41,6 +41,7 @@ class Board:
     weight_store: str = "bram"  # "spram": weights loaded at run time (iCE40UP5K)
     prefetch: bool = True  # descriptor prefetch (costs a second descriptor register)
     operand_regs: int = 0  # EngineConfig.operand_regs: block RAM → multiplier in its own cycle
+    nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
         """The engine this board builds for ``qm`` (``lanes`` overrides the default)."""
@@ -154,6 +155,8 @@ BOARDS = {
             "EHXPLLL": 4,
         },
         operand_regs=1,
+        # router1 had not converged after 10 minutes on the 128-lane engine
+        nextpnr="--router router2",
     ),
 }
 
@@ -312,7 +315,8 @@ def build(
             build_dir=str(work),
             do_program=False,
             synth_opts=synth,
-            nextpnr_opts=f"--report report.json --seed {seed} --timing-allow-fail --freq {target}",
+            nextpnr_opts=f"--report report.json --seed {seed} --timing-allow-fail "
+            f"--freq {target} {spec.nextpnr}",
         )
     except Exception as e:
         log = work / "fxpga.tim"

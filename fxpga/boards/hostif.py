@@ -60,7 +60,7 @@ class HostInterface(wiring.Component):
         out_wr, out_rd = outbuf.write_port(), outbuf.read_port()
 
         # ---- parser
-        cmd, length, count = Signal(8), Signal(16), Signal(16)
+        cmd, length, count, len_m1 = Signal(8), Signal(16), Signal(16), Signal(16)
         crc, rx_crc = Signal(16, init=0xFFFF), Signal(16)
         cfg_rec = Signal(64)
         have_input = Signal()
@@ -98,6 +98,7 @@ class HostInterface(wiring.Component):
                             m.next = nxt
                         else:
                             m.d.sync += [length[8:].eq(byte), count.eq(0)]
+                            m.d.sync += len_m1.eq(Cat(length[:8], byte) - 1)
                             with m.If(Cat(length[:8], byte) == 0):
                                 m.next = "CRC0"
                             with m.Else():
@@ -113,7 +114,7 @@ class HostInterface(wiring.Component):
                     ]
                     with m.If((cmd == P.WRITE_INPUT) & (count < in_bytes)):
                         m.d.comb += [in_wr.addr.eq(count), in_wr.data.eq(byte), in_wr.en.eq(1)]
-                    with m.If(count == length - 1):
+                    with m.If(count == len_m1):
                         m.next = "CRC0"
                 idle()
             with m.State("CRC0"):
@@ -124,8 +125,18 @@ class HostInterface(wiring.Component):
             with m.State("CRC1"):
                 with m.If(got):
                     m.d.sync += rx_crc[:8].eq(byte)
-                    m.next = "EXEC"
+                    m.next = "CHECK"
                 idle()
+            # the frame's checks, registered for EXEC (off the reply logic's path)
+            crc_ok, len_0, len_in, len_8 = Signal(), Signal(), Signal(), Signal()
+            with m.State("CHECK"):
+                m.d.sync += [
+                    crc_ok.eq(rx_crc == crc),
+                    len_0.eq(length == 0),
+                    len_in.eq(length == in_bytes),
+                    len_8.eq(length == 8),
+                ]
+                m.next = "EXEC"
             with m.State("EXEC"):
                 m.next = "REPLY"
 
@@ -135,22 +146,22 @@ class HostInterface(wiring.Component):
                 def ack(n=0):
                     m.d.sync += [r_cmd.eq(cmd | P.REPLY), r_len.eq(n)]
 
-                with m.If(rx_crc != crc):
+                with m.If(~crc_ok):
                     nak(P.ERR_CRC)
                 with m.Elif(cmd == P.IDENT):
-                    with m.If(length == 0):
+                    with m.If(len_0):
                         ack(len(self.ident))
                     with m.Else():
                         nak(P.ERR_LENGTH)
                 with m.Elif(cmd == P.WRITE_INPUT):
-                    with m.If(length == in_bytes):
+                    with m.If(len_in):
                         m.d.sync += have_input.eq(1)
                         ack()
                     with m.Else():
                         m.d.sync += have_input.eq(0)
                         nak(P.ERR_LENGTH)
                 with m.Elif(cmd == P.RUN):
-                    with m.If(length != 0):
+                    with m.If(~len_0):
                         nak(P.ERR_LENGTH)
                     with m.Elif(~have_input):
                         nak(P.ERR_NO_INPUT)
@@ -158,12 +169,12 @@ class HostInterface(wiring.Component):
                         ack()
                         m.next = "RUN_FEED"
                 with m.Elif(cmd == P.READ_OUTPUT):
-                    with m.If(length == 0):
+                    with m.If(len_0):
                         ack(out_bytes + 4)
                     with m.Else():
                         nak(P.ERR_LENGTH)
                 with m.Elif(cmd == P.CFG_WRITE):
-                    with m.If(length == 8):
+                    with m.If(len_8):
                         m.d.comb += [
                             self.cfg.addr.eq(cfg_rec[:32]),
                             self.cfg.data.eq(cfg_rec[32:]),
