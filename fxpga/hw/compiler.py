@@ -239,7 +239,7 @@ class Op:
 # Timing constants shared with the hardware (engine.py asserts them):
 TAP_LATENCY = 3  # TapGenerator.LATENCY: the first tap leaves 3 cycles after the op starts
 TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4 (+ operand_regs)
-POST_LATENCY = 10  # PostProcessor.LATENCY
+POST_LATENCY = 11  # PostProcessor.LATENCY
 
 
 def run_cycles(op: Op, cfg: EngineConfig) -> int:

@@ -17,30 +17,31 @@ class PostProcessor(wiring.Component):
     On ``capture`` (the window's last tap has reached the accumulators) all ``lanes``
     accumulators are latched together with the window's metadata; then item ``j`` (lanes
     ``j·post_lanes … j·post_lanes + post_lanes − 1``) is processed in cycle
-    ``capture + 1 + j`` through a 10-stage pipeline, each lane of the item in parallel, with at
+    ``capture + 1 + j`` through an 11-stage pipeline, each lane of the item in parallel, with at
     most one carry chain or three mux levels per stage (for fmax):
 
     1. window sum = ``acc − snapshot`` (modulo ``2^acc_bits``; the snapshot becomes ``acc``);
        the bias row read is issued; which lanes hold real channels (``< nvalid``);
-    2. ``v = + bias`` (wrapped to ``acc_bits``), plus ``2^(s−1)`` when ``s > 0``;
-    3. the coarse shift: ``s > 0``: ``v >> (s & ~7)`` (arithmetic), ``s ≤ 0``: ``v << −s``;
-    4. the fine shift ``>> (s & 7)``;
-    5. compare with ``qmax`` and ``qmin``;
-    6. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
-    7. pool: the first window of a pool output loads the lane's pool register, the others
+    2. ``v = + bias`` (wrapped to ``acc_bits``);
+    3. ``+ 2^(s−1)`` when ``s > 0``;
+    4. the coarse shift: ``s > 0``: ``v >> (s & ~7)`` (arithmetic), ``s ≤ 0``: ``v << −s``;
+    5. the fine shift ``>> (s & 7)``;
+    6. compare with ``qmax`` and ``qmin``;
+    7. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
+    8. pool: the first window of a pool output loads the lane's pool register, the others
        take the max or add; a window in pool padding contributes nothing;
-    8. avg pool: ``+ 2^(k−1)``;
-    9. avg pool: ``>> k``; then ReLU if ``relu_post``;
-    10. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
+    9. avg pool: ``+ 2^(k−1)``;
+    10. avg pool: ``>> k``; then ReLU if ``relu_post``;
+    11. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
        out_addr + j·post_lanes``) where ``l < nvalid`` and it was the pool's last window.
 
-    **Latency**: item ``j``'s writes happen in cycle ``capture + 10 + j`` (``LATENCY`` = 10).
+    **Latency**: item ``j``'s writes happen in cycle ``capture + 11 + j`` (``LATENCY`` = 11).
     **Throughput**: one window per ``items`` cycles; ``capture`` must not come more often
     (the ``TapGenerator`` guarantees it). Exactly matches ``golden.step`` for conv/linear
     followed by the fused element-wise layers.
     """
 
-    LATENCY = 10
+    LATENCY = 11
 
     def __init__(
         self,
@@ -98,10 +99,6 @@ class PostProcessor(wiring.Component):
         )
         stages = [Signal(item_layout, name=f"s{k}") for k in range(1, self.LATENCY)]
 
-        def follow(k):  # stage k+1's item ← stage k's
-            m.d.sync += stages[k].eq(stages[k - 1])
-            return stages[k]
-
         # per-op constants, registered off the data path
         sh = d.shift
         rsh, lsh = Signal(unsigned(6)), Signal(range(MAX_LEFT_SHIFT + 1))
@@ -155,66 +152,75 @@ class PostProcessor(wiring.Component):
             m.d.sync += [out[i].eq(f(i)) for i in range(W)]
             return out
 
-        # stage 2: + bias (+ the rounding constant of a right shift); diff + bias is exact
-        # modulo 2^A and fits A bits: wrap it back first, then round
-        follow(1)
+        k_stage = [0]
+
+        def stage():
+            """Starts the next stage: its item register ← the previous stage's. Returns the
+            previous stage's item: the flags of the data this stage computes from."""
+            k = k_stage[0] = k_stage[0] + 1
+            m.d.sync += stages[k].eq(stages[k - 1])
+            return stages[k - 1]
+
+        # stages 2-3: + bias (diff + bias is exact modulo 2^A and fits A bits: wrap it back),
+        # then + the rounding constant of a right shift
+        stage()
         s2 = lanes_of(
-            "s2_val",
-            signed(A + 2),
-            lambda i: (s1_diff[i] + self.bias_data[i])[:A].as_signed() + rounding,
+            "s2_val", signed(A), lambda i: (s1_diff[i] + self.bias_data[i])[:A].as_signed()
         )
-        # stages 3-4: the rounding shift, coarse (multiples of 8, or left) then fine
-        follow(2)
-        s3 = lanes_of(
-            "s3_val",
-            signed(A + MAX_LEFT_SHIFT + 2),
-            lambda i: Mux(right, s2[i] >> Cat(Const(0, 3), rsh[3:]), s2[i] << lsh),
-        )
-        follow(3)
+        stage()
+        s3 = lanes_of("s3_val", signed(A + 2), lambda i: s2[i] + rounding)
+        # stages 4-5: the rounding shift, coarse (multiples of 8, or left) then fine
+        stage()
         s4 = lanes_of(
-            "s4_val", signed(A + MAX_LEFT_SHIFT + 2), lambda i: s3[i] >> Mux(right, rsh[:3], 0)
+            "s4_val",
+            signed(A + MAX_LEFT_SHIFT + 2),
+            lambda i: Mux(right, s3[i] >> Cat(Const(0, 3), rsh[3:]), s3[i] << lsh),
+        )
+        stage()
+        s5 = lanes_of(
+            "s5_val", signed(A + MAX_LEFT_SHIFT + 2), lambda i: s4[i] >> Mux(right, rsh[:3], 0)
         )
 
-        # stages 5-6: saturate to [qmin, qmax] (the compares, then the selection), relu_pre
-        follow(4)
-        over = lanes_of("s5_over", 1, lambda i: s4[i] > d.qmax)
-        under = lanes_of("s5_under", 1, lambda i: s4[i] < d.qmin)
-        s5 = lanes_of("s5_val", signed(D), lambda i: s4[i][:D])  # exact unless over/under
-        it6 = follow(5)
+        # stages 6-7: saturate to [qmin, qmax] (the compares, then the selection), relu_pre
+        stage()
+        over = lanes_of("s6_over", 1, lambda i: s5[i] > d.qmax)
+        under = lanes_of("s6_under", 1, lambda i: s5[i] < d.qmin)
+        s6 = lanes_of("s6_val", signed(D), lambda i: s5[i][:D])  # exact unless over/under
+        stage()
 
         def saturate(i):
-            sat = Mux(over[i], d.qmax, Mux(under[i], d.qmin, s5[i]))
+            sat = Mux(over[i], d.qmax, Mux(under[i], d.qmin, s6[i]))
             return Mux(d.relu_pre & (sat < 0), 0, sat)
 
-        s6s = lanes_of("s6_sat", signed(D), saturate)
+        s7 = lanes_of("s7_sat", signed(D), saturate)
 
-        # stage 7: pool (the pool registers rotate one item per cycle)
-        follow(6)
-        first, padw = it6.first, it6.padwin
+        # stage 8: pool (the pool registers rotate one item per cycle)
+        it = stage()
         empty = Mux(d.pool_avg, 0, d.qmin)
-        s7 = [Signal(signed(P), name=f"s7_val{i}") for i in range(W)]
+        s8 = [Signal(signed(P), name=f"s8_val{i}") for i in range(W)]
         for i in range(W):
-            head, x = pacc[0][i], s6s[i]
+            head, x = pacc[0][i], s7[i]
             combined = Mux(d.pool_avg, head + x, Mux(x > head, x, head))
-            new = Mux(padw, Mux(first, empty, head), Mux(first, x, combined))
-            m.d.sync += s7[i].eq(new)
-            with m.If(it6.v):
+            new = Mux(it.padwin, Mux(it.first, empty, head), Mux(it.first, x, combined))
+            m.d.sync += s8[i].eq(new)
+            with m.If(it.v):
                 m.d.sync += [pacc[j][i].eq(pacc[j + 1][i]) for j in range(n - 1)]
                 m.d.sync += pacc[n - 1][i].eq(new)
 
-        # stages 8-9: avg pool's rounding shift (k = 0 for max pool), relu_post
-        it8 = follow(7)
-        s8 = lanes_of("s8_val", signed(P + 1), lambda i: s7[i] + half)
-        follow(8)
-        pooled = [s8[i] >> k for i in range(W)]
-        s9 = lanes_of(
-            "s9_val", signed(D), lambda i: Mux(d.relu_post & (pooled[i] < 0), 0, pooled[i])
+        # stages 9-10: avg pool's rounding shift (k = 0 for max pool), relu_post
+        stage()
+        s9 = lanes_of("s9_val", signed(P + 1), lambda i: s8[i] + half)
+        it = stage()
+        pooled = [s9[i] >> k for i in range(W)]
+        s10 = lanes_of(
+            "s10_val", signed(D), lambda i: Mux(d.relu_post & (pooled[i] < 0), 0, pooled[i])
         )
-        s9_en = lanes_of("s9_en", 1, lambda i: it8.v & it8.plast & it8.ok[i])
+        s10_en = lanes_of("s10_en", 1, lambda i: it.v & it.plast & it.ok[i])
+        assert k_stage[0] == len(stages) - 1
 
-        # stage 10: write
+        # stage 11: write
         m.d.comb += self.wr_addr.eq(stages[-1].addr)
         for i in range(W):
-            m.d.comb += [self.wr_en[i].eq(s9_en[i]), self.wr_data[i].eq(s9[i])]
+            m.d.comb += [self.wr_en[i].eq(s10_en[i]), self.wr_data[i].eq(s10[i])]
         m.d.comb += self.busy.eq(active | Cat(st.v for st in stages).any())
         return m
