@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amaranth import Elaboratable, Module
+from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.build import Attrs, Pins, Resource, Subsignal
 
 from ..errors import FxpgaError
@@ -189,6 +189,7 @@ class BoardWrapper(Elaboratable):
         freq = self.pll.f_out if self.pll else self.spec.clock_hz
         if self.pll:
             pin = platform.request(platform.default_clk, dir="-")
+            m.domains.sync = ClockDomain("sync")
             m.submodules.clocks = PLLDomain(self.pll, pin)
         m.submodules.top = top = BoardTop(self.prog, uart_divisor(freq, self.spec.baud))
         uart = platform.request("uart", 0)

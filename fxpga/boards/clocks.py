@@ -84,8 +84,9 @@ def pll_for(family: str, f_in: float, f_out: float) -> PLL:
 
 
 class PLLDomain(Elaboratable):
-    """The ``sync`` domain at ``pll.f_out`` from the board's oscillator pin ``clk_pin`` (the
-    raw port of ``platform.request(default_clk, dir="-")``).
+    """Drives the ``sync`` domain (which the parent defines) at ``pll.f_out`` from the
+    board's oscillator pin ``clk_pin`` (the raw port of ``platform.request(default_clk,
+    dir="-")``).
 
     ``sync`` is held in reset until the PLL has locked and then for ``hold`` more cycles (on
     iCE40 block RAM reads return zeros for ~3 us after configuration).
@@ -150,7 +151,6 @@ class PLLDomain(Elaboratable):
                 o_CLKOP=clk,
                 o_LOCK=lock,
             )
-        m.domains.sync = ClockDomain("sync")
         m.domains.por = ClockDomain("por", reset_less=True, local=True)
         timer = Signal(range(self.hold + 1))
         with m.If(~lock):
