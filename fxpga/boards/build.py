@@ -179,19 +179,18 @@ def uart_divisor(freq_hz: float, baud: int) -> int:
 
 class BoardWrapper(Elaboratable):
     """The board's clock and UART pins around ``BoardTop``: the engine runs on the board
-    oscillator, or on a PLL when ``pll`` is given."""
+    oscillator, or on a PLL when ``pll`` is given; ``divisor`` = clock / baud rate."""
 
-    def __init__(self, spec: Board, prog: Program, pll: PLL | None = None):
-        self.spec, self.prog, self.pll = spec, prog, pll
+    def __init__(self, spec: Board, prog: Program, divisor: int, pll: PLL | None = None):
+        self.spec, self.prog, self.divisor, self.pll = spec, prog, divisor, pll
 
     def elaborate(self, platform):
         m = Module()
-        freq = self.pll.f_out if self.pll else self.spec.clock_hz
         if self.pll:
             pin = platform.request(platform.default_clk, dir="-")
             m.domains.sync = ClockDomain("sync")
             m.submodules.clocks = PLLDomain(self.pll, pin)
-        m.submodules.top = top = BoardTop(self.prog, uart_divisor(freq, self.spec.baud))
+        m.submodules.top = top = BoardTop(self.prog, self.divisor)
         uart = platform.request("uart", 0)
         m.d.comb += [top.rx.eq(uart.rx.i), uart.tx.o.eq(top.tx)]
         return m
@@ -294,7 +293,7 @@ def build(
     freq = freq_mhz * 1e6 if freq_mhz else spec.freq_hz
     pll = None if freq == spec.clock_hz else pll_for(spec.family, spec.clock_hz, freq)
     target = (pll.f_out if pll else freq) / 1e6
-    uart_divisor(target * 1e6, spec.baud)  # fail before synthesis
+    divisor = uart_divisor(target * 1e6, spec.baud)  # fails before synthesis
     platform = spec.platform()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +310,7 @@ def build(
     synth = "-dsp" if spec.family == "ice40" else ""
     try:
         platform.build(
-            BoardWrapper(spec, prog, pll),
+            BoardWrapper(spec, prog, divisor, pll),
             name="fxpga",
             build_dir=str(work),
             do_program=False,

@@ -35,17 +35,16 @@ def memories(prog: Program) -> list[tuple[str, int, int, int]]:
     """(name, count, depth, width) of the engine's and the host interface's memories."""
     cfg = prog.config
     W = cfg.post_lanes
-    wmem = max(1, len(prog.wmem[0]))
     vbytes = 1 if cfg.data_bits <= 8 else 2
     out = [
         ("feature maps", 2 * W, -(-prog.fmap_depth // W), cfg.data_bits),
-        ("biases", W, -(-max(1, len(prog.bmem)) // W), cfg.acc_bits),
+        ("biases", W, -(-prog.bmem_depth // W), cfg.acc_bits),
         ("program", 1, HEADER_WORDS + len(DESC_FIELDS) * len(prog.ops), 32),
         ("host input buffer", 1, prog.in_size * vbytes, 8),
         ("host output buffer", 1, prog.out_size * vbytes, 8),
     ]
     if cfg.weight_store == "bram":
-        out.insert(1, ("weights", cfg.lanes, wmem, cfg.weight_bits))
+        out.insert(1, ("weights", cfg.lanes, prog.wmem_depth, cfg.weight_bits))
     return out
 
 
@@ -67,7 +66,7 @@ def check_fit(prog: Program, board: str, family: str, available: dict[str, int])
     """Raise ``FxpgaError`` naming the first resource the program's engine would overflow."""
     cfg = prog.config
     if cfg.weight_store == "spram":  # (EngineConfig checks the lanes and widths)
-        wmem = max(1, len(prog.wmem[0]))
+        wmem = prog.wmem_depth
         if wmem > SPRAM_DEPTH:
             raise FxpgaError(
                 f"does not fit {board}: {wmem:,} weights per lane at {cfg.lanes} lanes, its "

@@ -39,8 +39,8 @@ class BoardTop(wiring.Component):
                 p.config,
                 None,
                 fmap_depth=p.fmap_depth,
-                wmem_depth=max(1, len(p.wmem[0])),
-                bmem_depth=max(1, len(p.bmem)),
+                wmem_depth=p.wmem_depth,
+                bmem_depth=p.bmem_depth,
                 max_ops=len(p.ops),
             )
         m.submodules.engine = engine

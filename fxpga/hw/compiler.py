@@ -317,6 +317,16 @@ class Program:
     out_shape: tuple = ()  # (C, H, W) of the output as the engine stores it
 
     @property
+    def wmem_depth(self) -> int:
+        """Weights per lane (at least 1: the depth of a memory sized to this program)."""
+        return max(1, len(self.wmem[0]))
+
+    @property
+    def bmem_depth(self) -> int:
+        """Biases, all lanes (at least 1)."""
+        return max(1, len(self.bmem))
+
+    @property
     def descriptors(self) -> list[dict[str, int]]:
         return [op.descriptor(self.config.lanes, self.config.post_lanes) for op in self.ops]
 

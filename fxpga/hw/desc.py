@@ -23,8 +23,9 @@ COORD_FIELDS = frozenset(
     ("H", "W", "OH", "OW", "kx_max", "dy_max", "dx_max", "py_max", "px_max")
     + ("oy0", "ox0", "iy0", "ix0", "SH", "SW", "PSH", "PSW", "PSH_SH", "PSW_SW")
 )
-SMALL_FIELDS = {"in_buf": 2, "relu_pre": 2, "relu_post": 2, "pool_avg": 2, "shift": 8}
-SMALL_FIELDS["avg_shift"] = 6
+SMALL_FIELDS = {
+    "in_buf": 2, "relu_pre": 2, "relu_post": 2, "pool_avg": 2, "shift": 8, "avg_shift": 6,
+}  # fmt: skip
 
 
 def field_widths(field_bits: int, coord_bits: int | None = None) -> dict[str, int]:

@@ -46,7 +46,7 @@ def program_words(
     """
     if field_bits is None:
         field_bits = engine_field_bits(
-            prog.config, prog.fmap_depth, max(1, len(prog.wmem[0])), max(1, len(prog.bmem))
+            prog.config, prog.fmap_depth, prog.wmem_depth, prog.bmem_depth
         )
         coord_bits = coord_bits_for(prog.descriptors)
     widths = field_widths(field_bits, coord_bits)
@@ -96,8 +96,8 @@ class Engine(wiring.Component):
         self.program = program
         p = program
         self.fmap_depth = fmap_depth or cfg.fmap_depth or (p.fmap_depth if p else 1024)
-        self.wmem_depth = wmem_depth or cfg.wmem_depth or (max(1, len(p.wmem[0])) if p else 1024)
-        self.bmem_depth = bmem_depth or cfg.bmem_depth or (max(1, len(p.bmem)) if p else 256)
+        self.wmem_depth = wmem_depth or cfg.wmem_depth or (p.wmem_depth if p else 1024)
+        self.bmem_depth = bmem_depth or cfg.bmem_depth or (p.bmem_depth if p else 256)
         self.max_ops = max_ops or cfg.max_ops or (len(p.ops) if p else 16)
         self.prog_depth = HEADER_WORDS + len(DESC_FIELDS) * self.max_ops
         self.field_bits = engine_field_bits(cfg, self.fmap_depth, self.wmem_depth, self.bmem_depth)

@@ -152,14 +152,15 @@ class PostProcessor(wiring.Component):
             m.d.sync += [out[i].eq(f(i)) for i in range(W)]
             return out
 
-        k_stage = [0]
+        k_stage = 0
 
         def stage():
             """Starts the next stage: its item register ← the previous stage's. Returns the
             previous stage's item: the flags of the data this stage computes from."""
-            k = k_stage[0] = k_stage[0] + 1
-            m.d.sync += stages[k].eq(stages[k - 1])
-            return stages[k - 1]
+            nonlocal k_stage
+            k_stage += 1
+            m.d.sync += stages[k_stage].eq(stages[k_stage - 1])
+            return stages[k_stage - 1]
 
         # stages 2-3: + bias (diff + bias is exact modulo 2^A and fits A bits: wrap it back),
         # then + the rounding constant of a right shift
@@ -216,7 +217,7 @@ class PostProcessor(wiring.Component):
             "s10_val", signed(D), lambda i: Mux(d.relu_post & (pooled[i] < 0), 0, pooled[i])
         )
         s10_en = lanes_of("s10_en", 1, lambda i: it.v & it.plast & it.ok[i])
-        assert k_stage[0] == len(stages) - 1
+        assert k_stage == len(stages) - 1
 
         # stage 11: write
         m.d.comb += self.wr_addr.eq(stages[-1].addr)
