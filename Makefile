@@ -22,12 +22,15 @@ demo: $(STAMP)
 	$(VENV)/bin/fxpga compile $(OUT)/digits.fxq --lanes 8 --check 2 -o $(OUT)/engine
 	$(VENV)/bin/fxpga simulate $(OUT)/digits.fxq --lanes 8 --samples 100
 
-# Icarus Verilog is a Debian package: installed here when running as root, else its tests skip
+# Icarus Verilog (simulation tests) and Chromium (the report's rendering test) are Debian
+# packages: installed here when running as root, else their tests skip
 system-deps:
-	@command -v iverilog >/dev/null 2>&1 || { \
+	@missing=""; command -v iverilog >/dev/null 2>&1 || missing="iverilog"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && apt-get install -y -qq iverilog; \
-	  else echo "note: Icarus Verilog missing (apt-get install iverilog); its tests skip"; fi; }
+	    apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "note: missing$$missing (apt-get install$$missing); their tests skip"; fi; fi
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check fxpga tests bench

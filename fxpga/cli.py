@@ -397,6 +397,31 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from . import report
+    from .quant import artifact
+
+    qm = artifact.load(args.model)
+    out = Path(args.output)
+    if out.suffix not in (".html", ".md"):
+        raise FxpgaError(f"-o {out}: the report must end in .html or .md")
+    if not out.parent.is_dir():
+        raise FxpgaError(f"-o {out}: directory '{out.parent}' does not exist")
+    ds = _dataset_for(args, qm)
+    _info(args, f"profiling {args.model} on {ds.name} and sweeping word widths ...")
+    rep = report.make(
+        qm,
+        qm.provenance.get("model") or Path(args.model).name,
+        ds,
+        build_dir=args.build,
+        lanes=args.lanes,
+        progress=not args.quiet,
+    )
+    written = report.write(rep, out)
+    print(f"wrote {' and '.join(str(p) for p in written)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fxpga", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"fxpga {__version__}")
@@ -415,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "model",
         metavar="MODEL",
-        help="built-in name (digits-cnn), path/file.py:factory, or a torch.export .pt2",
+        help="built-in name (digits-cnn, digits-vgg), path/file.py:factory, or a torch.export .pt2",
     )
     q.add_argument(
         "--data",
@@ -558,6 +583,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--samples", type=_positive, default=100, metavar="N", help="[100]")
     r.add_argument("--timeout", type=float, default=2.0, help="reply timeout, s [2]")
     r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser(
+        "report",
+        parents=[common],
+        help="write an HTML or Markdown report on a model (and a build)",
+        description="Per-layer formats, weight and activation histograms with the chosen "
+        "fixed-point ranges, accuracy against word width, the engine's cycles per op and, "
+        "with --build, a board build's resources and fmax.",
+    )
+    rp.add_argument("model", metavar="MODEL.fxq")
+    rp.add_argument("--build", metavar="DIR", help="a directory written by fxpga build")
+    rp.add_argument(
+        "--lanes",
+        type=_positive,
+        default=8,
+        help="MAC lanes for the cycle table without --build [8]",
+    )
+    rp.add_argument("--data", metavar="D", help="dataset [the one recorded in the .fxq]")
+    rp.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="report.html (self-contained) or .md"
+    )
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -1,4 +1,5 @@
-"""Datasets: scikit-learn's bundled 8×8 digits (no download) or a user's ``.npz``.
+"""Datasets: scikit-learn's bundled 8×8 digits (no download), the same upscaled to 16×16, or
+a user's ``.npz``.
 
 A dataset gives a calibration set (for the greedy format search) and a test set with labels
 (for top-1 accuracy). Images are float32, NCHW.
@@ -63,6 +64,24 @@ def digits() -> Dataset:
     return Dataset("digits", x[ca], x[te], y[te], x[tr], y[tr])
 
 
+def digits16() -> Dataset:
+    """The same digits and split, upscaled 2× to 16×16 (bilinear, half-pixel centres)."""
+    import torch
+
+    d = digits()
+
+    def up(x):
+        t = torch.nn.functional.interpolate(
+            torch.from_numpy(x), scale_factor=2, mode="bilinear", align_corners=False
+        )
+        return t.numpy()
+
+    return Dataset("digits16", up(d.x_calib), up(d.x_test), d.y_test, up(d.x_train), d.y_train)
+
+
+BUNDLED = {"digits": digits, "digits16": digits16}
+
+
 def load_npz(path: str | Path) -> Dataset:
     """``x`` (float32, NCHW or NF), ``y`` (integer labels), optional ``x_calib``.
 
@@ -115,8 +134,10 @@ def _check_x(p: Path, k: str, x: np.ndarray):
 
 
 def load(spec: str) -> Dataset:
-    if spec == "digits":
-        return digits()
+    if spec in BUNDLED:
+        return BUNDLED[spec]()
     if spec.endswith(".npz") or Path(spec).exists():
         return load_npz(spec)
-    raise FxpgaError(f"unknown dataset '{spec}': use 'digits' or a .npz file with x and y")
+    raise FxpgaError(
+        f"unknown dataset '{spec}': use {' or '.join(BUNDLED)}, or a .npz file with x and y"
+    )

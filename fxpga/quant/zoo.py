@@ -1,8 +1,12 @@
 """Built-in models, trained by fxpga from bundled data and cached.
 
-``digits-cnn``: conv-bn-relu-pool ×2, fc-relu, fc on scikit-learn's 8×8 digits. Trained with
-a fixed seed on the fixed training split; the state_dict is cached under a key that hashes
-this file's source, the seed and the torch version, so the second run loads it instantly.
+``digits-cnn``: conv-bn-relu-pool ×2, fc-relu, fc on scikit-learn's 8×8 digits (92k MACs).
+``digits-vgg``: a VGG-style net (3×3 convs in pairs, 16-16 / 32-32 / 64 channels, each stage
+ending in a 2×2 max pool, then fc-relu, fc) on the same digits upscaled to 16×16 (1.8M MACs).
+
+Each is trained with a fixed seed on the fixed training split; the state_dict is cached under a
+key that hashes this file's source, the model name, the seed and the torch version, so the
+second run loads it instantly.
 """
 
 from __future__ import annotations
@@ -44,7 +48,34 @@ class DigitsCNN(nn.Module):
         return self.fc2(x)
 
 
-BUILTIN = {"digits-cnn": (DigitsCNN, "digits")}
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class DigitsVGG(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn(1, 16),
+            *_conv_bn(16, 16),
+            nn.MaxPool2d(2),  # 16x16 -> 8x8
+            *_conv_bn(16, 32),
+            *_conv_bn(32, 32),
+            nn.MaxPool2d(2),  # -> 4x4
+            *_conv_bn(32, 64),
+            nn.MaxPool2d(2),  # -> 2x2
+        )
+        self.fc1 = nn.Linear(64 * 2 * 2, 64)
+        self.drop = nn.Dropout(0.2)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.flatten(self.features(x), 1)
+        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+
+# name: (class, dataset, training epochs)
+BUILTIN = {"digits-cnn": (DigitsCNN, "digits", 60), "digits-vgg": (DigitsVGG, "digits16", 40)}
 
 
 def cache_dir() -> Path:
@@ -59,12 +90,12 @@ def cache_key(name: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _shift_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to one pixel (zero fill): cheap, label-preserving."""
+def _shift_augment(x: torch.Tensor, gen: torch.Generator, s: int = 1) -> torch.Tensor:
+    """Random translation by up to ``s`` pixels (zero fill): cheap, label-preserving."""
     n = x.shape[0]
-    pad = torch.nn.functional.pad(x, (1, 1, 1, 1))
-    dy = torch.randint(0, 3, (n,), generator=gen)
-    dx = torch.randint(0, 3, (n,), generator=gen)
+    pad = torch.nn.functional.pad(x, (s, s, s, s))
+    dy = torch.randint(0, 2 * s + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * s + 1, (n,), generator=gen)
     h, w = x.shape[2:]
     rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
@@ -72,25 +103,29 @@ def _shift_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return pad[idx_n, torch.zeros_like(idx_n), rows, cols]
 
 
-def train_digits_cnn(epochs: int = 60, progress: bool = True) -> nn.Module:
-    ds = data.digits()
+def train(name: str, epochs: int | None = None, progress: bool = True) -> nn.Module:
+    """Train built-in model ``name`` from scratch (AdamW, one-cycle schedule, shift
+    augmentation of one input pixel per 8 pixels of width), deterministically."""
+    cls, ds_name, default_epochs = BUILTIN[name]
+    epochs = epochs or default_epochs
+    ds = data.load(ds_name)
+    shift = max(1, ds.sample_shape[-1] // 8)
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
-    model = DigitsCNN()
+    model = cls()
     x = torch.from_numpy(ds.x_train)
     y = torch.from_numpy(ds.y_train)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * 17)
+    steps = -(-len(x) // 64)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * steps)
     loss_fn = nn.CrossEntropyLoss()
-    bar = progress_bar(
-        range(epochs), desc="training digits-cnn (once, then cached)", enabled=progress
-    )
+    bar = progress_bar(range(epochs), desc=f"training {name} (once, then cached)", enabled=progress)
     for _ in bar:
         model.train()
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 64):
             idx = perm[i : i + 64]
-            xb = _shift_augment(x[idx], gen)
+            xb = _shift_augment(x[idx], gen, shift)
             opt.zero_grad()
             loss = loss_fn(model(xb), y[idx])
             loss.backward()
@@ -105,7 +140,7 @@ def builtin(name: str, progress: bool = True) -> tuple[nn.Module, str]:
     """The built-in model ``name`` (trained or from cache) and its dataset name."""
     if name not in BUILTIN:
         raise FxpgaError(f"unknown built-in model '{name}' (have: {', '.join(BUILTIN)})")
-    cls, ds_name = BUILTIN[name]
+    cls, ds_name, _ = BUILTIN[name]
     path = cache_dir() / f"{name}-{cache_key(name)}.pt"
     model = cls()
     if path.is_file():
@@ -113,7 +148,7 @@ def builtin(name: str, progress: bool = True) -> tuple[nn.Module, str]:
         return model.eval(), ds_name
     with torch.random.fork_rng():
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        model = train_digits_cnn(progress=progress)
+        model = train(name, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
