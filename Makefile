@@ -19,6 +19,7 @@ demo: $(STAMP)
 	mkdir -p $(OUT)
 	$(VENV)/bin/fxpga quantize digits-cnn --data digits -o $(OUT)/digits.fxq
 	$(VENV)/bin/fxpga eval $(OUT)/digits.fxq --data digits
+	$(VENV)/bin/fxpga report $(OUT)/digits.fxq -o $(OUT)/report.html
 	$(VENV)/bin/fxpga compile $(OUT)/digits.fxq --lanes 8 --check 2 -o $(OUT)/engine
 	$(VENV)/bin/fxpga simulate $(OUT)/digits.fxq --lanes 8 --samples 100
 

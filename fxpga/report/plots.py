@@ -93,8 +93,9 @@ def profile(rows: list[list[Tensor]]) -> bytes:
                 color=COLORS[0] if t.kind == "weights" else COLORS[2],
             )
             zero, sat = t.fractions()
+            what = t.layer if t.kind == t.layer else f"{t.layer} {t.kind}"
             ax.set_title(
-                f"{t.layer} {t.kind}: {t.fmt!r}, {100 * zero:.1f}% → 0, {100 * sat:.1f}% sat.",
+                f"{what}: {t.fmt!r}, {100 * zero:.1f}% → 0, {100 * sat:.1f}% sat.",
                 fontsize=8,
                 loc="left",
             )
