@@ -137,6 +137,14 @@ def rendered_images(page: Path) -> list[tuple[str, bool, int, int]]:
     browser = Chromium(url)
     try:
         script = LOADED_IMAGES.replace("$PAGE", json.dumps(url))
-        return [tuple(i) for i in browser.evaluate(browser.page(), script)]
+        session = browser.page()
+        deadline = time.monotonic() + browser.timeout
+        while True:
+            try:
+                return [tuple(i) for i in browser.evaluate(session, script)]
+            except RuntimeError as e:  # the page navigated away from about:blank meanwhile
+                if "context was destroyed" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
     finally:
         browser.close()
