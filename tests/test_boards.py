@@ -1,5 +1,7 @@
 """Real bitstream builds (yowasp yosys + nextpnr). Deselect locally with -m 'not board'."""
 
+import json
+
 import pytest
 
 from fxpga.boards import build as boards
@@ -32,6 +34,30 @@ def test_orangecrab_bitstream(digits_q8, tmp_path, capsys):
     assert bit.exists() and bit.stat().st_size > 100_000
     assert "MULT18X18D" in stdout and "fmax" in stdout and "GMAC/s" in stdout
     assert "TRELLIS_COMB" in stdout
+    # fxpga report --build: the build's resources and fmax, its engine's cycles
+    build = json.loads((out / "build_report.json").read_text())
+    page = tmp_path / "r.md"
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "d.fxq"),
+                "--build",
+                str(out),
+                "--data",
+                "digits",
+                "-o",
+                str(page),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    md = page.read_text()
+    assert f"| MULT18X18D | 8 | 28 | {100 * 8 / 28:.1f} |" in md
+    assert f"| TRELLIS_COMB | {build['used']['TRELLIS_COMB']:,} | 24,288 |" in md
+    assert f"fmax {build['fmax_mhz']:.1f} MHz for a {build['target_mhz']:.1f} MHz clock" in md
+    assert f"| total |  | {build['macs']:,} | {build['cycles']:,} |" in md
 
 
 def test_unknown_board():
