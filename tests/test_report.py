@@ -152,6 +152,11 @@ def test_report_errors(fxq, tmp_path, capsys):
     cases.append(
         (["--build", str(tmp_path / "bad"), "-o", str(tmp_path / "r.html")], "not valid JSON")
     )
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "build_report.json").write_text('{"board": "icebreaker"}')
+    cases.append(
+        (["--build", str(tmp_path / "half"), "-o", str(tmp_path / "r.html")], "no lanes, cycles")
+    )
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "build_report.json").write_text(
         json.dumps({"board": "orangecrab-25f", "lanes": 8, "cycles": 1234})

@@ -196,9 +196,15 @@ def _build_info(build_dir: Path) -> dict:
             f"--build {build_dir}: no build_report.json (not an fxpga build directory)"
         )
     try:
-        return json.loads(f.read_text())
+        build = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise FxpgaError(f"{f}: not valid JSON: {e.msg} (line {e.lineno})") from e
+    missing = [
+        k for k in ("board", "lanes", "cycles") if not isinstance(build, dict) or k not in build
+    ]
+    if missing:
+        raise FxpgaError(f"{f}: no {', '.join(missing)} (not written by fxpga build?)")
+    return build
 
 
 def _engine(qm: QModel, lanes: int, build: dict | None) -> tuple[Section, object]:
