@@ -110,7 +110,7 @@ def main() -> int:
             name,
             rep.lanes,
             lut,
-            ff or "-",
+            f"{ff:,}" if ff else "-",
             dsp,
             ram,
             spram or "-",
