@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fxpga.boards import build as boards
+from fxpga.boards import clocks
 from fxpga.cli import main
 from fxpga.errors import FxpgaError
 from fxpga.quant import artifact
@@ -34,6 +35,20 @@ def test_orangecrab_bitstream(digits_q8, tmp_path, capsys):
     assert bit.exists() and bit.stat().st_size > 100_000
     assert "MULT18X18D" in stdout and "fmax" in stdout and "GMAC/s" in stdout
     assert "TRELLIS_COMB" in stdout
+    # the 120 MHz PLL clock: the engine is reset through GSR (SGSR), and only the hold
+    # counter and the release synchroniser, which must outlive GSR, are immune to it
+    netlist = json.loads((out / "fxpga.json").read_text())
+    cells = next(m for m in netlist["modules"].values() if m["attributes"].get("top"))["cells"]
+    immune = sorted(
+        n.split("$")[0]
+        for n, c in cells.items()
+        if c["type"] == "TRELLIS_FF" and c["parameters"].get("GSR") == "DISABLED"
+    )
+    hold_bits = clocks.HOLD.bit_length()
+    assert immune == sorted(
+        ["clocks.por_gsr0", "clocks.por_gsr1"] + [f"clocks.por_timer{i}" for i in range(hold_bits)]
+    )
+    assert [c["type"] for c in cells.values()].count("SGSR") == 1
     # fxpga report --build: the build's resources and fmax, its engine's cycles
     build = json.loads((out / "build_report.json").read_text())
     page = tmp_path / "r.md"

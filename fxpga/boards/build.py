@@ -188,7 +188,8 @@ class BoardWrapper(Elaboratable):
         m = Module()
         if self.pll:
             pin = platform.request(platform.default_clk, dir="-")
-            m.domains.sync = ClockDomain("sync")
+            reset_less = PLLDomain.reset_less_sync(self.pll.family)
+            m.domains.sync = ClockDomain("sync", reset_less=reset_less)
             m.submodules.clocks = PLLDomain(self.pll, pin)
         m.submodules.top = top = BoardTop(self.prog, self.divisor)
         uart = platform.request("uart", 0)

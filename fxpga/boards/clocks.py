@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from amaranth import ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
+from amaranth import (
+    Cat,
+    ClockDomain,
+    ClockSignal,
+    Elaboratable,
+    Instance,
+    Module,
+    Mux,
+    ResetSignal,
+    Signal,
+)
 from amaranth.lib import io
 
 from ..errors import FxpgaError
@@ -83,6 +93,9 @@ def pll_for(family: str, f_in: float, f_out: float) -> PLL:
     return pll
 
 
+HOLD = 1024  # cycles of reset after the PLL locks
+
+
 class PLLDomain(Elaboratable):
     """Drives the ``sync`` domain (which the parent defines) at ``pll.f_out`` from the
     board's oscillator pin ``clk_pin`` (the raw port of ``platform.request(default_clk,
@@ -90,9 +103,17 @@ class PLLDomain(Elaboratable):
 
     ``sync`` is held in reset until the PLL has locked and then for ``hold`` more cycles (on
     iCE40 block RAM reads return zeros for ~3 us after configuration).
+
+    iCE40: the reset is ``sync``'s reset signal, a net to every flip-flop with a reset.
+    ECP5: ``sync`` is reset-less (``reset_less_sync``) and the hold drives the global set/reset
+    through SGSR instead, as amaranth's own ECP5 clock domain does: GSR has its own low-skew
+    network, where a reset net to ~10,000 flip-flops was the critical path of a 64-lane ULX3S
+    build (15 ns of routing). GSR puts every flip-flop back to its initial value, so the hold
+    counter and the two flip-flops that synchronise the release are FD1S3AX instances with
+    GSR disabled (else GSR would hold them at zero for ever). This path cannot be simulated.
     """
 
-    def __init__(self, pll: PLL, clk_pin, hold: int = 1024):
+    def __init__(self, pll: PLL, clk_pin, hold: int = HOLD):
         self.pll, self.clk_pin, self.hold = pll, clk_pin, hold
 
     def elaborate(self, platform):
@@ -151,17 +172,39 @@ class PLLDomain(Elaboratable):
                 o_CLKOP=clk,
                 o_LOCK=lock,
             )
-        m.domains.por = ClockDomain("por", reset_less=True, local=True)
-        timer = Signal(range(self.hold + 1))
-        with m.If(~lock):
-            m.d.por += timer.eq(0)
-        with m.Elif(timer != self.hold):
-            m.d.por += timer.eq(timer + 1)
-        m.d.comb += [
-            ClockSignal("sync").eq(clk),
-            ClockSignal("por").eq(clk),
-            ResetSignal("sync").eq(timer != self.hold),
-        ]
-        if platform is not None:
-            platform.add_clock_constraint(clk, pll.f_out)
+        m.d.comb += ClockSignal("sync").eq(clk)
+        if pll.family == "ecp5":
+            self._gsr(m, clk, lock)
+        else:
+            m.domains.por = ClockDomain("por", reset_less=True, local=True)
+            timer = Signal(range(self.hold + 1))
+            with m.If(~lock):
+                m.d.por += timer.eq(0)
+            with m.Elif(timer != self.hold):
+                m.d.por += timer.eq(timer + 1)
+            m.d.comb += [ClockSignal("por").eq(clk), ResetSignal("sync").eq(timer != self.hold)]
+        # No platform.add_clock_constraint(clk): the net loses that name when yosys flattens
+        # the design (nextpnr warns and ignores it); fxpga build gives nextpnr --freq instead.
         return m
+
+    def _gsr(self, m: Module, clk, lock):
+        """ECP5: count ``hold`` cycles after lock in GSR-immune flip-flops (FD1S3AX clears to
+        0 at configuration), then release GSR (active low) two flip-flops later through SGSR."""
+
+        def ff(d, name):
+            q = Signal(name=name)
+            m.submodules[name] = Instance("FD1S3AX", p_GSR="DISABLED", i_CK=clk, i_D=d, o_Q=q)
+            return q
+
+        width = self.hold.bit_length()
+        nxt = Signal(width)
+        timer = Cat(ff(nxt[i], f"por_timer{i}") for i in range(width))
+        done = timer == self.hold
+        m.d.comb += nxt.eq(Mux(~lock, 0, Mux(done, timer, timer + 1)))
+        release = ff(ff(done, "por_gsr0"), "por_gsr1")
+        m.submodules.sgsr = Instance("SGSR", i_CLK=clk, i_GSR=release)
+
+    @staticmethod
+    def reset_less_sync(family: str) -> bool:
+        """Whether the parent's ``sync`` domain must be reset-less (ECP5: GSR resets it)."""
+        return family == "ecp5"
