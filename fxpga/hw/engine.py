@@ -77,7 +77,7 @@ class Engine(wiring.Component):
 
     Memories are initialised from ``program`` (a self-contained bitstream). All of them can
     also be written at run time, while the engine waits for input, through ``cfg`` (a write
-    lands in the cycle after it is presented):
+    lands in the cycle after it is presented, in SPRAM weights one cycle later):
     ``addr[28:32]`` is the region (0 program words, 1 biases, 2 weights), for weights
     ``addr[20:28]`` the lane, and ``addr[0:20]`` the index; ``data`` is the value.
     """
@@ -227,12 +227,16 @@ class Engine(wiring.Component):
         op = Signal(8)
         cycles = Signal(32)
         counting = Signal()
-        # compares the sequencer would otherwise chain before its state register, precomputed
-        in_last, out_last, ops_left = Signal(FB), Signal(FB), Signal(8)
-        long_input, op_last = Signal(), Signal()
+        # compares the sequencer would otherwise chain before its state register, precomputed:
+        # `at_last` is set when `cnt` reaches the current state's final count (from a compare
+        # with that count - 1 a cycle earlier)
+        in_m2, out_m2, ops_left = Signal(FB), Signal(FB), Signal(8)
+        in_one, out_one, long_input, op_last, at_last = (Signal() for _ in range(5))
         m.d.sync += [
-            in_last.eq(in_size - 1),
-            out_last.eq(out_size - 1),
+            in_m2.eq(in_size - 2),
+            out_m2.eq(out_size - 2),
+            in_one.eq(in_size == 1),
+            out_one.eq(out_size == 1),
             long_input.eq(in_size > len(DESC_FIELDS)),
         ]
         m.d.comb += [self.op_index.eq(op), self.cycles.eq(cycles)]
@@ -265,17 +269,17 @@ class Engine(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):  # the header is read per inference: run-time writes count
                 with m.If(self.i.valid):
-                    m.d.sync += cnt.eq(0)
+                    m.d.sync += [cnt.eq(0), at_last.eq(0)]
                     m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += prd.addr.eq(cnt)
-                m.d.sync += cnt.eq(cnt + 1)
+                m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == HEADER_WORDS - 1)]
                 with m.Switch(cnt):
                     for k, sig in enumerate((n_ops, in_size, out_size, out_buf)):
                         with m.Case(k + 1):
                             m.d.sync += sig.eq(prd.data)
-                with m.If(cnt == HEADER_WORDS):
-                    m.d.sync += [cnt.eq(0), pf_base.eq(HEADER_WORDS)]
+                with m.If(at_last):
+                    m.d.sync += [cnt.eq(0), at_last.eq(in_one), pf_base.eq(HEADER_WORDS)]
                     # a long input hides op 0's descriptor fetch (deterministically: the
                     # load takes at least in_size cycles, whatever the stream's stalls)
                     m.d.comb += pf_start.eq(long_input)
@@ -288,9 +292,10 @@ class Engine(wiring.Component):
                     fmap[0].wr_en[0].eq(self.i.valid),
                 ]
                 with m.If(self.i.valid):
-                    m.d.sync += cnt.eq(cnt + 1)
-                    with m.If(cnt == in_last):
-                        m.d.sync += [cnt.eq(0), op.eq(0), cycles.eq(0), counting.eq(1)]
+                    m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == in_m2)]
+                    with m.If(at_last):
+                        m.d.sync += [cnt.eq(0), at_last.eq(0), op.eq(0)]
+                        m.d.sync += [cycles.eq(0), counting.eq(1)]
                         m.d.sync += [ops_left.eq(n_ops - 1), op_last.eq(n_ops == 1)]
                         m.d.comb += pf_start.eq(~long_input)
                         m.next = "NEXT"
@@ -311,9 +316,9 @@ class Engine(wiring.Component):
             with m.State("RUN"), m.If(taps.done):
                 m.next = "DRAIN"
             with m.State("DRAIN"):
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == compiler.drain_cycles(cfg) - 1):
-                    m.d.sync += [cnt.eq(0), op.eq(op + 1)]
+                m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == compiler.drain_cycles(cfg) - 2)]
+                with m.If(at_last):
+                    m.d.sync += [cnt.eq(0), at_last.eq(op_last & out_one), op.eq(op + 1)]
                     m.d.sync += [ops_left.eq(ops_left - 1), op_last.eq(ops_left == 1)]
                     with m.If(op_last):
                         m.d.sync += [counting.eq(0), self.running.eq(0)]
@@ -330,9 +335,9 @@ class Engine(wiring.Component):
                     self.o.payload.eq(Mux(out_buf[0], fmap[1].rd_data, fmap[0].rd_data)),
                 ]
                 with m.If(self.o.ready):
-                    m.d.sync += cnt.eq(cnt + 1)
-                    with m.If(cnt == out_last):
-                        m.d.sync += cnt.eq(0)
+                    m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == out_m2)]
+                    with m.If(at_last):
+                        m.d.sync += [cnt.eq(0), at_last.eq(0)]
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "OUT_READ"

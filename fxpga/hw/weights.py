@@ -18,7 +18,8 @@ class WeightBanks(wiring.Component):
     ``store="spram"``: iCE40 SB_SPRAM256KA, two lanes per 16-bit word (low byte even lane,
     high byte odd lane, written with the nibble mask), up to 8 lanes of 8-bit weights and 16K
     weights per lane. SPRAM has no initial contents: the host loads it (``CFG_WRITE``), and it
-    is single-ported, so a write takes the address for its cycle.
+    is single-ported, so a write takes the address for its cycle; an SPRAM write is registered
+    once more than a block-RAM one (it lands 2 cycles after it is presented).
     """
 
     def __init__(self, lanes: int, weight_bits: int, depth: int, init=None, store="bram"):
@@ -56,16 +57,22 @@ class WeightBanks(wiring.Component):
                     wr.en.eq(self.wr_en & (self.wr_lane == lane)),
                 ]
             return m
+        # the write is registered once more, its lane decoded into one enable per SPRAM, so
+        # that the address select comes straight from a flip-flop (the SPRAMs sit at the
+        # device's edges: their address nets are long)
+        wr_addr = Signal.like(self.wr_addr)
+        byte, odd = Signal(8), Signal()
+        m.d.sync += [wr_addr.eq(self.wr_addr), byte.eq(self.wr_data.as_unsigned()[:8])]
+        m.d.sync += odd.eq(self.wr_lane[0])
         for j in range((self.lanes + 1) // 2):
             we = Signal(name=f"we{j}")
             dout = Signal(16, name=f"dout{j}")
-            m.d.comb += we.eq(self.wr_en & (self.wr_lane[1:] == j))
-            byte = self.wr_data.as_unsigned()[:8]
+            m.d.sync += we.eq(self.wr_en & (self.wr_lane[1:] == j))
             m.submodules[f"spram{j}"] = Instance(
                 "SB_SPRAM256KA",
-                i_ADDRESS=Mux(we, self.wr_addr, self.rd_addr)[:14],
+                i_ADDRESS=Mux(we, wr_addr, self.rd_addr)[:14],
                 i_DATAIN=Cat(byte, byte),
-                i_MASKWREN=Mux(self.wr_lane[0], 0b1100, 0b0011),
+                i_MASKWREN=Mux(odd, 0b1100, 0b0011),
                 i_WREN=we,
                 i_CHIPSELECT=1,
                 i_CLOCK=ClockSignal(),
