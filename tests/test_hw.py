@@ -1,6 +1,7 @@
 """The engine in Amaranth's simulator: components against Python models, whole networks
 bit-exact against the golden model, cycle counts against the compiler's estimate."""
 
+import dataclasses
 import random
 
 import numpy as np
@@ -310,6 +311,25 @@ def test_digits_cnn_bit_exact_with_operand_registers(digits_q8, digits):
     assert [b + 1 for b in base.estimate] == prog.estimate
 
 
+def test_digits_cnn_bit_exact_with_broadcast_copies(digits_q8, digits):
+    """The weight address and the activation broadcast from 3 register copies (8 lanes: 3,
+    3 and 2 lanes each), after an operand register: one more cycle per op than that."""
+    cfg = EngineConfig(lanes=8, operand_regs=1)
+    base = compiler.compile_model(digits_q8, cfg)
+    cfg = dataclasses.replace(cfg, broadcast_copies=3)
+    prog = check_engine(digits_q8, digits.x_test[3:], lanes=8, n=2, config=cfg)
+    assert [b + 1 for b in base.estimate] == prog.estimate
+
+
+def test_broadcast_copies_are_checked():
+    with pytest.raises(FxpgaError, match=r"broadcast_copies=9 is more than the 8 lanes"):
+        EngineConfig(lanes=8, broadcast_copies=9)
+    with pytest.raises(FxpgaError, match=r"broadcast_copies > 1 needs block-RAM weights"):
+        EngineConfig(lanes=8, broadcast_copies=2, weight_store="spram")
+    with pytest.raises(FxpgaError, match=r"broadcast_copies must be a positive integer"):
+        EngineConfig(lanes=8, broadcast_copies=0)
+
+
 def test_digits_cnn_bit_exact_without_prefetch(digits_q8, digits):
     cfg = EngineConfig(lanes=8, prefetch=False)
     check_engine(digits_q8, digits.x_test[7:], lanes=8, n=1, config=cfg)
@@ -376,11 +396,13 @@ def test_standalone_pool_and_relu_run_as_identity():
     check_engine(qm, x, lanes=2, n=2)
 
 
-def test_runtime_writes_replace_initial_memories(digits):
-    """An engine built with empty memories, loaded over the cfg bus, computes the same."""
+@pytest.mark.parametrize("copies", [1, 2])
+def test_runtime_writes_replace_initial_memories(digits, copies):
+    """An engine built with empty memories, loaded over the cfg bus, computes the same (with
+    copies: through the weight banks' registered write copies)."""
     model, shape = random_net(random.Random(5))
     qm, x = quantized(model, shape, 5)
-    prog = compiler.compile_model(qm, EngineConfig(lanes=3))
+    prog = compiler.compile_model(qm, EngineConfig(lanes=3, broadcast_copies=copies))
     empty = Engine(
         prog.config,
         None,

@@ -28,3 +28,12 @@ def test_mac_array_on_ecp5_keeps_operands_in_the_dsp():
     cells = yosys_cells(MACArray(8, 8, 8, 32), "ecp5", platform=SimpleNamespace(family="ecp5"))
     assert cells.get("MULT18X18D") == 8
     assert cells.get("TRELLIS_FF") == 8 * 32
+
+
+def test_broadcast_copies_survive_synthesis_on_ecp5():
+    """Register copies of the activation (one per 2 lanes) stay apart through yosys, which
+    merges flip-flops that have the same input unless they are FD1S3AX instances."""
+    ecp5 = SimpleNamespace(family="ecp5")
+    cells = yosys_cells(MACArray(8, 8, 8, 32, groups=4), "ecp5", platform=ecp5)
+    assert cells.get("MULT18X18D") == 8
+    assert cells.get("TRELLIS_FF") == 8 * 32 + 4 * 8

@@ -41,6 +41,9 @@ class Board:
     weight_store: str = "bram"  # "spram": weights loaded at run time (iCE40UP5K)
     prefetch: bool = True  # descriptor prefetch (costs a second descriptor register)
     operand_regs: int = 0  # EngineConfig.operand_regs: block RAM → multiplier in its own cycle
+    # lanes per copy of the broadcast registers (EngineConfig.broadcast_copies = lanes / this;
+    # 0: one register drives all lanes)
+    lanes_per_copy: int = 0
     nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
@@ -51,7 +54,11 @@ class Board:
             weight_store=self.weight_store,
             prefetch=self.prefetch,
             operand_regs=self.operand_regs,
+            broadcast_copies=self.broadcast_copies(lanes or self.lanes),
         )
+
+    def broadcast_copies(self, lanes: int) -> int:
+        return max(1, lanes // self.lanes_per_copy) if self.lanes_per_copy else 1
 
     def platform(self):
         if self.name == "icebreaker":
@@ -155,6 +162,7 @@ BOARDS = {
             "EHXPLLL": 4,
         },
         operand_regs=1,
+        lanes_per_copy=16,
         # router1 had not converged after 10 minutes on a 128-lane engine; router2 routes 64
         nextpnr="--router router2",
     ),

@@ -57,6 +57,9 @@ class EngineConfig:
     weight_store: str = "bram"  # "bram" (initialised) or "spram" (iCE40, loaded at run time)
     prefetch: bool = True  # fetch the next descriptor while an op runs (a second register)
     operand_regs: int = 0  # extra registers between the memories and the multipliers (fmax)
+    # copies of the registers that broadcast the weight address and the activation to the
+    # lanes (each drives lanes / copies of them: ECP5 fmax at many lanes); > 1 adds a cycle
+    broadcast_copies: int = 1
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -75,6 +78,13 @@ class EngineConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise FxpgaError(f"EngineConfig.{f.name} must be a positive integer, not {v!r}")
+        if self.broadcast_copies > self.lanes:
+            raise FxpgaError(
+                f"EngineConfig.broadcast_copies={self.broadcast_copies} is more than the "
+                f"{self.lanes} lanes it feeds"
+            )
+        if self.broadcast_copies > 1 and self.weight_store == "spram":
+            raise FxpgaError("EngineConfig.broadcast_copies > 1 needs block-RAM weights")
         if self.post_lanes is None:  # the fewest that keep a window's post-processing <= 8
             p = 1
             while self.lanes // p > 8 and self.lanes % (2 * p) == 0:
@@ -238,7 +248,7 @@ class Op:
 
 # Timing constants shared with the hardware (engine.py asserts them):
 TAP_LATENCY = 3  # TapGenerator.LATENCY: the first tap leaves 3 cycles after the op starts
-TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4 (+ operand_regs)
+TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4 (+ tap_to_acc)
 POST_LATENCY = 11  # PostProcessor.LATENCY
 
 
@@ -255,7 +265,7 @@ def drain_cycles(cfg: EngineConfig) -> int:
 
 def tap_to_acc(cfg: EngineConfig) -> int:
     """Cycles from a tap leaving the address generator to its product in the accumulators."""
-    return TAP_TO_ACC + cfg.operand_regs
+    return TAP_TO_ACC + cfg.operand_regs + int(cfg.broadcast_copies > 1)
 
 
 def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:

@@ -77,7 +77,8 @@ class Engine(wiring.Component):
 
     Memories are initialised from ``program`` (a self-contained bitstream). All of them can
     also be written at run time, while the engine waits for input, through ``cfg`` (a write
-    lands in the cycle after it is presented, in SPRAM weights one cycle later):
+    lands in the cycle after it is presented; in SPRAM weights, or with ``broadcast_copies >
+    1``, a weight write lands one cycle later):
     ``addr[28:32]`` is the region (0 program words, 1 biases, 2 weights), for weights
     ``addr[20:28]`` the lane, and ``addr[0:20]`` the index; ``data`` is the value.
     """
@@ -138,6 +139,7 @@ class Engine(wiring.Component):
             SPRAM_DEPTH if spram else self.wmem_depth,
             init=p.wmem if p and not spram else None,
             store=cfg.weight_store,
+            copies=cfg.broadcast_copies,
         )
         brows = -(-self.bmem_depth // W)
         bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
@@ -169,7 +171,9 @@ class Engine(wiring.Component):
 
         # ---- datapath
         m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB)
-        m.submodules.mac = mac = MACArray(lanes, D, WB, A, pre=cfg.operand_regs)
+        m.submodules.mac = mac = MACArray(
+            lanes, D, WB, A, pre=cfg.operand_regs, groups=cfg.broadcast_copies
+        )
         m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(brows), W, FB, CB)
         desc = Signal(descriptor_layout(FB, CB))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]

@@ -6,6 +6,8 @@ from amaranth import ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .fanout import register_copies
+
 
 class MACArray(wiring.Component):
     """``lanes`` signed multiply-accumulators sharing the activation operand ``a``.
@@ -24,12 +26,23 @@ class MACArray(wiring.Component):
       packs into SB_MAC16 with no fabric around it and that never costs a cycle): a window's
       sum is the difference of two snapshots, exact whenever the true sum fits ``acc_bits``
       (see ``PostProcessor``).
+    - ``groups > 1``: ``a`` and ``en`` pass one register more than ``w``, kept in ``groups``
+      copies that each feed ``lanes / groups`` multipliers (``fanout.register_copies``): ``a``
+      and ``en`` are presented one cycle before their ``w``.
     """
 
     LATENCY = 3
 
-    def __init__(self, lanes: int, data_bits: int, weight_bits: int, acc_bits: int, pre: int = 0):
-        self.lanes, self.pre = lanes, pre
+    def __init__(
+        self,
+        lanes: int,
+        data_bits: int,
+        weight_bits: int,
+        acc_bits: int,
+        pre: int = 0,
+        groups: int = 1,
+    ):
+        self.lanes, self.pre, self.groups = lanes, pre, groups
         self.data_bits, self.weight_bits, self.acc_bits = data_bits, weight_bits, acc_bits
         super().__init__(
             {
@@ -42,15 +55,22 @@ class MACArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        a, w, en = self.a, list(self.w), self.en
+        n, lanes = self.groups, self.lanes
+        a, w, en = [self.a] * n, list(self.w), self.en
+        if n > 1:  # the copies hold a masked operand: en is applied
+            a, en = register_copies(m, Mux(en, self.a, 0), n, platform, "a_bcast"), Const(1)
         for k in range(self.pre):
-            a_k = Signal(signed(self.data_bits), name=f"a_pre{k}", reset_less=True)
+            a_k = [
+                Signal(signed(self.data_bits), name=f"a_pre{k}_{g}", reset_less=True)
+                for g in range(n)
+            ]
             en_k = Signal(name=f"en_pre{k}")
             w_k = [
                 Signal(signed(self.weight_bits), name=f"w_pre{k}_{i}", reset_less=True)
-                for i in range(self.lanes)
+                for i in range(lanes)
             ]
-            m.d.sync += [a_k.eq(a), en_k.eq(en)] + [w_k[i].eq(w[i]) for i in range(self.lanes)]
+            m.d.sync += [a_k[g].eq(a[g]) for g in range(n)] + [en_k.eq(en)]
+            m.d.sync += [w_k[i].eq(w[i]) for i in range(lanes)]
             a, w, en = a_k, w_k, en_k
         if (
             getattr(platform, "family", None) == "ecp5"
@@ -61,8 +81,8 @@ class MACArray(wiring.Component):
         # accumulator's adder in fabric instead of packing it into SB_MAC16 (checked with
         # yosys 0.50: 8 lanes → 8 SB_MAC16 and no SB_CARRY). `en` is low during reset, so a
         # reset held for 2 cycles flushes them to 0 while `acc` is held at 0.
-        a_r = Signal(signed(self.data_bits), reset_less=True)
-        m.d.sync += a_r.eq(Mux(en, a, 0))
+        a_r = [Signal(signed(self.data_bits), name=f"a_r{g}", reset_less=True) for g in range(n)]
+        m.d.sync += [a_r[g].eq(Mux(en, a[g], 0)) for g in range(n)]
         for lane in range(self.lanes):
             w_r = Signal(signed(self.weight_bits), name=f"w_r{lane}", reset_less=True)
             p_r = Signal(
@@ -71,20 +91,21 @@ class MACArray(wiring.Component):
             acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
             m.d.sync += [
                 w_r.eq(w[lane]),
-                p_r.eq(a_r * w_r),
+                p_r.eq(a_r[lane * n // lanes] * w_r),
                 acc.eq(acc + p_r),
             ]
             m.d.comb += self.acc[lane].eq(acc)
         return m
 
-    def _ecp5(self, m, a_in, w_in, en):
+    def _ecp5(self, m, a_in, w_in, en):  # a_in: one operand per group
         """ECP5: the operand and product registers are the MULT18X18D's own (REG_INPUTA/B,
         REG_OUTPUT), so no fabric routing sits between them and the multiplier. Ports as
         yosys's ECP5 DSP techmap connects them, registers per Lattice TN1267; same latency."""
-        D, WB = self.data_bits, self.weight_bits
-        a = Signal(signed(D))
-        m.d.comb += a.eq(Mux(en, a_in, 0))
+        D, WB, n = self.data_bits, self.weight_bits, self.groups
+        a_g = [Signal(signed(D), name=f"a_mux{g}") for g in range(n)]
+        m.d.comb += [a_g[g].eq(Mux(en, a_in[g], 0)) for g in range(n)]
         for lane in range(self.lanes):
+            a = a_g[lane * n // self.lanes]
             p = Signal(36, name=f"p{lane}")
             acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
             w = w_in[lane]

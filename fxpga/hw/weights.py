@@ -6,6 +6,8 @@ from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from .fanout import register_copies
+
 SPRAM_DEPTH = 16384  # SB_SPRAM256KA: 16K x 16 bits
 SPRAM_COUNT = 4  # on the iCE40UP5K
 
@@ -20,14 +22,22 @@ class WeightBanks(wiring.Component):
     weights per lane. SPRAM has no initial contents: the host loads it (``CFG_WRITE``), and it
     is single-ported, so a write takes the address for its cycle; an SPRAM write is registered
     once more than a block-RAM one (it lands 2 cycles after it is presented).
+
+    ``copies > 1`` (block RAM): the read address and the write are registered first, in
+    ``copies`` copies that each drive ``lanes / copies`` memories (``fanout.register_copies``):
+    the read **latency is 2**, and a write lands 2 cycles after it is presented.
     """
 
-    def __init__(self, lanes: int, weight_bits: int, depth: int, init=None, store="bram"):
+    def __init__(
+        self, lanes: int, weight_bits: int, depth: int, init=None, store="bram", copies: int = 1
+    ):
         if store not in ("bram", "spram"):
             raise ValueError(f"store must be 'bram' or 'spram', not {store!r}")
         if store == "spram" and (weight_bits > 8 or lanes > 2 * SPRAM_COUNT or depth > SPRAM_DEPTH):
             raise ValueError("SPRAM weights hold at most 8 lanes of 8-bit weights, 16K deep")
-        self.lanes, self.weight_bits, self.depth = lanes, weight_bits, depth
+        if not 1 <= copies <= lanes or (copies > 1 and store != "bram"):
+            raise ValueError(f"copies must be 1..lanes, and 1 for SPRAM (got {copies})")
+        self.lanes, self.weight_bits, self.depth, self.copies = lanes, weight_bits, depth, copies
         self.init, self.store = init, store
         abits = max(1, (depth - 1).bit_length())
         super().__init__(
@@ -44,18 +54,30 @@ class WeightBanks(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         if self.store == "bram":
+            n = self.copies
+            rd_addr, wr_addr, wr_data = [self.rd_addr], [self.wr_addr], [self.wr_data]
+            if n > 1:
+                rd_addr = register_copies(m, self.rd_addr, n, platform, "rd_addr")
+                wr_addr = register_copies(m, self.wr_addr, n, platform, "wr_addr")
+                wr_data = register_copies(m, self.wr_data, n, platform, "wr_data")
             for lane in range(self.lanes):
+                k = lane * n // self.lanes  # the copy that drives this lane
                 init = self.init[lane] if self.init else []
                 mem = memory.Memory(shape=signed(self.weight_bits), depth=self.depth, init=init)
                 m.submodules[f"lane{lane}"] = mem
                 rd, wr = mem.read_port(), mem.write_port()
                 m.d.comb += [
-                    rd.addr.eq(self.rd_addr),
+                    rd.addr.eq(rd_addr[k]),
                     self.rd_data[lane].eq(rd.data),
-                    wr.addr.eq(self.wr_addr),
-                    wr.data.eq(self.wr_data),
-                    wr.en.eq(self.wr_en & (self.wr_lane == lane)),
+                    wr.addr.eq(wr_addr[k]),
+                    wr.data.eq(wr_data[k]),
                 ]
+                en = self.wr_en & (self.wr_lane == lane)
+                if n > 1:  # the lane's write enable, decoded and registered
+                    we = Signal(name=f"we{lane}")
+                    m.d.sync += we.eq(en)
+                    en = we
+                m.d.comb += wr.en.eq(en)
             return m
         # the write is registered once more, its lane decoded into one enable per SPRAM, so
         # that the address select comes straight from a flip-flop (the SPRAMs sit at the
