@@ -174,7 +174,9 @@ class Engine(wiring.Component):
         m.submodules.mac = mac = MACArray(
             lanes, D, WB, A, pre=cfg.operand_regs, groups=cfg.broadcast_copies
         )
-        m.submodules.post = post = PostProcessor(lanes, D, A, _bits_for(brows), W, FB, CB)
+        m.submodules.post = post = PostProcessor(
+            lanes, D, A, _bits_for(brows), W, FB, CB, copies=cfg.broadcast_copies
+        )
         desc = Signal(descriptor_layout(FB, CB))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
 
@@ -209,6 +211,7 @@ class Engine(wiring.Component):
         for k in range(t2a):
             nl = Signal(name=f"last_d{k + 1}")
             m.d.sync += nl.eq(last_q)
+            m.d.comb += post.capture_next.eq(last_q)  # (the stage before the last)
             last_q = nl
             if cfg.items < t2a:
                 nm = Signal(post.meta_layout, name=f"meta_d{k + 1}")

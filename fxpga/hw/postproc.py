@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from .compiler import MAX_LEFT_SHIFT
 from .desc import descriptor_layout
+from .fanout import register_copies
 
 
 class PostProcessor(wiring.Component):
@@ -39,6 +40,10 @@ class PostProcessor(wiring.Component):
     **Throughput**: one window per ``items`` cycles; ``capture`` must not come more often
     (the ``TapGenerator`` guarantees it). Exactly matches ``golden.step`` for conv/linear
     followed by the fused element-wise layers.
+
+    ``copies > 1``: the latch and shift enables of the ``items`` rows of accumulator
+    registers come from ``copies`` register copies (``fanout.register_copies``), made from
+    ``capture_next``, which must be ``capture`` one cycle early (it is unused otherwise).
     """
 
     LATENCY = 11
@@ -52,8 +57,10 @@ class PostProcessor(wiring.Component):
         post_lanes: int = 1,
         field_bits: int = 24,
         coord_bits: int | None = None,
+        copies: int = 1,
     ):
         assert lanes % post_lanes == 0
+        self.copies = min(copies, lanes // post_lanes)
         self.field_bits = FB = field_bits
         self.lanes, self.data_bits, self.acc_bits = lanes, data_bits, acc_bits
         self.post_lanes, self.items = post_lanes, lanes // post_lanes
@@ -66,6 +73,7 @@ class PostProcessor(wiring.Component):
             {
                 "desc": In(descriptor_layout(FB, coord_bits)),
                 "capture": In(1),
+                "capture_next": In(1),
                 "meta": In(meta),
                 "acc": In(signed(acc_bits)).array(lanes),
                 "bias_addr": Out(bias_row_bits),
@@ -119,9 +127,33 @@ class PostProcessor(wiring.Component):
         s1_diff = [Signal(signed(A), name=f"s1_diff{i}") for i in range(W)]
         lane_addr = Signal(FB)
         m.d.comb += self.bias_addr.eq(meta.b_addr + cnt)
+        # the rows' latch (`capture`) and shift (`active`) enables, per copy
+        active_next = Signal()
+        m.d.comb += active_next.eq(active)
         with m.If(self.capture):
-            m.d.sync += [cap[j][i].eq(self.acc[j * W + i]) for j in range(n) for i in range(W)]
-            m.d.sync += [meta.eq(self.meta), active.eq(1), cnt.eq(0)]
+            m.d.comb += active_next.eq(1)
+        with m.Elif(active & (cnt == n - 1)):
+            m.d.comb += active_next.eq(0)
+        m.d.sync += active.eq(active_next)
+        c = self.copies
+        if c > 1:
+            loads = register_copies(m, self.capture_next, c, platform, "cap_load")
+            shifts = register_copies(m, active_next, c, platform, "cap_shift")
+        else:
+            loads, shifts = [self.capture], [active]
+        load = [loads[j * c // n] for j in range(n)]
+        shift = [shifts[j * c // n] for j in range(n)]
+        for j in range(n):
+            with m.If(load[j]):
+                m.d.sync += [cap[j][i].eq(self.acc[j * W + i]) for i in range(W)]
+            if j < n - 1:  # (the last row only loads)
+                with m.Elif(shift[j]):
+                    m.d.sync += [cap[j][i].eq(cap[j + 1][i]) for i in range(W)]
+            with m.If(shift[j]):
+                nxt = snap[j + 1] if j < n - 1 else cap[0]
+                m.d.sync += [snap[j][i].eq(nxt[i]) for i in range(W)]
+        with m.If(self.capture):
+            m.d.sync += [meta.eq(self.meta), cnt.eq(0)]
         m.d.sync += s1.v.eq(active)
         with m.If(active):
             m.d.sync += [s1_diff[i].eq(cap[0][i] - snap[0][i]) for i in range(W)]
@@ -132,16 +164,9 @@ class PostProcessor(wiring.Component):
             ]
             first_lane = cnt << (W.bit_length() - 1)
             m.d.sync += [s1.ok[i].eq(first_lane + i < meta.nvalid) for i in range(W)]
-            with m.If(~self.capture):
-                m.d.sync += [cap[j][i].eq(cap[j + 1][i]) for j in range(n - 1) for i in range(W)]
-            m.d.sync += [snap[j][i].eq(snap[j + 1][i]) for j in range(n - 1) for i in range(W)]
-            m.d.sync += [snap[n - 1][i].eq(cap[0][i]) for i in range(W)]
             addr = Mux(cnt == 0, meta.out_addr, lane_addr + W)
             m.d.sync += [lane_addr.eq(addr), s1.addr.eq(addr)]
-            with m.If(cnt == n - 1):
-                with m.If(~self.capture):
-                    m.d.sync += active.eq(0)
-            with m.Else():
+            with m.If(cnt != n - 1):
                 m.d.sync += cnt.eq(cnt + 1)
             with m.If(self.capture):
                 m.d.sync += cnt.eq(0)
