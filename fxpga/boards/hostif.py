@@ -60,11 +60,17 @@ class HostInterface(wiring.Component):
         out_wr, out_rd = outbuf.write_port(), outbuf.read_port()
 
         # ---- parser
-        cmd, length, count, len_m1 = Signal(8), Signal(16), Signal(16), Signal(16)
+        cmd, length, count, len_m2 = Signal(8), Signal(16), Signal(16), Signal(16)
+        # flags registered a byte ahead (no wide compare before the state register): the
+        # payload's last byte, a payload byte that goes to the input buffer
+        pay_last, wr_ok = Signal(), Signal()
         crc, rx_crc = Signal(16, init=0xFFFF), Signal(16)
         cfg_rec = Signal(64)
         have_input = Signal()
-        idle_timer = Signal(range(self.byte_timeout + 1))
+        # quiet cycles, counted from 2^b - byte_timeout up: the frame is dropped when bit b
+        # rises (one flip-flop, not a compare)
+        tb = max(1, self.byte_timeout.bit_length())
+        idle_timer, t0 = Signal(tb + 1), (1 << tb) - self.byte_timeout
         byte, got = self.rx.payload, self.rx.valid
         m.d.comb += self.rx.ready.eq(1)
 
@@ -76,7 +82,7 @@ class HostInterface(wiring.Component):
 
         def idle():
             """After a `with m.If(got)` block: count quiet cycles, give up on the frame."""
-            with m.Elif(idle_timer == self.byte_timeout):
+            with m.Elif(idle_timer[tb]):
                 m.next = "SYNC"
             with m.Else():
                 m.d.sync += idle_timer.eq(idle_timer + 1)
@@ -84,12 +90,12 @@ class HostInterface(wiring.Component):
         with m.FSM(name="parser"):
             with m.State("SYNC"):
                 with m.If(got & (byte == P.SYNC) & ~busy):
-                    m.d.sync += [crc.eq(0xFFFF), idle_timer.eq(0)]
+                    m.d.sync += [crc.eq(0xFFFF), idle_timer.eq(t0)]
                     m.next = "CMD"
             for state, nxt in (("CMD", "LEN0"), ("LEN0", "LEN1"), ("LEN1", None)):
                 with m.State(state):
                     with m.If(got):
-                        m.d.sync += [crc.eq(rx_next_crc), idle_timer.eq(0)]
+                        m.d.sync += [crc.eq(rx_next_crc), idle_timer.eq(t0)]
                         if state == "CMD":
                             m.d.sync += cmd.eq(byte)
                             m.next = nxt
@@ -98,7 +104,11 @@ class HostInterface(wiring.Component):
                             m.next = nxt
                         else:
                             m.d.sync += [length[8:].eq(byte), count.eq(0)]
-                            m.d.sync += len_m1.eq(Cat(length[:8], byte) - 1)
+                            m.d.sync += [
+                                len_m2.eq(Cat(length[:8], byte) - 2),
+                                pay_last.eq(Cat(length[:8], byte) == 1),
+                                wr_ok.eq((cmd == P.WRITE_INPUT) & (in_bytes > 0)),
+                            ]
                             with m.If(Cat(length[:8], byte) == 0):
                                 m.next = "CRC0"
                             with m.Else():
@@ -108,18 +118,20 @@ class HostInterface(wiring.Component):
                 with m.If(got):
                     m.d.sync += [
                         crc.eq(rx_next_crc),
-                        idle_timer.eq(0),
+                        idle_timer.eq(t0),
                         count.eq(count + 1),
                         cfg_rec.eq(Cat(cfg_rec[8:], byte)),
+                        pay_last.eq(count == len_m2),
+                        wr_ok.eq((cmd == P.WRITE_INPUT) & (count < in_bytes - 1)),
                     ]
-                    with m.If((cmd == P.WRITE_INPUT) & (count < in_bytes)):
+                    with m.If(wr_ok):
                         m.d.comb += [in_wr.addr.eq(count), in_wr.data.eq(byte), in_wr.en.eq(1)]
-                    with m.If(count == len_m1):
+                    with m.If(pay_last):
                         m.next = "CRC0"
                 idle()
             with m.State("CRC0"):
                 with m.If(got):
-                    m.d.sync += [rx_crc[8:].eq(byte), idle_timer.eq(0)]
+                    m.d.sync += [rx_crc[8:].eq(byte), idle_timer.eq(t0)]
                     m.next = "CRC1"
                 idle()
             with m.State("CRC1"):
@@ -187,48 +199,50 @@ class HostInterface(wiring.Component):
                     nak(P.ERR_CMD)
 
             # ---- RUN: stream the input buffer into the engine, collect its output
+            # the stream handshakes come from flip-flops: `feeding` is FEED_SEND, `collecting`
+            # COLLECT; the input buffer is read at `count` (and holds its word in FEED_SEND)
             k = Signal(16)
+            feed_last, k_open = Signal(), Signal()  # count == in_bytes, k < out_bytes
+            feeding, collecting = Signal(), Signal()
+            m.d.comb += [in_rd.addr.eq(count), in_rd.en.eq(~feeding)]
+            m.d.comb += [self.i.valid.eq(feeding), self.o.ready.eq(collecting & k_open)]
             with m.State("RUN_FEED"):
-                m.d.sync += [count.eq(0), k.eq(0)]
+                m.d.sync += [count.eq(0), k.eq(0), k_open.eq(out_bytes > 0)]
                 m.next = "FEED_READ"
             with m.State("FEED_READ"):
-                m.d.comb += in_rd.addr.eq(count)
                 m.d.sync += count.eq(count + 1)
+                if vb == 1:
+                    m.d.sync += [feed_last.eq(count == in_bytes - 1), feeding.eq(1)]
                 m.next = "FEED_SEND" if vb == 1 else "FEED_READ_HI"
             if vb == 2:
                 lo = Signal(8)
                 with m.State("FEED_READ_HI"):
-                    m.d.comb += in_rd.addr.eq(count)
                     m.d.sync += [lo.eq(in_rd.data), count.eq(count + 1)]
+                    m.d.sync += [feed_last.eq(count == in_bytes - 1), feeding.eq(1)]
                     m.next = "FEED_SEND"
             with m.State("FEED_SEND"):
-                m.d.comb += in_rd.addr.eq(count - 1)
                 value = in_rd.data if vb == 1 else Cat(lo, in_rd.data)
-                m.d.comb += [self.i.valid.eq(1), self.i.payload.eq(value)]
+                m.d.comb += self.i.payload.eq(value)
                 with m.If(self.i.ready):
-                    with m.If(count == in_bytes):
-                        m.d.sync += count.eq(0)
+                    m.d.sync += feeding.eq(0)
+                    with m.If(feed_last):
+                        m.d.sync += [count.eq(0), collecting.eq(1)]
                         m.next = "COLLECT"
                     with m.Else():
                         m.next = "FEED_READ"
+            taken = self.o.valid & self.o.ready  # (its writes follow the FSM)
             with m.State("COLLECT"):
-                m.d.comb += self.o.ready.eq(k < out_bytes)
-                with m.If(self.o.valid & (k < out_bytes)):
-                    m.d.comb += [
-                        out_wr.addr.eq(k),
-                        out_wr.data.eq(self.o.payload[:8]),
-                        out_wr.en.eq(1),
-                    ]
-                    m.d.sync += k.eq(k + vb)
+                with m.If(taken):
                     if vb == 2:
-                        m.d.sync += count.eq(self.o.payload[8:])
+                        m.d.sync += [count.eq(self.o.payload[8:]), collecting.eq(0)]
                         m.next = "COLLECT_HI"
-                with m.If(k == out_bytes):
-                    m.d.sync += cycles_l.eq(self.cycles)
+                with m.If(~k_open):
+                    m.d.sync += [cycles_l.eq(self.cycles), collecting.eq(0)]
                     m.next = "REPLY"
             if vb == 2:
                 with m.State("COLLECT_HI"):
                     m.d.comb += [out_wr.addr.eq(k - 1), out_wr.data.eq(count[:8]), out_wr.en.eq(1)]
+                    m.d.sync += collecting.eq(1)
                     m.next = "COLLECT"
             with m.State("REPLY"):
                 m.d.comb += send.eq(1)
@@ -237,48 +251,71 @@ class HostInterface(wiring.Component):
                 with m.If(~busy):
                     m.next = "SYNC"
 
-        # ---- sender: SYNC, cmd, len (2), payload, CRC (2)
-        pos, total, tcrc = Signal(16), Signal(16), Signal(16)
+        with m.If(taken):
+            m.d.comb += [out_wr.addr.eq(k), out_wr.data.eq(self.o.payload[:8]), out_wr.en.eq(1)]
+            m.d.sync += [k.eq(k + vb), k_open.eq(k < out_bytes - vb)]
+
+        # ---- sender: SYNC, cmd, len (2), payload, CRC (2). Each byte takes phases 1 (the
+        # output buffer reads it; what `pos` is, registered), 2 (the byte unless it is the
+        # output buffer's, registered), 3 (the byte, registered: the CRC starts from a
+        # register) and 4 (presented until taken)
+        max_len = max(len(self.ident), out_bytes + 4, 2)
+        pos, pay = Signal(range(max_len + 7)), Signal(range(-4, max_len + 3))  # pay = pos - 4
+        pay_end, last_pos, tcrc = Signal.like(pos), Signal.like(pos), Signal(16)
         ident = Array(Const(b, 8) for b in self.ident)
         cyc_bytes = Array(cycles_l.word_select(i, 8) for i in range(4))
-        pay_i = pos - 4
-        m.d.comb += out_rd.addr.eq(pay_i[:16])
-        out_byte = Signal(8)
-        with m.Switch(r_cmd):
-            with m.Case(P.NAK):
-                m.d.comb += out_byte.eq(Mux(pay_i == 0, r_code, r_ocmd))
-            with m.Case(P.IDENT | P.REPLY):
-                m.d.comb += out_byte.eq(ident[pay_i[:5]])
-            with m.Case(P.READ_OUTPUT | P.REPLY):
-                m.d.comb += out_byte.eq(
-                    Mux(pay_i < out_bytes, out_rd.data, cyc_bytes[(pay_i - out_bytes)[:2]])
-                )
+        m.d.comb += out_rd.addr.eq(pay[: len(out_rd.addr)])
+        in_hdr, in_pay, at_crc_hi, in_out, pay_0, crc_en, final = (Signal() for _ in range(7))
+        is_nak, is_ident, is_read = Signal(), Signal(), Signal()  # r_cmd, decoded
+        m.d.sync += [
+            is_nak.eq(r_cmd == P.NAK),
+            is_ident.eq(r_cmd == (P.IDENT | P.REPLY)),
+            is_read.eq(r_cmd == (P.READ_OUTPUT | P.REPLY)),
+        ]
         header = Array([Const(P.SYNC, 8), r_cmd, r_len[:8], r_len[8:]])
-        phase = Signal(range(4))  # 0 idle, 1 fetch (memory latency), 2 select, 3 present
-        byte_now, byte_r = Signal(8), Signal(8)
-        with m.If(pos < 4):
-            m.d.comb += byte_now.eq(header[pos[:2]])
-        with m.Elif(pos < 4 + r_len):
-            m.d.comb += byte_now.eq(out_byte)
-        with m.Elif(pos == 4 + r_len):
-            m.d.comb += byte_now.eq(tcrc[8:])
+        phase = Signal(range(5))  # 0 idle, 1 fetch (memory latency), 2-3 select, 4 present
+        other, other_r, byte_r, use_mem = Signal(8), Signal(8), Signal(8), Signal()
+        with m.If(in_hdr):
+            m.d.comb += other.eq(header[pos[:2]])
+        with m.Elif(in_pay):
+            with m.If(is_nak):
+                m.d.comb += other.eq(Mux(pay_0, r_code, r_ocmd))
+            with m.Elif(is_ident):
+                m.d.comb += other.eq(ident[pay[:5]])
+            with m.Elif(is_read):
+                m.d.comb += other.eq(cyc_bytes[(pay[:2] - out_bytes)[:2]])
+        with m.Elif(at_crc_hi):
+            m.d.comb += other.eq(tcrc[8:])
         with m.Else():
-            m.d.comb += byte_now.eq(tcrc[:8])
+            m.d.comb += other.eq(tcrc[:8])
         m.d.comb += busy.eq(phase != 0)
         tx_next_crc = crc16_step(m, tcrc, byte_r, "txcrc")
         with m.If(send):
-            m.d.sync += [phase.eq(1), pos.eq(0), tcrc.eq(0xFFFF), total.eq(r_len + 6)]
+            m.d.sync += [phase.eq(1), pos.eq(0), pay.eq(-4), tcrc.eq(0xFFFF)]
+            m.d.sync += [pay_end.eq(r_len + 4), last_pos.eq(r_len + 5)]
         with m.Elif(phase == 1):  # give the output buffer a cycle to read pos's byte
-            m.d.sync += phase.eq(2)
-        with m.Elif(phase == 2):  # the byte is registered: the CRC starts from a register
-            m.d.sync += [byte_r.eq(byte_now), phase.eq(3)]
+            m.d.sync += [
+                phase.eq(2),
+                in_hdr.eq(pos < 4),
+                in_pay.eq(pos < pay_end),
+                at_crc_hi.eq(pos == pay_end),
+                in_out.eq(pay < out_bytes),
+                pay_0.eq(pay == 0),
+                crc_en.eq((pos >= 1) & (pos < pay_end)),
+                final.eq(pos == last_pos),
+            ]
+        with m.Elif(phase == 2):
+            m.d.sync += [other_r.eq(other), phase.eq(3)]
+            m.d.sync += use_mem.eq(~in_hdr & in_pay & is_read & in_out)
         with m.Elif(phase == 3):
+            m.d.sync += [byte_r.eq(Mux(use_mem, out_rd.data, other_r)), phase.eq(4)]
+        with m.Elif(phase == 4):
             m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte_r)]
             with m.If(self.tx.ready):
-                with m.If((pos >= 1) & (pos < 4 + r_len)):
+                with m.If(crc_en):
                     m.d.sync += tcrc.eq(tx_next_crc)
-                m.d.sync += pos.eq(pos + 1)
-                with m.If(pos == total - 1):
+                m.d.sync += [pos.eq(pos + 1), pay.eq(pay + 1)]
+                with m.If(final):
                     m.d.sync += phase.eq(0)
                 with m.Else():
                     m.d.sync += phase.eq(1)

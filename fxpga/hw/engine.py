@@ -257,6 +257,9 @@ class Engine(wiring.Component):
         nf = len(DESC_FIELDS)
         nxt = Signal(descriptor_layout(FB, CB)) if cfg.prefetch else desc
         pf_start, pf_busy = Signal(), Signal()
+        start = Signal()  # taps.start from a flip-flop: high exactly while in START
+        in_ready, out_valid = Signal(), Signal()  # the same for LOAD and OUT_SEND
+        m.d.comb += [self.i.ready.eq(in_ready), self.o.valid.eq(out_valid)]
         pf_base, pf_cnt = Signal(range(self.prog_depth + 1)), Signal(range(nf + 1))
         with m.If(pf_start):  # (never while pf_busy)
             m.d.sync += [pf_busy.eq(1), pf_cnt.eq(0)]
@@ -270,13 +273,14 @@ class Engine(wiring.Component):
                     m.d.sync += nxt[name].eq(prd.data[:width])
         m.d.comb += prd.addr.eq(pf_base + pf_cnt)
 
+        m.d.sync += start.eq(0)
+        m.d.comb += taps.start.eq(start)
         with m.FSM():
             with m.State("IDLE"):  # the header is read per inference: run-time writes count
                 with m.If(self.i.valid):
-                    m.d.sync += [cnt.eq(0), at_last.eq(0)]
+                    m.d.sync += [cnt.eq(0), at_last.eq(0), pf_base.eq(0), pf_cnt.eq(0)]
                     m.next = "HEADER"
-            with m.State("HEADER"):
-                m.d.comb += prd.addr.eq(cnt)
+            with m.State("HEADER"):  # read at pf_base + pf_cnt = cnt (no address mux)
                 m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == HEADER_WORDS - 1)]
                 with m.Switch(cnt):
                     for k, sig in enumerate((n_ops, in_size, out_size, out_buf)):
@@ -284,13 +288,15 @@ class Engine(wiring.Component):
                             m.d.sync += sig.eq(prd.data)
                 with m.If(at_last):
                     m.d.sync += [cnt.eq(0), at_last.eq(in_one), pf_base.eq(HEADER_WORDS)]
+                    m.d.sync += in_ready.eq(1)
                     # a long input hides op 0's descriptor fetch (deterministically: the
                     # load takes at least in_size cycles, whatever the stream's stalls)
                     m.d.comb += pf_start.eq(long_input)
                     m.next = "LOAD"
+                with m.Else():
+                    m.d.sync += pf_cnt.eq(pf_cnt + 1)
             with m.State("LOAD"):
                 m.d.comb += [
-                    self.i.ready.eq(1),
                     fmap[0].wr_addr.eq(cnt),
                     fmap[0].wr_data[0].eq(self.i.payload),
                     fmap[0].wr_en[0].eq(self.i.valid),
@@ -298,7 +304,7 @@ class Engine(wiring.Component):
                 with m.If(self.i.valid):
                     m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == in_m2)]
                     with m.If(at_last):
-                        m.d.sync += [cnt.eq(0), at_last.eq(0), op.eq(0)]
+                        m.d.sync += [cnt.eq(0), at_last.eq(0), op.eq(0), in_ready.eq(0)]
                         m.d.sync += [cycles.eq(0), counting.eq(1)]
                         m.d.sync += [ops_left.eq(n_ops - 1), op_last.eq(n_ops == 1)]
                         m.d.comb += pf_start.eq(~long_input)
@@ -308,13 +314,13 @@ class Engine(wiring.Component):
                     if cfg.prefetch:
                         m.d.sync += [desc.eq(nxt), pf_base.eq(pf_base + nf)]
                         m.d.comb += pf_start.eq(~op_last)
+                    m.d.sync += start.eq(1)
                     m.next = "START"
             with m.State("FETCH"):  # without prefetch: read this op's descriptor now
                 m.d.sync += pf_base.eq(pf_base + nf)
                 m.d.comb += pf_start.eq(1)
                 m.next = "NEXT"
             with m.State("START"):
-                m.d.comb += taps.start.eq(1)
                 m.d.sync += self.running.eq(1)
                 m.next = "RUN"
             with m.State("RUN"), m.If(taps.done):
@@ -331,15 +337,15 @@ class Engine(wiring.Component):
                         m.next = "NEXT" if cfg.prefetch else "FETCH"
             with m.State("OUT_READ"):
                 m.d.comb += rd_addr.eq(cnt)
+                m.d.sync += out_valid.eq(1)
                 m.next = "OUT_SEND"
             with m.State("OUT_SEND"):
                 m.d.comb += [
                     rd_addr.eq(cnt),
-                    self.o.valid.eq(1),
                     self.o.payload.eq(Mux(out_buf[0], fmap[1].rd_data, fmap[0].rd_data)),
                 ]
                 with m.If(self.o.ready):
-                    m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == out_m2)]
+                    m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == out_m2), out_valid.eq(0)]
                     with m.If(at_last):
                         m.d.sync += [cnt.eq(0), at_last.eq(0)]
                         m.next = "IDLE"
