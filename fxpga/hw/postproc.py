@@ -216,14 +216,15 @@ class PostProcessor(wiring.Component):
         s8 = [Signal(signed(P), name=f"s8_val{i}") for i in range(W)]
         for i in range(W):
             head, x = pacc[0][i], s7[i]
-            gt = x > head
+            # in a max pool the pool register holds a data_bits value (x or qmin): the compare
+            # needs only its low bits (a short carry chain), and it selects between two values
+            # computed beside it (one LUT after the compare)
+            gt = x > head[:D].as_signed()
+            rest = Mux(k_sum, head + x, Mux(k_x, x, Mux(k_head, head, empty)))
+            if_gt, if_le = Signal(signed(P), name=f"s8_gt{i}"), Signal(signed(P), name=f"s8_le{i}")
+            m.d.comb += [if_gt.eq(Mux(k_max, x, rest)), if_le.eq(Mux(k_max, head, rest))]
             new = Signal(signed(P), name=f"s8_new{i}")
-            m.d.comb += new.eq(
-                Mux(k_x | (k_max & gt), x, 0)
-                | Mux(k_head | (k_max & ~gt), head, 0)
-                | Mux(k_sum, head + x, 0)
-                | Mux(k_empty, empty, 0)
-            )
+            m.d.comb += new.eq(Mux(gt, if_gt, if_le))
             m.d.sync += s8[i].eq(new)
             with m.If(it.v):
                 m.d.sync += [pacc[j][i].eq(pacc[j + 1][i]) for j in range(n - 1)]

@@ -131,7 +131,20 @@ class TapGenerator(wiring.Component):
 
         # ---- the walker takes a window: bounds, counts and address terms. Per-op flags are
         # registered from the descriptor (valid from start; the first take is a cycle later)
-        pad = ~((oy >= 0) & (oy < d.OH) & (ox >= 0) & (ox < d.OW))
+        def in_pad(y, x):
+            return ~((y >= 0) & (y < d.OH) & (x >= 0) & (x < d.OW))
+
+        if items >= 3:
+            # the window's pool-padding flag, registered: from the descriptor on start, then
+            # from (oy, ox), which the sequencer updates the cycle after a take; a window
+            # lasts >= 3 cycles, so the flag is ready at the next take
+            pad = Signal(reset_less=True)
+            with m.If(self.start):
+                m.d.sync += pad.eq(in_pad(d.oy0, d.ox0))
+            with m.Else():
+                m.d.sync += pad.eq(in_pad(oy, ox))
+        else:
+            pad = in_pad(oy, ox)
         lead_nz, short = Signal(), Signal()  # idle cycles first; a 1-cycle window
         m.d.sync += [lead_nz.eq(d.lead != 0), short.eq((d.lead == 0) & (d.CKK == 1))]
         with m.If(take):
