@@ -81,22 +81,28 @@ class HostInterface(wiring.Component):
         cycles_l = Signal(32)
         rx_next_crc = crc16_step(m, crc, byte, "rxcrc")
 
+        # the timer restarts on every byte and counts otherwise (whatever the state: only the
+        # frame's states look at it)
+        with m.If(got):
+            m.d.sync += idle_timer.eq(t0)
+        with m.Else():
+            m.d.sync += idle_timer.eq(idle_timer + 1)
+
         def idle():
-            """After a `with m.If(got)` block: count quiet cycles, give up on the frame."""
+            """After a `with m.If(got)` block: give up on the frame after byte_timeout quiet
+            cycles."""
             with m.Elif(idle_timer[tb]):
                 fsm.next("SYNC")
-            with m.Else():
-                m.d.sync += idle_timer.eq(idle_timer + 1)
 
         fsm = OneHotFSM(m, "SYNC", "parser")  # one-hot: see OneHotFSM
         with fsm.state("SYNC"):
+            m.d.sync += crc.eq(0xFFFF)
             with m.If(got & (byte == P.SYNC) & ~busy):
-                m.d.sync += [crc.eq(0xFFFF), idle_timer.eq(t0)]
                 fsm.next("CMD")
         for state, nxt in (("CMD", "LEN0"), ("LEN0", "LEN1"), ("LEN1", None)):
             with fsm.state(state):
                 with m.If(got):
-                    m.d.sync += [crc.eq(rx_next_crc), idle_timer.eq(t0)]
+                    m.d.sync += crc.eq(rx_next_crc)
                     if state == "CMD":
                         m.d.sync += cmd.eq(byte)
                         fsm.next(nxt)
@@ -119,7 +125,6 @@ class HostInterface(wiring.Component):
             with m.If(got):
                 m.d.sync += [
                     crc.eq(rx_next_crc),
-                    idle_timer.eq(t0),
                     count.eq(count + 1),
                     cfg_rec.eq(Cat(cfg_rec[8:], byte)),
                     pay_last.eq(count == len_m2),
@@ -132,7 +137,7 @@ class HostInterface(wiring.Component):
             idle()
         with fsm.state("CRC0"):
             with m.If(got):
-                m.d.sync += [rx_crc[8:].eq(byte), idle_timer.eq(t0)]
+                m.d.sync += rx_crc[8:].eq(byte)
                 fsm.next("CRC1")
             idle()
         with fsm.state("CRC1"):
@@ -152,29 +157,24 @@ class HostInterface(wiring.Component):
                 len_8.eq(length == 8),
             ]
             m.d.sync += [is_cmd[c].eq(cmd == getattr(P, c)) for c in commands]
+            fsm.next("DECIDE")
+        # the reply, decided from those flags (registered), then set up in EXEC
+        nak_r, code_r, ok_run, ok_cfg = Signal(), Signal(8), Signal(), Signal()
+        with fsm.state("DECIDE"):
             fsm.next("EXEC")
-        with fsm.state("EXEC"):
-            fsm.next("REPLY")
+            m.d.sync += [nak_r.eq(0), ok_run.eq(0), ok_cfg.eq(0)]
 
             def nak(code):
-                m.d.sync += [r_cmd.eq(P.NAK), r_len.eq(2), r_code.eq(code), r_ocmd.eq(cmd)]
-
-            def ack(n=0):
-                m.d.sync += [r_cmd.eq(cmd | P.REPLY), r_len.eq(n)]
+                m.d.sync += [nak_r.eq(1), code_r.eq(code)]
 
             with m.If(~crc_ok):
                 nak(P.ERR_CRC)
-            with m.Elif(is_cmd["IDENT"]):
-                with m.If(len_0):
-                    ack(len(self.ident))
-                with m.Else():
+            with m.Elif(is_cmd["IDENT"] | is_cmd["READ_OUTPUT"]):
+                with m.If(~len_0):
                     nak(P.ERR_LENGTH)
             with m.Elif(is_cmd["WRITE_INPUT"]):
-                with m.If(len_in):
-                    m.d.sync += have_input.eq(1)
-                    ack()
-                with m.Else():
-                    m.d.sync += have_input.eq(0)
+                m.d.sync += have_input.eq(len_in)
+                with m.If(~len_in):
                     nak(P.ERR_LENGTH)
             with m.Elif(is_cmd["RUN"]):
                 with m.If(~len_0):
@@ -182,25 +182,31 @@ class HostInterface(wiring.Component):
                 with m.Elif(~have_input):
                     nak(P.ERR_NO_INPUT)
                 with m.Else():
-                    ack()
-                    fsm.next("RUN_FEED")
-            with m.Elif(is_cmd["READ_OUTPUT"]):
-                with m.If(len_0):
-                    ack(out_bytes + 4)
-                with m.Else():
-                    nak(P.ERR_LENGTH)
+                    m.d.sync += ok_run.eq(1)
             with m.Elif(is_cmd["CFG_WRITE"]):
                 with m.If(len_8):
-                    m.d.comb += [
-                        self.cfg.addr.eq(cfg_rec[:32]),
-                        self.cfg.data.eq(cfg_rec[32:]),
-                        self.cfg.en.eq(1),
-                    ]
-                    ack()
+                    m.d.sync += ok_cfg.eq(1)
                 with m.Else():
                     nak(P.ERR_LENGTH)
             with m.Else():
                 nak(P.ERR_CMD)
+        with fsm.state("EXEC"):
+            fsm.next("REPLY")
+            with m.If(nak_r):
+                m.d.sync += [r_cmd.eq(P.NAK), r_len.eq(2), r_code.eq(code_r), r_ocmd.eq(cmd)]
+            with m.Else():
+                ack_len = Mux(
+                    is_cmd["IDENT"], len(self.ident), Mux(is_cmd["READ_OUTPUT"], out_bytes + 4, 0)
+                )
+                m.d.sync += [r_cmd.eq(cmd | P.REPLY), r_len.eq(ack_len)]
+            with m.If(ok_run):
+                fsm.next("RUN_FEED")
+            with m.If(ok_cfg):
+                m.d.comb += [
+                    self.cfg.addr.eq(cfg_rec[:32]),
+                    self.cfg.data.eq(cfg_rec[32:]),
+                    self.cfg.en.eq(1),
+                ]
 
         # ---- RUN: stream the input buffer into the engine, collect its output
         # the stream handshakes come from flip-flops: `feeding` is FEED_SEND, `collecting`
