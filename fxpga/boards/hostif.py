@@ -68,10 +68,11 @@ class HostInterface(wiring.Component):
         crc, rx_crc = Signal(16, init=0xFFFF), Signal(16)
         cfg_rec = Signal(64)
         have_input = Signal()
-        # quiet cycles, counted from 2^b - byte_timeout up: the frame is dropped when bit b
-        # rises (one flip-flop, not a compare)
-        tb = max(1, self.byte_timeout.bit_length())
-        idle_timer, t0 = Signal(tb + 1), (1 << tb) - self.byte_timeout
+        # quiet cycles since the last byte; `expired` (a flip-flop: the compare is a cycle
+        # ahead) when they reach byte_timeout. The counter only resets (counting from a
+        # constant with ones in it, yosys made a set/reset mix that nextpnr placed as a
+        # broken carry chain)
+        idle_timer, expired = Signal(range(self.byte_timeout + 1)), Signal()
         byte, got = self.rx.payload, self.rx.valid
         m.d.comb += self.rx.ready.eq(1)
 
@@ -84,14 +85,17 @@ class HostInterface(wiring.Component):
         # the timer restarts on every byte and counts otherwise (whatever the state: only the
         # frame's states look at it)
         with m.If(got):
-            m.d.sync += idle_timer.eq(t0)
+            m.d.sync += [idle_timer.eq(0), expired.eq(0)]
         with m.Else():
-            m.d.sync += idle_timer.eq(idle_timer + 1)
+            m.d.sync += [
+                idle_timer.eq(idle_timer + 1),
+                expired.eq(idle_timer == self.byte_timeout - 1),
+            ]
 
         def idle():
             """After a `with m.If(got)` block: give up on the frame after byte_timeout quiet
             cycles."""
-            with m.Elif(idle_timer[tb]):
+            with m.Elif(expired):
                 fsm.next("SYNC")
 
         fsm = OneHotFSM(m, "SYNC", "parser")  # one-hot: see OneHotFSM
@@ -145,51 +149,46 @@ class HostInterface(wiring.Component):
                 m.d.sync += rx_crc[:8].eq(byte)
                 fsm.next("CHECK")
             idle()
-        # the frame's checks, registered for EXEC (off the reply logic's path)
+        # the frame's checks, registered for DECIDE (off the reply logic's path). `cmd` and
+        # `length` hold still from LEN1 on, and CHECK comes 3 cycles or more after LEN1 (two
+        # CRC bytes), so their flags are registered every cycle and the length check in CHECK
         crc_ok, len_0, len_in, len_8 = Signal(), Signal(), Signal(), Signal()
         commands = ("IDENT", "WRITE_INPUT", "RUN", "READ_OUTPUT", "CFG_WRITE")
         is_cmd = {c: Signal(name=f"is_{c.lower()}") for c in commands}  # cmd, decoded
+        known, len_bad = Signal(), Signal()  # a command we know; its length is wrong
+        m.d.sync += [len_0.eq(length == 0), len_in.eq(length == in_bytes), len_8.eq(length == 8)]
+        m.d.sync += [is_cmd[c].eq(cmd == getattr(P, c)) for c in commands]
         with fsm.state("CHECK"):
             m.d.sync += [
                 crc_ok.eq(rx_crc == crc),
-                len_0.eq(length == 0),
-                len_in.eq(length == in_bytes),
-                len_8.eq(length == 8),
+                known.eq(Cat(*is_cmd.values()).any()),
+                len_bad.eq(
+                    ((is_cmd["IDENT"] | is_cmd["READ_OUTPUT"] | is_cmd["RUN"]) & ~len_0)
+                    | (is_cmd["WRITE_INPUT"] & ~len_in)
+                    | (is_cmd["CFG_WRITE"] & ~len_8)
+                ),
             ]
-            m.d.sync += [is_cmd[c].eq(cmd == getattr(P, c)) for c in commands]
             fsm.next("DECIDE")
-        # the reply, decided from those flags (registered), then set up in EXEC
+        # the reply, decided from those flags (registered), then set up in EXEC: a NAK for a
+        # bad CRC, an unknown command, a wrong length or a RUN without input, in that order
         nak_r, code_r, ok_run, ok_cfg = Signal(), Signal(8), Signal(), Signal()
         with fsm.state("DECIDE"):
             fsm.next("EXEC")
-            m.d.sync += [nak_r.eq(0), ok_run.eq(0), ok_cfg.eq(0)]
-
-            def nak(code):
-                m.d.sync += [nak_r.eq(1), code_r.eq(code)]
-
-            with m.If(~crc_ok):
-                nak(P.ERR_CRC)
-            with m.Elif(is_cmd["IDENT"] | is_cmd["READ_OUTPUT"]):
-                with m.If(~len_0):
-                    nak(P.ERR_LENGTH)
-            with m.Elif(is_cmd["WRITE_INPUT"]):
-                m.d.sync += have_input.eq(len_in)
-                with m.If(~len_in):
-                    nak(P.ERR_LENGTH)
-            with m.Elif(is_cmd["RUN"]):
-                with m.If(~len_0):
-                    nak(P.ERR_LENGTH)
-                with m.Elif(~have_input):
-                    nak(P.ERR_NO_INPUT)
-                with m.Else():
-                    m.d.sync += ok_run.eq(1)
-            with m.Elif(is_cmd["CFG_WRITE"]):
-                with m.If(len_8):
-                    m.d.sync += ok_cfg.eq(1)
-                with m.Else():
-                    nak(P.ERR_LENGTH)
-            with m.Else():
-                nak(P.ERR_CMD)
+            no_input = is_cmd["RUN"] & ~have_input
+            m.d.sync += [
+                nak_r.eq(~crc_ok | ~known | len_bad | no_input),
+                code_r.eq(
+                    Mux(
+                        ~crc_ok,
+                        P.ERR_CRC,
+                        Mux(~known, P.ERR_CMD, Mux(len_bad, P.ERR_LENGTH, P.ERR_NO_INPUT)),
+                    )
+                ),
+                ok_run.eq(crc_ok & is_cmd["RUN"] & ~len_bad & have_input),
+                ok_cfg.eq(crc_ok & is_cmd["CFG_WRITE"] & ~len_bad),
+            ]
+            with m.If(crc_ok & is_cmd["WRITE_INPUT"]):
+                m.d.sync += have_input.eq(~len_bad)
         with fsm.state("EXEC"):
             fsm.next("REPLY")
             with m.If(nak_r):

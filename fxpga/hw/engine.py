@@ -282,9 +282,10 @@ class Engine(wiring.Component):
         m.d.comb += taps.start.eq(start)
         fsm = OneHotFSM(m, "IDLE", "seq")  # one-hot: see OneHotFSM
         with fsm.state("IDLE"):  # the header is read per inference: run-time writes count
+            # (cnt and at_last are 0 here; no prefetch runs: the header read starts at 0 —
+            # set whatever i.valid is, which keeps it off these registers' logic)
+            m.d.sync += [pf_base.eq(0), pf_cnt.eq(0), pf_addr.eq(0)]
             with m.If(self.i.valid):
-                m.d.sync += [cnt.eq(0), at_last.eq(0), pf_base.eq(0), pf_cnt.eq(0)]
-                m.d.sync += pf_addr.eq(0)
                 fsm.next("HEADER")
         with fsm.state("HEADER"):  # read at pf_base + pf_cnt = cnt (no address mux)
             m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == HEADER_WORDS - 1)]
