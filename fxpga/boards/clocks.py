@@ -178,11 +178,13 @@ class PLLDomain(Elaboratable):
         else:
             m.domains.por = ClockDomain("por", reset_less=True, local=True)
             timer = Signal(range(self.hold + 1))
+            rst = Signal(init=1)  # a flip-flop drives the reset net (its global buffer)
             with m.If(~lock):
                 m.d.por += timer.eq(0)
             with m.Elif(timer != self.hold):
                 m.d.por += timer.eq(timer + 1)
-            m.d.comb += [ClockSignal("por").eq(clk), ResetSignal("sync").eq(timer != self.hold)]
+            m.d.por += rst.eq(timer != self.hold)
+            m.d.comb += [ClockSignal("por").eq(clk), ResetSignal("sync").eq(rst)]
         # No platform.add_clock_constraint(clk): the net loses that name when yosys flattens
         # the design (nextpnr warns and ignores it); fxpga build gives nextpnr --freq instead.
         return m

@@ -18,6 +18,7 @@ from .desc import (
     field_widths,
 )
 from .mac import MACArray
+from .onehot import OneHotFSM
 from .postproc import PostProcessor
 from .taps import TapGenerator
 from .weights import SPRAM_DEPTH, WeightBanks
@@ -260,94 +261,106 @@ class Engine(wiring.Component):
         nf = len(DESC_FIELDS)
         nxt = Signal(descriptor_layout(FB, CB)) if cfg.prefetch else desc
         pf_start, pf_busy = Signal(), Signal()
+        start = Signal()  # taps.start from a flip-flop: high exactly while in START
+        in_ready, out_valid = Signal(), Signal()  # the same for LOAD and OUT_SEND
+        m.d.comb += [self.i.ready.eq(in_ready), self.o.valid.eq(out_valid)]
         pf_base, pf_cnt = Signal(range(self.prog_depth + 1)), Signal(range(nf + 1))
+        # the read address pf_base + pf_cnt, kept in a register of its own (no adder before
+        # the memory): `pf_start_addr` is pf_base as it is from the cycle after pf_start
+        pf_addr, pf_start_addr = Signal.like(pf_base), Signal.like(pf_base)
+        m.d.comb += pf_start_addr.eq(pf_base)
         with m.If(pf_start):  # (never while pf_busy)
-            m.d.sync += [pf_busy.eq(1), pf_cnt.eq(0)]
+            m.d.sync += [pf_busy.eq(1), pf_cnt.eq(0), pf_addr.eq(pf_start_addr)]
         with m.Elif(pf_busy):
-            m.d.sync += pf_cnt.eq(pf_cnt + 1)
+            m.d.sync += [pf_cnt.eq(pf_cnt + 1), pf_addr.eq(pf_addr + 1)]
             with m.If(pf_cnt == nf):
                 m.d.sync += pf_busy.eq(0)
         with m.If(pf_busy), m.Switch(pf_cnt):  # word k arrives while pf_cnt = k + 1
             for k, (name, width) in enumerate(field_widths(FB, CB).items()):
                 with m.Case(k + 1):
                     m.d.sync += nxt[name].eq(prd.data[:width])
-        m.d.comb += prd.addr.eq(pf_base + pf_cnt)
+        m.d.comb += prd.addr.eq(pf_addr)
 
-        with m.FSM():
-            with m.State("IDLE"):  # the header is read per inference: run-time writes count
-                with m.If(self.i.valid):
+        m.d.sync += start.eq(0)
+        m.d.comb += taps.start.eq(start)
+        fsm = OneHotFSM(m, "IDLE", "seq")  # one-hot: see OneHotFSM
+        with fsm.state("IDLE"):  # the header is read per inference: run-time writes count
+            # (cnt and at_last are 0 here; no prefetch runs: the header read starts at 0 —
+            # set whatever i.valid is, which keeps it off these registers' logic)
+            m.d.sync += [pf_base.eq(0), pf_cnt.eq(0), pf_addr.eq(0)]
+            with m.If(self.i.valid):
+                fsm.next("HEADER")
+        with fsm.state("HEADER"):  # read at pf_base + pf_cnt = cnt (no address mux)
+            m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == HEADER_WORDS - 1)]
+            with m.Switch(cnt):
+                for k, sig in enumerate((n_ops, in_size, out_size, out_buf)):
+                    with m.Case(k + 1):
+                        m.d.sync += sig.eq(prd.data)
+            with m.If(at_last):
+                m.d.sync += [cnt.eq(0), at_last.eq(in_one), pf_base.eq(HEADER_WORDS)]
+                m.d.sync += in_ready.eq(1)
+                # a long input hides op 0's descriptor fetch (deterministically: the
+                # load takes at least in_size cycles, whatever the stream's stalls)
+                m.d.comb += [pf_start.eq(long_input), pf_start_addr.eq(HEADER_WORDS)]
+                fsm.next("LOAD")
+            with m.Else():
+                m.d.sync += [pf_cnt.eq(pf_cnt + 1), pf_addr.eq(pf_addr + 1)]
+        with fsm.state("LOAD"):
+            m.d.comb += [
+                fmap[0].wr_addr.eq(cnt),
+                fmap[0].wr_data[0].eq(self.i.payload),
+                fmap[0].wr_en[0].eq(self.i.valid),
+            ]
+            with m.If(self.i.valid):
+                m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == in_m2)]
+                with m.If(at_last):
+                    m.d.sync += [cnt.eq(0), at_last.eq(0), op.eq(0), in_ready.eq(0)]
+                    m.d.sync += [cycles.eq(0), counting.eq(1)]
+                    m.d.sync += [ops_left.eq(n_ops - 1), op_last.eq(n_ops == 1)]
+                    m.d.comb += pf_start.eq(~long_input)
+                    fsm.next("NEXT")
+        with fsm.state("NEXT"):  # wait for the prefetched descriptor, start fetching the next
+            with m.If(~pf_busy):
+                if cfg.prefetch:
+                    m.d.sync += [desc.eq(nxt), pf_base.eq(pf_base + nf)]
+                    m.d.comb += [pf_start.eq(~op_last), pf_start_addr.eq(pf_base + nf)]
+                m.d.sync += start.eq(1)
+                fsm.next("START")
+        with fsm.state("FETCH"):  # without prefetch: read this op's descriptor now
+            m.d.sync += pf_base.eq(pf_base + nf)
+            m.d.comb += [pf_start.eq(1), pf_start_addr.eq(pf_base + nf)]
+            fsm.next("NEXT")
+        with fsm.state("START"):
+            m.d.sync += self.running.eq(1)
+            fsm.next("RUN")
+        with fsm.state("RUN"), m.If(taps.done):
+            fsm.next("DRAIN")
+        with fsm.state("DRAIN"):
+            m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == compiler.drain_cycles(cfg) - 2)]
+            with m.If(at_last):
+                m.d.sync += [cnt.eq(0), at_last.eq(op_last & out_one), op.eq(op + 1)]
+                m.d.sync += [ops_left.eq(ops_left - 1), op_last.eq(ops_left == 1)]
+                with m.If(op_last):
+                    m.d.sync += [counting.eq(0), self.running.eq(0)]
+                    fsm.next("OUT_READ")
+                with m.Else():
+                    fsm.next("NEXT" if cfg.prefetch else "FETCH")
+        with fsm.state("OUT_READ"):
+            m.d.comb += rd_addr.eq(cnt)
+            m.d.sync += out_valid.eq(1)
+            fsm.next("OUT_SEND")
+        with fsm.state("OUT_SEND"):
+            m.d.comb += [
+                rd_addr.eq(cnt),
+                self.o.payload.eq(Mux(out_buf[0], fmap[1].rd_data, fmap[0].rd_data)),
+            ]
+            with m.If(self.o.ready):
+                m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == out_m2), out_valid.eq(0)]
+                with m.If(at_last):
                     m.d.sync += [cnt.eq(0), at_last.eq(0)]
-                    m.next = "HEADER"
-            with m.State("HEADER"):
-                m.d.comb += prd.addr.eq(cnt)
-                m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == HEADER_WORDS - 1)]
-                with m.Switch(cnt):
-                    for k, sig in enumerate((n_ops, in_size, out_size, out_buf)):
-                        with m.Case(k + 1):
-                            m.d.sync += sig.eq(prd.data)
-                with m.If(at_last):
-                    m.d.sync += [cnt.eq(0), at_last.eq(in_one), pf_base.eq(HEADER_WORDS)]
-                    # a long input hides op 0's descriptor fetch (deterministically: the
-                    # load takes at least in_size cycles, whatever the stream's stalls)
-                    m.d.comb += pf_start.eq(long_input)
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.comb += [
-                    self.i.ready.eq(1),
-                    fmap[0].wr_addr.eq(cnt),
-                    fmap[0].wr_data[0].eq(self.i.payload),
-                    fmap[0].wr_en[0].eq(self.i.valid),
-                ]
-                with m.If(self.i.valid):
-                    m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == in_m2)]
-                    with m.If(at_last):
-                        m.d.sync += [cnt.eq(0), at_last.eq(0), op.eq(0)]
-                        m.d.sync += [cycles.eq(0), counting.eq(1)]
-                        m.d.sync += [ops_left.eq(n_ops - 1), op_last.eq(n_ops == 1)]
-                        m.d.comb += pf_start.eq(~long_input)
-                        m.next = "NEXT"
-            with m.State("NEXT"):  # wait for the prefetched descriptor, start fetching the next
-                with m.If(~pf_busy):
-                    if cfg.prefetch:
-                        m.d.sync += [desc.eq(nxt), pf_base.eq(pf_base + nf)]
-                        m.d.comb += pf_start.eq(~op_last)
-                    m.next = "START"
-            with m.State("FETCH"):  # without prefetch: read this op's descriptor now
-                m.d.sync += pf_base.eq(pf_base + nf)
-                m.d.comb += pf_start.eq(1)
-                m.next = "NEXT"
-            with m.State("START"):
-                m.d.comb += taps.start.eq(1)
-                m.d.sync += self.running.eq(1)
-                m.next = "RUN"
-            with m.State("RUN"), m.If(taps.done):
-                m.next = "DRAIN"
-            with m.State("DRAIN"):
-                m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == compiler.drain_cycles(cfg) - 2)]
-                with m.If(at_last):
-                    m.d.sync += [cnt.eq(0), at_last.eq(op_last & out_one), op.eq(op + 1)]
-                    m.d.sync += [ops_left.eq(ops_left - 1), op_last.eq(ops_left == 1)]
-                    with m.If(op_last):
-                        m.d.sync += [counting.eq(0), self.running.eq(0)]
-                        m.next = "OUT_READ"
-                    with m.Else():
-                        m.next = "NEXT" if cfg.prefetch else "FETCH"
-            with m.State("OUT_READ"):
-                m.d.comb += rd_addr.eq(cnt)
-                m.next = "OUT_SEND"
-            with m.State("OUT_SEND"):
-                m.d.comb += [
-                    rd_addr.eq(cnt),
-                    self.o.valid.eq(1),
-                    self.o.payload.eq(Mux(out_buf[0], fmap[1].rd_data, fmap[0].rd_data)),
-                ]
-                with m.If(self.o.ready):
-                    m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == out_m2)]
-                    with m.If(at_last):
-                        m.d.sync += [cnt.eq(0), at_last.eq(0)]
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "OUT_READ"
+                    fsm.next("IDLE")
+                with m.Else():
+                    fsm.next("OUT_READ")
 
         # post-processor writes go to the output buffer of the running op
         for b, f in enumerate(fmap):

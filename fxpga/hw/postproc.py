@@ -219,15 +219,37 @@ class PostProcessor(wiring.Component):
             return Mux(d.relu_pre & (sat < 0), 0, sat)
 
         s7 = lanes_of("s7_sat", signed(D), saturate)
+        # stage 8's choice, one-hot and registered beside s7: the pool register's value
+        # becomes x (first window), head (pool padding), empty (both), max(head, x) or head + x
+        prev = stages[k_stage - 1]
+        k_x, k_head, k_empty, k_max, k_sum = (
+            Signal(name=f"s7_{n}") for n in ("x", "head", "empty", "max", "sum")
+        )
+        empty = Signal(signed(D))
+        inner = ~prev.padwin & ~prev.first
+        m.d.sync += [
+            k_x.eq(~prev.padwin & prev.first),
+            k_head.eq(prev.padwin & ~prev.first),
+            k_empty.eq(prev.padwin & prev.first),
+            k_max.eq(inner & ~d.pool_avg),
+            k_sum.eq(inner & d.pool_avg),
+            empty.eq(Mux(d.pool_avg, 0, d.qmin)),
+        ]
 
         # stage 8: pool (the pool registers rotate one item per cycle)
         it = stage()
-        empty = Mux(d.pool_avg, 0, d.qmin)
         s8 = [Signal(signed(P), name=f"s8_val{i}") for i in range(W)]
         for i in range(W):
             head, x = pacc[0][i], s7[i]
-            combined = Mux(d.pool_avg, head + x, Mux(x > head, x, head))
-            new = Mux(it.padwin, Mux(it.first, empty, head), Mux(it.first, x, combined))
+            # in a max pool the pool register holds a data_bits value (x or qmin): the compare
+            # needs only its low bits (a short carry chain), and it selects between two values
+            # computed beside it (one LUT after the compare)
+            gt = x > head[:D].as_signed()
+            rest = Mux(k_sum, head + x, Mux(k_x, x, Mux(k_head, head, empty)))
+            if_gt, if_le = Signal(signed(P), name=f"s8_gt{i}"), Signal(signed(P), name=f"s8_le{i}")
+            m.d.comb += [if_gt.eq(Mux(k_max, x, rest)), if_le.eq(Mux(k_max, head, rest))]
+            new = Signal(signed(P), name=f"s8_new{i}")
+            m.d.comb += new.eq(Mux(gt, if_gt, if_le))
             m.d.sync += s8[i].eq(new)
             with m.If(it.v):
                 m.d.sync += [pacc[j][i].eq(pacc[j + 1][i]) for j in range(n - 1)]

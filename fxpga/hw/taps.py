@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -44,7 +44,9 @@ class TapGenerator(wiring.Component):
     a *window sequencer* holds the next window (its loop counters, positions and address
     terms, all kept incrementally from constants the compiler precomputed), a *tap walker*
     the current one (its taps' addresses, bounds and counts), and ``tap`` is a register.
-    The sequencer steps when the walker takes its window, so it works a window ahead.
+    The sequencer steps when the walker has taken its window (with ``items >= 2`` in the cycle
+    after, from registered loop flags: a window lasts at least 2 cycles), so it works a window
+    ahead.
 
     **Throughput**: one tap per cycle. **Cycles per op**: ``LATENCY`` + Σ over windows of
     ``max(n, items)``.
@@ -81,14 +83,18 @@ class TapGenerator(wiring.Component):
         S = signed(self.field_bits + 2)  # addresses and counts
         P = signed(self.coord_bits)  # positions (coord_bits has a bit to spare)
 
+        # the loop state is loaded (start, take) before it is used: no reset, which keeps the
+        # reset out of these registers' enable logic (an iCE40 flip-flop's reset needs its
+        # enable); pending, walking and the tap register's flags are reset
         def regs(*names, shape=S):
-            return [Signal(shape, name=n) for n in names]
+            return [Signal(shape, name=n, reset_less=True) for n in names]
 
         def counter(name, maximum, shape=S):
             """A loop counter 0 … ``maximum`` kept as the count left, with registered
             ``first``/``last`` flags: no comparator between its registers and the selects."""
-            left = Signal(shape, name=f"{name}_left")
-            first, last = Signal(name=f"{name}_first"), Signal(name=f"{name}_last")
+            left = Signal(shape, name=f"{name}_left", reset_less=True)
+            first = Signal(name=f"{name}_first", reset_less=True)
+            last = Signal(name=f"{name}_last", reset_less=True)
             return SimpleNamespace(
                 first=first,
                 last=last,
@@ -110,21 +116,37 @@ class TapGenerator(wiring.Component):
 
         # ---- tap walker: the current window
         walking = Signal()  # a window is being walked
-        w_pad, w_first, w_lastp = Signal(), Signal(), Signal()
+        w_pad, w_first, w_lastp = regs("w_pad", "w_first", "w_lastp", shape=1)
         w_out, w_b, w_nvalid = regs("w_out", "w_b", "w_nvalid")
         w_ix0, iy, ix = regs("w_ix0", "iy", "ix", shape=P)
         a, row, w, left = regs("a", "row", "w", "left")
         c, kx = counter("c", d.c_max), counter("kx", d.kx_max, P)
-        lead_cnt = Signal(range(items + 1))
-        in_lead = Signal()  # the window's idle cycles are not over
-        last = Signal()  # this cycle emits the window's last tap
+        lead_cnt = Signal(range(items + 1), reset_less=True)
+        in_lead = Signal(reset_less=True)  # the window's idle cycles are not over
+        last = Signal(reset_less=True)  # this cycle emits the window's last tap
 
         emitting = walking & ~in_lead
         win_end = emitting & last
         take = pending & (~walking | win_end)  # the walker takes the sequencer's window
 
-        # ---- the walker takes a window: bounds, counts and address terms
-        pad = ~((oy >= 0) & (oy < d.OH) & (ox >= 0) & (ox < d.OW))
+        # ---- the walker takes a window: bounds, counts and address terms. Per-op flags are
+        # registered from the descriptor (valid from start; the first take is a cycle later)
+        def in_pad(y, x):
+            return ~((y >= 0) & (y < d.OH) & (x >= 0) & (x < d.OW))
+
+        if items >= 3:
+            # the window's pool-padding flag, registered: from the descriptor on start, then
+            # from (oy, ox), which the sequencer updates the cycle after a take; a window
+            # lasts >= 3 cycles, so the flag is ready at the next take
+            pad = Signal(reset_less=True)
+            with m.If(self.start):
+                m.d.sync += pad.eq(in_pad(d.oy0, d.ox0))
+            with m.Else():
+                m.d.sync += pad.eq(in_pad(oy, ox))
+        else:
+            pad = in_pad(oy, ox)
+        lead_nz, short = Signal(), Signal()  # idle cycles first; a 1-cycle window
+        m.d.sync += [lead_nz.eq(d.lead != 0), short.eq((d.lead == 0) & (d.CKK == 1))]
         with m.If(take):
             m.d.sync += [
                 walking.eq(1), w_pad.eq(pad),
@@ -135,9 +157,9 @@ class TapGenerator(wiring.Component):
                 iy.eq(iy0), ix.eq(ix0), w_ix0.eq(ix0),
                 a.eq(ra0 + xc0), row.eq(ra0 + xc0), w.eq(wg), *c.restart, *kx.restart,
                 lead_cnt.eq(Mux(pad, items - 1, d.lead)),
-                in_lead.eq(Mux(pad, items > 1, d.lead != 0)),
+                in_lead.eq(Mux(pad, items > 1, lead_nz)),
                 left.eq(Mux(pad, 1, d.CKK)),
-                last.eq(Mux(pad, items == 1, (d.lead == 0) & (d.CKK == 1))),
+                last.eq(Mux(pad, items == 1, short)),
             ]  # fmt: skip
         with m.Elif(win_end):
             m.d.sync += walking.eq(0)
@@ -178,7 +200,19 @@ class TapGenerator(wiring.Component):
         ]
         m.d.comb += self.busy.eq(pending | walking | out_valid)
 
-        # ---- the sequencer: load window 0 on start, step when the walker takes a window
+        # ---- the sequencer: load window 0 on start, step when the walker has taken a window.
+        # wraps[k]: loops dx … k are all at their last value (they restart at the step);
+        # steps[k]: loop k counts at the step. With items >= 2 a window lasts 2 cycles or
+        # more, so the walker never takes windows in consecutive cycles: the sequencer steps
+        # the cycle after a take, from registered flags (each enable a flip-flop or two)
+        lasts = [dx.last, dy.last, px.last, py.last, g.last]
+        wraps = [Cat(*lasts[: k + 1]).all() for k in range(5)]
+        steps = [~wraps[0]] + [wraps[k - 1] & ~wraps[k] for k in range(1, 5)]
+        if items >= 2:
+            took, wrap, step = Signal(), Signal(5), Signal(5)
+            m.d.sync += [took.eq(take), wrap.eq(Cat(*wraps)), step.eq(Cat(*steps))]
+        else:
+            took, wrap, step = take, Cat(*wraps), Cat(*steps)
         with m.If(self.start):
             m.d.sync += [
                 pending.eq(1), *g.restart, *py.restart, *px.restart, *dy.restart, *dx.restart,
@@ -188,47 +222,47 @@ class TapGenerator(wiring.Component):
                 wg.eq(d.w_base), bbase.eq(d.b_base), out_g.eq(d.out_base),
                 out_addr.eq(d.out_base),
             ]  # fmt: skip
-        with m.Elif(take):
-            with m.If(~dx.last):
+        with m.Elif(took):
+            with m.If(step[0]):
                 m.d.sync += [*dx.step, ox.eq(ox + 1), ix0.eq(ix0 + d.SW), xc0.eq(xc0 + d.SWC)]
-            with m.Else():
+            with m.If(wrap[0]):
                 m.d.sync += dx.restart
-                with m.If(~dy.last):
-                    m.d.sync += [
-                        *dy.step, oy.eq(oy + 1), iy0.eq(iy0 + d.SH), ra0.eq(ra0 + d.SHWC),
-                        ox.eq(ox_p), ix0.eq(ix0_p), xc0.eq(xc0_p),
-                    ]  # fmt: skip
-                with m.Else():
-                    m.d.sync += [*dy.restart, out_addr.eq(out_addr + d.O)]
-                    with m.If(~px.last):
-                        m.d.sync += [
-                            *px.step, ox_p.eq(ox_p + d.PSW), ix0_p.eq(ix0_p + d.PSW_SW),
-                            xc0_p.eq(xc0_p + d.PSW_SWC), ox.eq(ox_p + d.PSW),
-                            ix0.eq(ix0_p + d.PSW_SW), xc0.eq(xc0_p + d.PSW_SWC),
-                            oy.eq(oy_p), iy0.eq(iy0_p), ra0.eq(ra0_p),
-                        ]  # fmt: skip
-                    with m.Else():
-                        m.d.sync += [
-                            *px.restart, ox_p.eq(d.ox0), ix0_p.eq(d.ix0), xc0_p.eq(d.xc0),
-                            ox.eq(d.ox0), ix0.eq(d.ix0), xc0.eq(d.xc0),
-                        ]  # fmt: skip
-                        with m.If(~py.last):
-                            m.d.sync += [
-                                *py.step, oy_p.eq(oy_p + d.PSH),
-                                iy0_p.eq(iy0_p + d.PSH_SH), ra0_p.eq(ra0_p + d.PSH_SHWC),
-                                oy.eq(oy_p + d.PSH), iy0.eq(iy0_p + d.PSH_SH),
-                                ra0.eq(ra0_p + d.PSH_SHWC),
-                            ]  # fmt: skip
-                        with m.Else():
-                            m.d.sync += [
-                                *py.restart, oy_p.eq(d.oy0), iy0_p.eq(d.iy0), ra0_p.eq(d.ra0),
-                                oy.eq(d.oy0), iy0.eq(d.iy0), ra0.eq(d.ra0),
-                            ]  # fmt: skip
-                            with m.If(~g.last):
-                                m.d.sync += [
-                                    *g.step, wg.eq(wg + d.CKK), bbase.eq(bbase + items),
-                                    out_g.eq(out_g + lanes), out_addr.eq(out_g + lanes),
-                                ]  # fmt: skip
-                            with m.Else():
-                                m.d.sync += pending.eq(0)
+            with m.If(step[1]):
+                m.d.sync += [
+                    *dy.step, oy.eq(oy + 1), iy0.eq(iy0 + d.SH), ra0.eq(ra0 + d.SHWC),
+                    ox.eq(ox_p), ix0.eq(ix0_p), xc0.eq(xc0_p),
+                ]  # fmt: skip
+            with m.If(wrap[1]):
+                m.d.sync += [*dy.restart, out_addr.eq(out_addr + d.O)]
+            with m.If(step[2]):
+                m.d.sync += [
+                    *px.step, ox_p.eq(ox_p + d.PSW), ix0_p.eq(ix0_p + d.PSW_SW),
+                    xc0_p.eq(xc0_p + d.PSW_SWC), ox.eq(ox_p + d.PSW),
+                    ix0.eq(ix0_p + d.PSW_SW), xc0.eq(xc0_p + d.PSW_SWC),
+                    oy.eq(oy_p), iy0.eq(iy0_p), ra0.eq(ra0_p),
+                ]  # fmt: skip
+            with m.If(wrap[2]):
+                m.d.sync += [
+                    *px.restart, ox_p.eq(d.ox0), ix0_p.eq(d.ix0), xc0_p.eq(d.xc0),
+                    ox.eq(d.ox0), ix0.eq(d.ix0), xc0.eq(d.xc0),
+                ]  # fmt: skip
+            with m.If(step[3]):
+                m.d.sync += [
+                    *py.step, oy_p.eq(oy_p + d.PSH),
+                    iy0_p.eq(iy0_p + d.PSH_SH), ra0_p.eq(ra0_p + d.PSH_SHWC),
+                    oy.eq(oy_p + d.PSH), iy0.eq(iy0_p + d.PSH_SH),
+                    ra0.eq(ra0_p + d.PSH_SHWC),
+                ]  # fmt: skip
+            with m.If(wrap[3]):
+                m.d.sync += [
+                    *py.restart, oy_p.eq(d.oy0), iy0_p.eq(d.iy0), ra0_p.eq(d.ra0),
+                    oy.eq(d.oy0), iy0.eq(d.iy0), ra0.eq(d.ra0),
+                ]  # fmt: skip
+            with m.If(step[4]):  # after wrap[1]: out_addr starts the next group
+                m.d.sync += [
+                    *g.step, wg.eq(wg + d.CKK), bbase.eq(bbase + items),
+                    out_g.eq(out_g + lanes), out_addr.eq(out_g + lanes),
+                ]  # fmt: skip
+            with m.If(wrap[4]):
+                m.d.sync += pending.eq(0)
         return m
