@@ -152,7 +152,7 @@ BOARDS = {
         "LFE5U-85F",
         25e6,
         25e6,
-        64,  # 128 lanes place but did not route within an hour (router2, ~400 overused wires)
+        64,  # 128 lanes: 46.1 MHz without broadcast copies; with them router2 stalls (see issue 5)
         1_000_000,
         {
             "TRELLIS_COMB": 83640,
