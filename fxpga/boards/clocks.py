@@ -23,6 +23,7 @@ from amaranth import (
 from amaranth.lib import io
 
 from ..errors import FxpgaError
+from ..hw.fanout import fd1s3ax
 
 
 @dataclass(frozen=True)
@@ -192,18 +193,12 @@ class PLLDomain(Elaboratable):
     def _gsr(self, m: Module, clk, lock):
         """ECP5: count ``hold`` cycles after lock in GSR-immune flip-flops (FD1S3AX clears to
         0 at configuration), then release GSR (active low) two flip-flops later through SGSR."""
-
-        def ff(d, name):
-            q = Signal(name=name)
-            m.submodules[name] = Instance("FD1S3AX", p_GSR="DISABLED", i_CK=clk, i_D=d, o_Q=q)
-            return q
-
         width = self.hold.bit_length()
         nxt = Signal(width)
-        timer = Cat(ff(nxt[i], f"por_timer{i}") for i in range(width))
+        timer = Cat(fd1s3ax(m, nxt[i], f"por_timer{i}", clk) for i in range(width))
         done = timer == self.hold
         m.d.comb += nxt.eq(Mux(~lock, 0, Mux(done, timer, timer + 1)))
-        release = ff(ff(done, "por_gsr0"), "por_gsr1")
+        release = fd1s3ax(m, fd1s3ax(m, done, "por_gsr0", clk), "por_gsr1", clk)
         m.submodules.sgsr = Instance("SGSR", i_CLK=clk, i_GSR=release)
 
     @staticmethod

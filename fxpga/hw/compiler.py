@@ -248,7 +248,7 @@ class Op:
 
 # Timing constants shared with the hardware (engine.py asserts them):
 TAP_LATENCY = 3  # TapGenerator.LATENCY: the first tap leaves 3 cycles after the op starts
-TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4 (+ tap_to_acc)
+TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4 (tap_to_acc: more)
 POST_LATENCY = 11  # PostProcessor.LATENCY
 
 

@@ -6,7 +6,7 @@ from amaranth import ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .fanout import register_copies
+from .fanout import register_copies, share
 
 
 class MACArray(wiring.Component):
@@ -83,7 +83,7 @@ class MACArray(wiring.Component):
         # reset held for 2 cycles flushes them to 0 while `acc` is held at 0.
         a_r = [Signal(signed(self.data_bits), name=f"a_r{g}", reset_less=True) for g in range(n)]
         m.d.sync += [a_r[g].eq(Mux(en, a[g], 0)) for g in range(n)]
-        for lane in range(self.lanes):
+        for lane, a_lane in enumerate(share(a_r, lanes)):
             w_r = Signal(signed(self.weight_bits), name=f"w_r{lane}", reset_less=True)
             p_r = Signal(
                 signed(self.data_bits + self.weight_bits), name=f"p_r{lane}", reset_less=True
@@ -91,7 +91,7 @@ class MACArray(wiring.Component):
             acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
             m.d.sync += [
                 w_r.eq(w[lane]),
-                p_r.eq(a_r[lane * n // lanes] * w_r),
+                p_r.eq(a_lane * w_r),
                 acc.eq(acc + p_r),
             ]
             m.d.comb += self.acc[lane].eq(acc)
@@ -104,8 +104,7 @@ class MACArray(wiring.Component):
         D, WB, n = self.data_bits, self.weight_bits, self.groups
         a_g = [Signal(signed(D), name=f"a_mux{g}") for g in range(n)]
         m.d.comb += [a_g[g].eq(Mux(en, a_in[g], 0)) for g in range(n)]
-        for lane in range(self.lanes):
-            a = a_g[lane * n // self.lanes]
+        for lane, a in enumerate(share(a_g, self.lanes)):
             p = Signal(36, name=f"p{lane}")
             acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
             w = w_in[lane]

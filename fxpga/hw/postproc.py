@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from .compiler import MAX_LEFT_SHIFT
 from .desc import descriptor_layout
-from .fanout import register_copies
+from .fanout import register_copies, share
 
 
 class PostProcessor(wiring.Component):
@@ -141,8 +141,7 @@ class PostProcessor(wiring.Component):
             shifts = register_copies(m, active_next, c, platform, "cap_shift")
         else:
             loads, shifts = [self.capture], [active]
-        load = [loads[j * c // n] for j in range(n)]
-        shift = [shifts[j * c // n] for j in range(n)]
+        load, shift = share(loads, n), share(shifts, n)
         for j in range(n):
             with m.If(load[j]):
                 m.d.sync += [cap[j][i].eq(self.acc[j * W + i]) for i in range(W)]
@@ -152,8 +151,6 @@ class PostProcessor(wiring.Component):
             with m.If(shift[j]):
                 nxt = snap[j + 1] if j < n - 1 else cap[0]
                 m.d.sync += [snap[j][i].eq(nxt[i]) for i in range(W)]
-        with m.If(self.capture):
-            m.d.sync += [meta.eq(self.meta), cnt.eq(0)]
         m.d.sync += s1.v.eq(active)
         with m.If(active):
             m.d.sync += [s1_diff[i].eq(cap[0][i] - snap[0][i]) for i in range(W)]
@@ -168,8 +165,8 @@ class PostProcessor(wiring.Component):
             m.d.sync += [lane_addr.eq(addr), s1.addr.eq(addr)]
             with m.If(cnt != n - 1):
                 m.d.sync += cnt.eq(cnt + 1)
-            with m.If(self.capture):
-                m.d.sync += cnt.eq(0)
+        with m.If(self.capture):  # (after the active block: its count restarts)
+            m.d.sync += [meta.eq(self.meta), cnt.eq(0)]
 
         def lanes_of(name, shape, f):
             """Stage registers ``name{i}`` ← ``f(i)`` for each lane of the item."""

@@ -6,7 +6,7 @@ from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from .fanout import register_copies
+from .fanout import register_copies, share
 
 SPRAM_DEPTH = 16384  # SB_SPRAM256KA: 16K x 16 bits
 SPRAM_COUNT = 4  # on the iCE40UP5K
@@ -60,17 +60,17 @@ class WeightBanks(wiring.Component):
                 rd_addr = register_copies(m, self.rd_addr, n, platform, "rd_addr")
                 wr_addr = register_copies(m, self.wr_addr, n, platform, "wr_addr")
                 wr_data = register_copies(m, self.wr_data, n, platform, "wr_data")
+            rd_addr, wr_addr, wr_data = (share(c, self.lanes) for c in (rd_addr, wr_addr, wr_data))
             for lane in range(self.lanes):
-                k = lane * n // self.lanes  # the copy that drives this lane
                 init = self.init[lane] if self.init else []
                 mem = memory.Memory(shape=signed(self.weight_bits), depth=self.depth, init=init)
                 m.submodules[f"lane{lane}"] = mem
                 rd, wr = mem.read_port(), mem.write_port()
                 m.d.comb += [
-                    rd.addr.eq(rd_addr[k]),
+                    rd.addr.eq(rd_addr[lane]),
                     self.rd_data[lane].eq(rd.data),
-                    wr.addr.eq(wr_addr[k]),
-                    wr.data.eq(wr_data[k]),
+                    wr.addr.eq(wr_addr[lane]),
+                    wr.data.eq(wr_data[lane]),
                 ]
                 en = self.wr_en & (self.wr_lane == lane)
                 if n > 1:  # the lane's write enable, decoded and registered
