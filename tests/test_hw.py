@@ -12,6 +12,7 @@ from amaranth.sim import Simulator
 
 from fxpga.errors import FxpgaError
 from fxpga.hw import amsim, compiler
+from fxpga.hw.buffers import FeatureBuffer
 from fxpga.hw.compiler import EngineConfig
 from fxpga.hw.desc import coord_bits_for
 from fxpga.hw.engine import Engine
@@ -175,6 +176,40 @@ def test_tap_generator_matches_model(seed):
         assert got == want
 
 
+@pytest.mark.parametrize("banks", [1, 2, 4, 16])
+def test_feature_buffer_unaligned_vector_writes(banks):
+    """Vector writes at any address (element i → wr_addr + i where wr_en[i]) and reads one
+    cycle later, against a dict; depth not a multiple of the banks."""
+    rng = random.Random(banks)
+    depth = 7 * banks + 3
+    dut = FeatureBuffer(depth, 8, banks, 10)
+    model = {}
+    ops = []
+    for _ in range(300):
+        addr = rng.randrange(depth - banks + 1)
+        vals = [rng.randint(-128, 127) for _ in range(banks)]
+        ens = [int(rng.random() < 0.7) for _ in range(banks)]
+        ops.append((addr, vals, ens, rng.randrange(depth)))
+
+    async def bench(ctx):
+        for addr, vals, ens, rd in ops:
+            ctx.set(dut.wr_addr, addr)
+            ctx.set(dut.rd_addr, rd)
+            for i in range(banks):
+                ctx.set(dut.wr_data[i], vals[i])
+                ctx.set(dut.wr_en[i], ens[i])
+            await ctx.tick()
+            if rd in model:  # (read-before-write: the old value)
+                assert ctx.get(dut.rd_data) == model[rd], (addr, rd)
+            model.update({addr + i: vals[i] for i in range(banks) if ens[i]})
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(model) > depth * 0.9
+
+
 @pytest.mark.parametrize("pre", [0, 1, 2])
 def test_mac_array_wraps_and_gates(rng, pre):
     lanes, D, W, A = 3, 8, 8, 12
@@ -212,17 +247,67 @@ def test_mac_array_wraps_and_gates(rng, pre):
     sim.run()
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_mac_array_clears_on_capture(rng, groups):
+    """``clear=True``: ``acc ← (clear ? 0 : acc) + p``; with groups, ``clear`` comes from
+    register copies of ``clear_next`` (``clear`` one cycle early), and ``a`` and ``en`` are
+    presented a cycle before their ``w``."""
+    lanes, D, W, A = 3, 8, 8, 12
+    dut = MACArray(lanes, D, W, A, pre=1, groups=groups, clear=True)
+    latency = MACArray.LATENCY + 1 + (groups > 1)
+    n = 300
+    ops = [
+        (
+            int(rng.integers(0, 2)),
+            int(rng.integers(-128, 128)),
+            [int(v) for v in rng.integers(-128, 128, lanes)],
+        )
+        for _ in range(n)
+    ]
+    clears = [int(rng.random() < 0.15) for _ in range(n + latency + 1)]
+
+    async def bench(ctx):
+        ref = [0] * lanes
+        hist = []
+        stream = ops + [(0, 0, [0] * lanes)] * latency
+        d = int(groups > 1)
+        for t, (en, a, ws) in enumerate(stream):
+            ctx.set(dut.en, en)
+            ctx.set(dut.a, a)
+            ctx.set(dut.clear, clears[t])
+            ctx.set(dut.clear_next, clears[t + 1])
+            for lane in range(lanes):
+                ctx.set(dut.w[lane], stream[t - d][2][lane] if t >= d else 0)
+            hist.append((en, a, ws))
+            await ctx.tick()
+            if len(hist) >= latency:
+                e, aa, ww = hist[-latency]
+                for lane in range(lanes):
+                    ref[lane] = (0 if clears[t] else ref[lane]) + e * aa * ww[lane]
+                    want = (ref[lane] + 2 ** (A - 1)) % 2**A - 2 ** (A - 1)
+                    assert ctx.get(dut.acc[lane]) == want
+            else:  # before the first product arrives, a clear leaves 0
+                assert all(ctx.get(dut.acc[lane]) == 0 for lane in range(lanes))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize("snapshots", [True, False])
 @pytest.mark.parametrize("post_lanes", [1, 2, 4])
 @pytest.mark.parametrize(
     "pool_avg,shift,relu_pre,relu_post",
     [(0, 5, 1, 0), (1, 3, 0, 1), (0, -2, 0, 0), (1, 0, 1, 1), (0, 12, 0, 0)],
 )
-def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post_lanes):
-    """Random windows with random extra gaps between captures; pool over 4 windows."""
+def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post_lanes, snapshots):
+    """Random windows with random extra gaps between captures; pool over 4 windows. The
+    accumulators run on (snapshots) or hold each window's sum (cleared at capture)."""
     rng = random.Random(shift * 7 + pool_avg + 100 * post_lanes)
     lanes, D, A = rng.choice([4, 8]), 8, 20
     items = lanes // post_lanes
-    dut = PostProcessor(lanes, D, A, 5, post_lanes)
+    dut = PostProcessor(lanes, D, A, 5, post_lanes, snapshots=snapshots)
     bias = [rng.randint(-3000, 3000) for _ in range(64)]  # in rows of post_lanes
     desc = {
         "shift": shift,
@@ -236,7 +321,10 @@ def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post
     windows, acc = [], [0] * lanes
     for w in range(16):
         sums = [rng.randint(-(2**14), 2**14) for _ in range(lanes)]
-        acc = [(a + s + 2 ** (A - 1)) % 2**A - 2 ** (A - 1) for a, s in zip(acc, sums, strict=1)]
+        acc = [
+            (a * snapshots + s + 2 ** (A - 1)) % 2**A - 2 ** (A - 1)
+            for a, s in zip(acc, sums, strict=1)
+        ]
         windows.append({
             "sums": sums, "acc": list(acc), "padwin": int(rng.random() < 0.4 and w % 4 != 1),
             "pool_first": int(w % 4 == 0), "pool_last": int(w % 4 == 3),
@@ -321,6 +409,17 @@ def test_digits_cnn_bit_exact_with_broadcast_copies(digits_q8, digits):
     assert [b + 1 for b in base.estimate] == prog.estimate
 
 
+@pytest.mark.parametrize("copies", [1, 3])
+def test_digits_cnn_bit_exact_with_acc_clear(digits_q8, digits, copies):
+    """Accumulators cleared at each capture instead of snapshots (the ECP5 boards): same
+    results and cycles, with and without register copies of the clear."""
+    cfg = EngineConfig(lanes=8, operand_regs=1, broadcast_copies=copies)
+    base = compiler.compile_model(digits_q8, cfg)
+    cfg = dataclasses.replace(cfg, acc_clear=True)
+    prog = check_engine(digits_q8, digits.x_test[5:], lanes=8, n=2, config=cfg)
+    assert base.estimate == prog.estimate
+
+
 def test_broadcast_copies_are_checked():
     with pytest.raises(FxpgaError, match=r"broadcast_copies=9 is more than the 8 lanes"):
         EngineConfig(lanes=8, broadcast_copies=9)
@@ -328,6 +427,8 @@ def test_broadcast_copies_are_checked():
         EngineConfig(lanes=8, broadcast_copies=2, weight_store="spram")
     with pytest.raises(FxpgaError, match=r"broadcast_copies must be a positive integer"):
         EngineConfig(lanes=8, broadcast_copies=0)
+    with pytest.raises(FxpgaError, match=r"acc_clear must be True or False, not 1"):
+        EngineConfig(lanes=8, acc_clear=1)
 
 
 def test_digits_cnn_bit_exact_without_prefetch(digits_q8, digits):

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from fxpga.hw.mac import MACArray
+from fxpga.hw.postproc import PostProcessor
 from fxpga.hw.synth import yosys_cells
 
 pytestmark = pytest.mark.synth
@@ -37,3 +38,15 @@ def test_broadcast_copies_survive_synthesis_on_ecp5():
     cells = yosys_cells(MACArray(8, 8, 8, 32, groups=4), "ecp5", platform=ecp5)
     assert cells.get("MULT18X18D") == 8
     assert cells.get("TRELLIS_FF") == 8 * 32 + 4 * 8
+
+
+def test_acc_clear_replaces_the_snapshot_registers_on_ecp5():
+    """``acc_clear``: each lane's accumulator gains one clear copy per group (and a mask in
+    front of its adder); the post-processor loses its lanes × acc_bits snapshot registers."""
+    ecp5 = SimpleNamespace(family="ecp5")
+    cells = yosys_cells(MACArray(8, 8, 8, 32, groups=4, clear=True), "ecp5", platform=ecp5)
+    assert cells.get("MULT18X18D") == 8
+    assert cells.get("TRELLIS_FF") == 8 * 32 + 4 * 8 + 4
+    with_snap = yosys_cells(PostProcessor(8, 8, 24, 5, 2), "ecp5", platform=ecp5)
+    without = yosys_cells(PostProcessor(8, 8, 24, 5, 2, snapshots=False), "ecp5", platform=ecp5)
+    assert with_snap["TRELLIS_FF"] - without["TRELLIS_FF"] == 8 * 24

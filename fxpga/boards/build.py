@@ -44,6 +44,7 @@ class Board:
     # lanes per copy of the broadcast registers (EngineConfig.broadcast_copies = lanes / this;
     # 0: one register drives all lanes)
     lanes_per_copy: int = 0
+    acc_clear: bool = False  # EngineConfig.acc_clear: no snapshot registers
     nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
@@ -55,6 +56,7 @@ class Board:
             prefetch=self.prefetch,
             operand_regs=self.operand_regs,
             broadcast_copies=self.broadcast_copies(lanes or self.lanes),
+            acc_clear=self.acc_clear,
         )
 
     def broadcast_copies(self, lanes: int) -> int:
@@ -163,6 +165,7 @@ BOARDS = {
         },
         operand_regs=1,
         lanes_per_copy=16,
+        acc_clear=True,
         # router1 had not converged after 10 minutes on a 128-lane engine; router2 routes 64
         nextpnr="--router router2",
     ),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Array, Module, Signal, signed
+from amaranth import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -37,25 +37,29 @@ class FeatureBuffer(wiring.Component):
         rows = -(-self.depth // n)
         datas, sel = [], Signal(range(n))
         m.d.sync += sel.eq(self.rd_addr if n == 1 else self.rd_addr[:B])
+        # writes: element i goes to bank (wr_addr + i) mod n, so bank b takes element
+        # (b − s) mod n (s = wr_addr mod n: a rotation, log2(n) levels of 2:1 muxes) at row
+        # wr_addr / n, or the row after it when b < s (one adder for all banks)
+        s_ = self.wr_addr[:B] if n > 1 else 0
+        row0 = Signal(range(rows + 1), name="wr_row0")
+        row1 = Signal(range(rows + 1), name="wr_row1")
+        m.d.comb += [row0.eq(self.wr_addr >> B), row1.eq(row0 + 1)]
+        vec = [Cat(self.wr_data[i], self.wr_en[i]) for i in range(n)]
+        for k in range(B):
+            step = 1 << k
+            vec = [Mux(s_[k], vec[(b - step) % n], vec[b]) for b in range(n)]
         for b in range(n):
             mem = memory.Memory(shape=signed(self.data_bits), depth=rows, init=[])
             m.submodules[f"bank{b}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
             m.d.comb += rd.addr.eq(self.rd_addr >> B)
             datas.append(rd.data)
-            if n == 1:
-                m.d.comb += [
-                    wr.addr.eq(self.wr_addr),
-                    wr.data.eq(self.wr_data[0]),
-                    wr.en.eq(self.wr_en[0]),
-                ]
-                continue
-            i_b = Signal(B, name=f"i{b}")  # which element of the vector lands in bank b
-            m.d.comb += i_b.eq(b - self.wr_addr[:B])
+            v = Signal(self.data_bits + 1, name=f"wr_vec{b}")
+            m.d.comb += v.eq(vec[b])
             m.d.comb += [
-                wr.addr.eq((self.wr_addr + i_b) >> B),
-                wr.data.eq(Array(self.wr_data)[i_b]),
-                wr.en.eq(Array(self.wr_en)[i_b]),
+                wr.addr.eq(Mux(b < s_, row1, row0) if n > 1 else row0),
+                wr.data.eq(v[:-1]),
+                wr.en.eq(v[-1]),
             ]
         m.d.comb += self.rd_data.eq(Array(datas)[sel] if n > 1 else datas[0])
         return m

@@ -60,6 +60,10 @@ class EngineConfig:
     # copies of the registers that broadcast the weight address and the activation to the
     # lanes (each drives lanes / copies of them: ECP5 fmax at many lanes); > 1 adds a cycle
     broadcast_copies: int = 1
+    # clear each lane's accumulator as its window's sum is captured (a mask before the adder)
+    # instead of keeping it running and subtracting snapshots: no lanes x acc_bits snapshot
+    # registers (ECP5, whose accumulators are fabric; on iCE40 it keeps them out of SB_MAC16)
+    acc_clear: bool = False
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -70,7 +74,11 @@ class EngineConfig:
             raise FxpgaError("SPRAM weights (iCE40UP5K) hold at most 8 lanes of 8-bit weights")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("weight_store", "prefetch") or (v is None and f.default is None):
+            if f.name in ("prefetch", "acc_clear"):
+                if not isinstance(v, bool):
+                    raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
+                continue
+            if f.name == "weight_store" or (v is None and f.default is None):
                 continue
             if f.name == "operand_regs":
                 if v not in (0, 1, 2):

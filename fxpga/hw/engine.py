@@ -173,10 +173,24 @@ class Engine(wiring.Component):
         # ---- datapath
         m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB)
         m.submodules.mac = mac = MACArray(
-            lanes, D, WB, A, pre=cfg.operand_regs, groups=cfg.broadcast_copies
+            lanes,
+            D,
+            WB,
+            A,
+            pre=cfg.operand_regs,
+            groups=cfg.broadcast_copies,
+            clear=cfg.acc_clear,
         )
         m.submodules.post = post = PostProcessor(
-            lanes, D, A, _bits_for(brows), W, FB, CB, copies=cfg.broadcast_copies
+            lanes,
+            D,
+            A,
+            _bits_for(brows),
+            W,
+            FB,
+            CB,
+            copies=cfg.broadcast_copies,
+            snapshots=not cfg.acc_clear,
         )
         desc = Signal(descriptor_layout(FB, CB))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
@@ -221,6 +235,8 @@ class Engine(wiring.Component):
         m.d.comb += [
             post.capture.eq(last_q),
             post.meta.eq(meta_q),
+            mac.clear.eq(last_q),  # (used with acc_clear)
+            mac.clear_next.eq(post.capture_next),
         ]
         for i, (_, brd, _) in enumerate(bias):
             m.d.comb += [brd.addr.eq(post.bias_addr), post.bias_data[i].eq(brd.data)]

@@ -22,10 +22,14 @@ class MACArray(wiring.Component):
       first (they let the memories' outputs travel to the multipliers in a cycle of their own).
       **Throughput**: one MAC per lane per cycle, never stalls.
     - **Widths**: the product is ``data_bits + weight_bits`` bits; ``acc`` is ``acc_bits`` and
-      wraps modulo ``2^acc_bits``. It is never cleared (``acc ← acc + p`` is the form yosys
-      packs into SB_MAC16 with no fabric around it and that never costs a cycle): a window's
-      sum is the difference of two snapshots, exact whenever the true sum fits ``acc_bits``
-      (see ``PostProcessor``).
+      wraps modulo ``2^acc_bits``. By default it is never cleared (``acc ← acc + p`` is the
+      form yosys packs into SB_MAC16 with no fabric around it and that never costs a cycle):
+      a window's sum is the difference of two snapshots, exact whenever the true sum fits
+      ``acc_bits`` (see ``PostProcessor``).
+    - ``clear=True``: ``acc ← (clear ? 0 : acc) + p``, with ``clear`` high in the cycle ``acc``
+      holds a window's sum (the post-processor's ``capture``), so ``acc`` is the sum itself.
+      With ``groups > 1`` the lanes take ``clear`` from ``groups`` register copies made from
+      ``clear_next`` (``clear`` one cycle early).
     - ``groups > 1``: ``a`` and ``en`` pass one register more than ``w``, kept in ``groups``
       copies that each feed ``lanes / groups`` multipliers (``fanout.register_copies``): ``a``
       and ``en`` are presented one cycle before their ``w``.
@@ -41,17 +45,34 @@ class MACArray(wiring.Component):
         acc_bits: int,
         pre: int = 0,
         groups: int = 1,
+        clear: bool = False,
     ):
-        self.lanes, self.pre, self.groups = lanes, pre, groups
+        self.lanes, self.pre, self.groups, self.clear_acc = lanes, pre, groups, clear
         self.data_bits, self.weight_bits, self.acc_bits = data_bits, weight_bits, acc_bits
         super().__init__(
             {
                 "en": In(1),
                 "a": In(signed(data_bits)),
                 "w": In(signed(weight_bits)).array(lanes),
+                "clear": In(1),
+                "clear_next": In(1),
                 "acc": Out(signed(acc_bits)).array(lanes),
             }
         )
+
+    def _accumulate(self, m, platform, products):
+        """``acc`` per lane from its registered product (see the class doc for ``clear``)."""
+        clears = [None] * self.lanes
+        if self.clear_acc:
+            if self.groups > 1:
+                copies = register_copies(m, self.clear_next, self.groups, platform, "acc_clr")
+            else:
+                copies = [self.clear]
+            clears = share(copies, self.lanes)
+        for lane, (p, clr) in enumerate(zip(products, clears, strict=True)):
+            acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
+            m.d.sync += acc.eq((acc if clr is None else Mux(clr, 0, acc)) + p)
+            m.d.comb += self.acc[lane].eq(acc)
 
     def elaborate(self, platform):
         m = Module()
@@ -76,37 +97,34 @@ class MACArray(wiring.Component):
             getattr(platform, "family", None) == "ecp5"
             and max(self.data_bits, self.weight_bits) <= 18
         ):
-            return self._ecp5(m, a, w, en)
+            return self._ecp5(m, platform, a, w, en)
         # The operand and product registers have no reset: with one, yosys leaves the
         # accumulator's adder in fabric instead of packing it into SB_MAC16 (checked with
         # yosys 0.50: 8 lanes → 8 SB_MAC16 and no SB_CARRY). `en` is low during reset, so a
         # reset held for 2 cycles flushes them to 0 while `acc` is held at 0.
         a_r = [Signal(signed(self.data_bits), name=f"a_r{g}", reset_less=True) for g in range(n)]
         m.d.sync += [a_r[g].eq(Mux(en, a[g], 0)) for g in range(n)]
+        products = []
         for lane, a_lane in enumerate(share(a_r, lanes)):
             w_r = Signal(signed(self.weight_bits), name=f"w_r{lane}", reset_less=True)
             p_r = Signal(
                 signed(self.data_bits + self.weight_bits), name=f"p_r{lane}", reset_less=True
             )
-            acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
-            m.d.sync += [
-                w_r.eq(w[lane]),
-                p_r.eq(a_lane * w_r),
-                acc.eq(acc + p_r),
-            ]
-            m.d.comb += self.acc[lane].eq(acc)
+            m.d.sync += [w_r.eq(w[lane]), p_r.eq(a_lane * w_r)]
+            products.append(p_r)
+        self._accumulate(m, platform, products)
         return m
 
-    def _ecp5(self, m, a_in, w_in, en):  # a_in: one operand per group
+    def _ecp5(self, m, platform, a_in, w_in, en):  # a_in: one operand per group
         """ECP5: the operand and product registers are the MULT18X18D's own (REG_INPUTA/B,
         REG_OUTPUT), so no fabric routing sits between them and the multiplier. Ports as
         yosys's ECP5 DSP techmap connects them, registers per Lattice TN1267; same latency."""
         D, WB, n = self.data_bits, self.weight_bits, self.groups
         a_g = [Signal(signed(D), name=f"a_mux{g}") for g in range(n)]
         m.d.comb += [a_g[g].eq(Mux(en, a_in[g], 0)) for g in range(n)]
+        products = []
         for lane, a in enumerate(share(a_g, self.lanes)):
             p = Signal(36, name=f"p{lane}")
-            acc = Signal(signed(self.acc_bits), name=f"acc{lane}")
             w = w_in[lane]
             # 18-bit signed operands: bits past the width repeat the sign bit
             ports = {f"i_A{i}": a[min(i, D - 1)] for i in range(18)}
@@ -128,6 +146,6 @@ class MACArray(wiring.Component):
                 i_SOURCEB=0,
                 **ports,
             )
-            m.d.sync += acc.eq(acc + p[: D + WB].as_signed())
-            m.d.comb += self.acc[lane].eq(acc)
+            products.append(p[: D + WB].as_signed())
+        self._accumulate(m, platform, products)
         return m

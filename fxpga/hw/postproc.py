@@ -21,8 +21,9 @@ class PostProcessor(wiring.Component):
     ``capture + 1 + j`` through an 11-stage pipeline, each lane of the item in parallel, with at
     most one carry chain or three mux levels per stage (for fmax):
 
-    1. window sum = ``acc − snapshot`` (modulo ``2^acc_bits``; the snapshot becomes ``acc``);
-       the bias row read is issued; which lanes hold real channels (``< nvalid``);
+    1. window sum = ``acc − snapshot`` (modulo ``2^acc_bits``; the snapshot becomes ``acc``),
+       or ``acc`` itself when ``snapshots=False`` (the MAC array clears its accumulators on
+       ``capture``); the bias row read is issued; which lanes hold real channels (``< nvalid``);
     2. ``v = + bias`` (wrapped to ``acc_bits``);
     3. ``+ 2^(s−1)`` when ``s > 0``;
     4. the coarse shift: ``s > 0``: ``v >> (s & ~7)`` (arithmetic), ``s ≤ 0``: ``v << −s``;
@@ -58,8 +59,10 @@ class PostProcessor(wiring.Component):
         field_bits: int = 24,
         coord_bits: int | None = None,
         copies: int = 1,
+        snapshots: bool = True,
     ):
         assert lanes % post_lanes == 0
+        self.snapshots = snapshots
         self.copies = min(copies, lanes // post_lanes)
         self.field_bits = FB = field_bits
         self.lanes, self.data_bits, self.acc_bits = lanes, data_bits, acc_bits
@@ -96,7 +99,8 @@ class PostProcessor(wiring.Component):
         def rows(name, shape):
             return [[Signal(shape, name=f"{name}{j}_{i}") for i in range(W)] for j in range(n)]
 
-        cap, snap, pacc = rows("cap", signed(A)), rows("snap", signed(A)), rows("pacc", signed(P))
+        cap, pacc = rows("cap", signed(A)), rows("pacc", signed(P))
+        snap = rows("snap", signed(A)) if self.snapshots else None
         meta = Signal(self.meta_layout)
         active = Signal()
         cnt = Signal(L + 1)
@@ -148,12 +152,16 @@ class PostProcessor(wiring.Component):
             if j < n - 1:  # (the last row only loads)
                 with m.Elif(shift[j]):
                     m.d.sync += [cap[j][i].eq(cap[j + 1][i]) for i in range(W)]
-            with m.If(shift[j]):
-                nxt = snap[j + 1] if j < n - 1 else cap[0]
-                m.d.sync += [snap[j][i].eq(nxt[i]) for i in range(W)]
+            if snap is not None:
+                with m.If(shift[j]):
+                    nxt = snap[j + 1] if j < n - 1 else cap[0]
+                    m.d.sync += [snap[j][i].eq(nxt[i]) for i in range(W)]
         m.d.sync += s1.v.eq(active)
         with m.If(active):
-            m.d.sync += [s1_diff[i].eq(cap[0][i] - snap[0][i]) for i in range(W)]
+            if snap is not None:
+                m.d.sync += [s1_diff[i].eq(cap[0][i] - snap[0][i]) for i in range(W)]
+            else:
+                m.d.sync += [s1_diff[i].eq(cap[0][i]) for i in range(W)]
             m.d.sync += [
                 s1.padwin.eq(meta.padwin),
                 s1.first.eq(meta.pool_first),
