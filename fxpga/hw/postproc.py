@@ -111,18 +111,33 @@ class PostProcessor(wiring.Component):
         )
         stages = [Signal(item_layout, name=f"s{k}") for k in range(1, self.LATENCY)]
 
-        # per-op constants, registered off the data path
+        # per-op constants, registered off the data path: those that select in the shifters,
+        # compares and ReLUs in a copy per lane of the item (on ECP5, fanout.register_copies;
+        # one register drove all 16 lanes' shifters of a 128-lane ULX3S: its critical path)
         sh = d.shift
-        rsh, lsh = Signal(unsigned(6)), Signal(range(MAX_LEFT_SHIFT + 1))
-        right, rounding = Signal(), Signal(unsigned(A + 1))
-        k = Signal(4)
+        ctl_layout = data.StructLayout({
+            "right": 1, "rsh": unsigned(6), "lsh": range(MAX_LEFT_SHIFT + 1), "k": unsigned(4),
+            "qmax": signed(D), "qmin": signed(D), "relu_pre": 1, "relu_post": 1,
+        })  # fmt: skip
+        ctl_next = Signal(ctl_layout)
+        m.d.comb += [
+            ctl_next.right.eq(sh > 0),
+            ctl_next.rsh.eq(Mux(sh > 0, sh, 0)),
+            ctl_next.lsh.eq(Mux(sh < 0, -sh, 0)),
+            ctl_next.k.eq(d.avg_shift[:4]),
+            ctl_next.qmax.eq(d.qmax),
+            ctl_next.qmin.eq(d.qmin),
+            ctl_next.relu_pre.eq(d.relu_pre),
+            ctl_next.relu_post.eq(d.relu_post),
+        ]
+        ctl = [
+            data.View(ctl_layout, c)
+            for c in register_copies(m, ctl_next.as_value(), W, platform, "post_ctl")
+        ]
+        rounding = Signal(unsigned(A + 1))
         half = Signal(unsigned(P))
         m.d.sync += [
-            right.eq(sh > 0),
-            rsh.eq(Mux(sh > 0, sh, 0)),
-            lsh.eq(Mux(sh < 0, -sh, 0)),
             rounding.eq(Mux(sh > 0, Const(1, unsigned(A + 1)) << (sh - 1)[:6], 0)),
-            k.eq(d.avg_shift[:4]),
             half.eq(Mux(d.avg_shift[:4] > 0, Const(1, unsigned(P)) << (d.avg_shift - 1)[:4], 0)),
         ]
 
@@ -205,58 +220,68 @@ class PostProcessor(wiring.Component):
         s4 = lanes_of(
             "s4_val",
             signed(A + MAX_LEFT_SHIFT + 2),
-            lambda i: Mux(right, s3[i] >> Cat(Const(0, 3), rsh[3:]), s3[i] << lsh),
+            lambda i: Mux(
+                ctl[i].right, s3[i] >> Cat(Const(0, 3), ctl[i].rsh[3:]), s3[i] << ctl[i].lsh
+            ),
         )
         stage()
         s5 = lanes_of(
-            "s5_val", signed(A + MAX_LEFT_SHIFT + 2), lambda i: s4[i] >> Mux(right, rsh[:3], 0)
+            "s5_val",
+            signed(A + MAX_LEFT_SHIFT + 2),
+            lambda i: s4[i] >> Mux(ctl[i].right, ctl[i].rsh[:3], 0),
         )
 
         # stages 6-7: saturate to [qmin, qmax] (the compares, then the selection), relu_pre
         stage()
-        over = lanes_of("s6_over", 1, lambda i: s5[i] > d.qmax)
-        under = lanes_of("s6_under", 1, lambda i: s5[i] < d.qmin)
+        over = lanes_of("s6_over", 1, lambda i: s5[i] > ctl[i].qmax)
+        under = lanes_of("s6_under", 1, lambda i: s5[i] < ctl[i].qmin)
         s6 = lanes_of("s6_val", signed(D), lambda i: s5[i][:D])  # exact unless over/under
         stage()
 
         def saturate(i):
-            sat = Mux(over[i], d.qmax, Mux(under[i], d.qmin, s6[i]))
-            return Mux(d.relu_pre & (sat < 0), 0, sat)
+            sat = Mux(over[i], ctl[i].qmax, Mux(under[i], ctl[i].qmin, s6[i]))
+            return Mux(ctl[i].relu_pre & (sat < 0), 0, sat)
 
         s7 = lanes_of("s7_sat", signed(D), saturate)
-        # stage 8's choice, one-hot and registered beside s7: the pool register's value
-        # becomes x (first window), head (pool padding), empty (both), max(head, x) or head + x
+        # stage 8's choice, one-hot and registered beside s7 (a copy per lane, with the pool
+        # registers' shift enable): the pool register's value becomes x (first window), head
+        # (pool padding), empty (both), max(head, x) or head + x
         prev = stages[k_stage - 1]
-        k_x, k_head, k_empty, k_max, k_sum = (
-            Signal(name=f"s7_{n}") for n in ("x", "head", "empty", "max", "sum")
+        choice_layout = data.StructLayout(
+            {"x": 1, "head": 1, "max": 1, "sum": 1, "shift": 1}  # (empty: none of them)
         )
-        empty = Signal(signed(D))
+        choice_next = Signal(choice_layout)
         inner = ~prev.padwin & ~prev.first
-        m.d.sync += [
-            k_x.eq(~prev.padwin & prev.first),
-            k_head.eq(prev.padwin & ~prev.first),
-            k_empty.eq(prev.padwin & prev.first),
-            k_max.eq(inner & ~d.pool_avg),
-            k_sum.eq(inner & d.pool_avg),
-            empty.eq(Mux(d.pool_avg, 0, d.qmin)),
+        m.d.comb += [
+            choice_next.x.eq(~prev.padwin & prev.first),
+            choice_next.head.eq(prev.padwin & ~prev.first),
+            choice_next.max.eq(inner & ~d.pool_avg),
+            choice_next.sum.eq(inner & d.pool_avg),
+            choice_next.shift.eq(prev.v),
         ]
+        choice = [
+            data.View(choice_layout, c)
+            for c in register_copies(m, choice_next.as_value(), W, platform, "s7_choice")
+        ]
+        empty = Signal(signed(D))
+        m.d.sync += empty.eq(Mux(d.pool_avg, 0, d.qmin))
 
         # stage 8: pool (the pool registers rotate one item per cycle)
-        it = stage()
+        stage()
         s8 = [Signal(signed(P), name=f"s8_val{i}") for i in range(W)]
         for i in range(W):
-            head, x = pacc[0][i], s7[i]
+            head, x, c = pacc[0][i], s7[i], choice[i]
             # in a max pool the pool register holds a data_bits value (x or qmin): the compare
             # needs only its low bits (a short carry chain), and it selects between two values
             # computed beside it (one LUT after the compare)
             gt = x > head[:D].as_signed()
-            rest = Mux(k_sum, head + x, Mux(k_x, x, Mux(k_head, head, empty)))
+            rest = Mux(c.sum, head + x, Mux(c.x, x, Mux(c.head, head, empty)))
             if_gt, if_le = Signal(signed(P), name=f"s8_gt{i}"), Signal(signed(P), name=f"s8_le{i}")
-            m.d.comb += [if_gt.eq(Mux(k_max, x, rest)), if_le.eq(Mux(k_max, head, rest))]
+            m.d.comb += [if_gt.eq(Mux(c.max, x, rest)), if_le.eq(Mux(c.max, head, rest))]
             new = Signal(signed(P), name=f"s8_new{i}")
             m.d.comb += new.eq(Mux(gt, if_gt, if_le))
             m.d.sync += s8[i].eq(new)
-            with m.If(it.v):
+            with m.If(c.shift):  # (the item's valid flag)
                 m.d.sync += [pacc[j][i].eq(pacc[j + 1][i]) for j in range(n - 1)]
                 m.d.sync += pacc[n - 1][i].eq(new)
 
@@ -264,9 +289,11 @@ class PostProcessor(wiring.Component):
         stage()
         s9 = lanes_of("s9_val", signed(P + 1), lambda i: s8[i] + half)
         it = stage()
-        pooled = [s9[i] >> k for i in range(W)]
+        pooled = [s9[i] >> ctl[i].k for i in range(W)]
         s10 = lanes_of(
-            "s10_val", signed(D), lambda i: Mux(d.relu_post & (pooled[i] < 0), 0, pooled[i])
+            "s10_val",
+            signed(D),
+            lambda i: Mux(ctl[i].relu_post & (pooled[i] < 0), 0, pooled[i]),
         )
         s10_en = lanes_of("s10_en", 1, lambda i: it.v & it.plast & it.ok[i])
         assert k_stage == len(stages) - 1
