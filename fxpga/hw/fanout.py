@@ -23,10 +23,10 @@ def register_copies(m, value, copies: int, platform=None, name: str = "copy") ->
 
     Yosys merges flip-flops that have the same input (``opt_merge``, ``keep`` on the wire
     does not stop it), so on ECP5 each bit is an ``FD1S3AX`` instance, which it leaves alone;
-    elsewhere (iCE40, simulation) the copies are one register.
+    elsewhere (iCE40, simulation), or for one copy, the copies are one register.
     """
     value = Value.cast(value)
-    if getattr(platform, "family", None) != "ecp5":
+    if copies == 1 or getattr(platform, "family", None) != "ecp5":
         reg = Signal(value.shape(), name=name, reset_less=True)
         m.d.sync += reg.eq(value)
         return [reg] * copies

@@ -78,19 +78,21 @@ class MACArray(wiring.Component):
         m = Module()
         n, lanes = self.groups, self.lanes
         a, w, en = [self.a] * n, list(self.w), self.en
-        if n > 1:  # the copies hold a masked operand: en is applied
-            a, en = register_copies(m, Mux(en, self.a, 0), n, platform, "a_bcast"), Const(1)
+        if n > 1:  # the copies hold a masked operand: en is applied (None: no mask after)
+            a, en = register_copies(m, Mux(en, self.a, 0), n, platform, "a_bcast"), None
         for k in range(self.pre):
             a_k = [
                 Signal(signed(self.data_bits), name=f"a_pre{k}_{g}", reset_less=True)
                 for g in range(n)
             ]
-            en_k = Signal(name=f"en_pre{k}")
+            en_k = None if en is None else Signal(name=f"en_pre{k}")
             w_k = [
                 Signal(signed(self.weight_bits), name=f"w_pre{k}_{i}", reset_less=True)
                 for i in range(lanes)
             ]
-            m.d.sync += [a_k[g].eq(a[g]) for g in range(n)] + [en_k.eq(en)]
+            m.d.sync += [a_k[g].eq(a[g]) for g in range(n)]
+            if en is not None:
+                m.d.sync += en_k.eq(en)
             m.d.sync += [w_k[i].eq(w[i]) for i in range(lanes)]
             a, w, en = a_k, w_k, en_k
         if (
@@ -103,7 +105,7 @@ class MACArray(wiring.Component):
         # yosys 0.50: 8 lanes → 8 SB_MAC16 and no SB_CARRY). `en` is low during reset, so a
         # reset held for 2 cycles flushes them to 0 while `acc` is held at 0.
         a_r = [Signal(signed(self.data_bits), name=f"a_r{g}", reset_less=True) for g in range(n)]
-        m.d.sync += [a_r[g].eq(Mux(en, a[g], 0)) for g in range(n)]
+        m.d.sync += [a_r[g].eq(a[g] if en is None else Mux(en, a[g], 0)) for g in range(n)]
         products = []
         for lane, a_lane in enumerate(share(a_r, lanes)):
             w_r = Signal(signed(self.weight_bits), name=f"w_r{lane}", reset_less=True)
@@ -120,8 +122,10 @@ class MACArray(wiring.Component):
         REG_OUTPUT), so no fabric routing sits between them and the multiplier. Ports as
         yosys's ECP5 DSP techmap connects them, registers per Lattice TN1267; same latency."""
         D, WB, n = self.data_bits, self.weight_bits, self.groups
-        a_g = [Signal(signed(D), name=f"a_mux{g}") for g in range(n)]
-        m.d.comb += [a_g[g].eq(Mux(en, a_in[g], 0)) for g in range(n)]
+        a_g = a_in  # (copies: masked already, so the registers drive the multipliers)
+        if en is not None:
+            a_g = [Signal(signed(D), name=f"a_mux{g}") for g in range(n)]
+            m.d.comb += [a_g[g].eq(Mux(en, a_in[g], 0)) for g in range(n)]
         products = []
         for lane, a in enumerate(share(a_g, self.lanes)):
             p = Signal(36, name=f"p{lane}")
