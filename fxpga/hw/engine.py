@@ -361,15 +361,18 @@ class Engine(wiring.Component):
                     fsm.next("OUT_READ")
                 with m.Else():
                     fsm.next("NEXT" if cfg.prefetch else "FETCH")
+        # outputs leave from a register (the buffers sit by the post-processor, the consumer
+        # may be far: on a 128-lane ULX3S that route was the critical path)
+        out_payload = Signal(signed(D))
+        m.d.comb += self.o.payload.eq(out_payload)
         with fsm.state("OUT_READ"):
             m.d.comb += rd_addr.eq(cnt)
+            fsm.next("OUT_LATCH")
+        with fsm.state("OUT_LATCH"):
+            m.d.sync += out_payload.eq(Mux(out_buf[0], fmap[1].rd_data, fmap[0].rd_data))
             m.d.sync += out_valid.eq(1)
             fsm.next("OUT_SEND")
         with fsm.state("OUT_SEND"):
-            m.d.comb += [
-                rd_addr.eq(cnt),
-                self.o.payload.eq(Mux(out_buf[0], fmap[1].rd_data, fmap[0].rd_data)),
-            ]
             with m.If(self.o.ready):
                 m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == out_m2), out_valid.eq(0)]
                 with m.If(at_last):
