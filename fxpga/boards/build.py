@@ -155,7 +155,7 @@ BOARDS = {
         "LFE5U-85F",
         25e6,
         25e6,
-        64,  # 128 lanes: 46.1 MHz without broadcast copies; with them router2 stalls (see issue 5)
+        64,  # 128 lanes: 60.5 MHz for 75 (2f3edce; critical: post wr_en → fmap write decode)
         1_000_000,
         {
             "TRELLIS_COMB": 83640,
