@@ -210,52 +210,18 @@ def test_feature_buffer_unaligned_vector_writes(banks):
     assert len(model) > depth * 0.9
 
 
-@pytest.mark.parametrize("pre", [0, 1, 2])
-def test_mac_array_wraps_and_gates(rng, pre):
+@pytest.mark.parametrize(
+    "pre,groups,clear", [(0, 1, False), (1, 1, False), (2, 1, False), (1, 1, True), (1, 2, True)]
+)
+def test_mac_array_wraps_and_gates(rng, pre, groups, clear):
+    """``acc`` wraps modulo 2^acc_bits and ``en`` gates the product. ``clear=True``: ``acc ←
+    (clear ? 0 : acc) + p``; with groups, ``clear`` comes from register copies of
+    ``clear_next`` (``clear`` one cycle early), and ``a`` and ``en`` are presented a cycle
+    before their ``w``."""
     lanes, D, W, A = 3, 8, 8, 12
-    dut = MACArray(lanes, D, W, A, pre=pre)
-    latency = MACArray.LATENCY + pre
-    ops = [
-        (
-            int(rng.integers(0, 2)),
-            int(rng.integers(-128, 128)),
-            [int(v) for v in rng.integers(-128, 128, lanes)],
-        )
-        for _ in range(200)
-    ]
-
-    async def bench(ctx):
-        ref = [0] * lanes
-        hist = []
-        for en, a, ws in ops + [(0, 0, [0] * lanes)] * latency:
-            ctx.set(dut.en, en)
-            ctx.set(dut.a, a)
-            for lane in range(lanes):
-                ctx.set(dut.w[lane], ws[lane])
-            hist.append((en, a, ws))
-            await ctx.tick()
-            if len(hist) >= latency:
-                e, aa, ww = hist[-latency]
-                for lane in range(lanes):
-                    ref[lane] += e * aa * ww[lane]
-                    want = (ref[lane] + 2 ** (A - 1)) % 2**A - 2 ** (A - 1)
-                    assert ctx.get(dut.acc[lane]) == want
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-
-
-@pytest.mark.parametrize("groups", [1, 2])
-def test_mac_array_clears_on_capture(rng, groups):
-    """``clear=True``: ``acc ← (clear ? 0 : acc) + p``; with groups, ``clear`` comes from
-    register copies of ``clear_next`` (``clear`` one cycle early), and ``a`` and ``en`` are
-    presented a cycle before their ``w``."""
-    lanes, D, W, A = 3, 8, 8, 12
-    dut = MACArray(lanes, D, W, A, pre=1, groups=groups, clear=True)
-    latency = MACArray.LATENCY + 1 + (groups > 1)
-    n = 300
+    dut = MACArray(lanes, D, W, A, pre=pre, groups=groups, clear=clear)
+    latency = MACArray.LATENCY + pre + (groups > 1)
+    n = 300 if clear else 200
     ops = [
         (
             int(rng.integers(0, 2)),
@@ -264,7 +230,7 @@ def test_mac_array_clears_on_capture(rng, groups):
         )
         for _ in range(n)
     ]
-    clears = [int(rng.random() < 0.15) for _ in range(n + latency + 1)]
+    clears = [int(clear and rng.random() < 0.15) for _ in range(n + latency + 1)]
 
     async def bench(ctx):
         ref = [0] * lanes
@@ -286,7 +252,7 @@ def test_mac_array_clears_on_capture(rng, groups):
                     ref[lane] = (0 if clears[t] else ref[lane]) + e * aa * ww[lane]
                     want = (ref[lane] + 2 ** (A - 1)) % 2**A - 2 ** (A - 1)
                     assert ctx.get(dut.acc[lane]) == want
-            else:  # before the first product arrives, a clear leaves 0
+            else:  # before the first product arrives (a clear leaves 0 too)
                 assert all(ctx.get(dut.acc[lane]) == 0 for lane in range(lanes))
 
     sim = Simulator(dut)

@@ -235,7 +235,7 @@ class Engine(wiring.Component):
         m.d.comb += [
             post.capture.eq(last_q),
             post.meta.eq(meta_q),
-            mac.clear.eq(last_q),  # (used with acc_clear)
+            mac.clear.eq(post.capture),  # (used with acc_clear)
             mac.clear_next.eq(post.capture_next),
         ]
         for i, (_, brd, _) in enumerate(bias):
