@@ -176,22 +176,28 @@ def test_tap_generator_matches_model(seed):
         assert got == want
 
 
+@pytest.mark.parametrize("write_reg", [False, True])
 @pytest.mark.parametrize("banks", [1, 2, 4, 16])
-def test_feature_buffer_unaligned_vector_writes(banks):
+def test_feature_buffer_unaligned_vector_writes(banks, write_reg):
     """Vector writes at any address (element i → wr_addr + i where wr_en[i]) and reads one
-    cycle later, against a dict; depth not a multiple of the banks."""
+    cycle later, against a dict; depth not a multiple of the banks. With ``write_reg`` a
+    write reaches the memory one cycle later: a read issued right after it sees the old
+    value, one issued the cycle after that the new one."""
     rng = random.Random(banks)
     depth = 7 * banks + 3
-    dut = FeatureBuffer(depth, 8, banks, 10)
+    dut = FeatureBuffer(depth, 8, banks, 10, write_reg=write_reg)
     model = {}
     ops = []
     for _ in range(300):
         addr = rng.randrange(depth - banks + 1)
         vals = [rng.randint(-128, 127) for _ in range(banks)]
         ens = [int(rng.random() < 0.7) for _ in range(banks)]
-        ops.append((addr, vals, ens, rng.randrange(depth)))
+        # (with the register, read back what was just written half of the time)
+        rd = addr + rng.randrange(banks) if write_reg and rng.random() < 0.5 else None
+        ops.append((addr, vals, ens, rng.randrange(depth) if rd is None else rd))
 
     async def bench(ctx):
+        pending = []  # writes presented, not yet in the memory
         for addr, vals, ens, rd in ops:
             ctx.set(dut.wr_addr, addr)
             ctx.set(dut.rd_addr, rd)
@@ -201,7 +207,9 @@ def test_feature_buffer_unaligned_vector_writes(banks):
             await ctx.tick()
             if rd in model:  # (read-before-write: the old value)
                 assert ctx.get(dut.rd_data) == model[rd], (addr, rd)
-            model.update({addr + i: vals[i] for i in range(banks) if ens[i]})
+            pending.append({addr + i: vals[i] for i in range(banks) if ens[i]})
+            if len(pending) > int(write_reg):
+                model.update(pending.pop(0))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -386,6 +394,16 @@ def test_digits_cnn_bit_exact_with_acc_clear(digits_q8, digits, copies):
     assert base.estimate == prog.estimate
 
 
+def test_digits_cnn_bit_exact_with_fmap_write_reg(digits_q8, digits):
+    """Feature-map writes registered after their bank rotation (4 banks: the post-processor
+    writes 4 lanes per cycle): same results, one more drain cycle per op."""
+    cfg = EngineConfig(lanes=8, post_lanes=4)
+    base = compiler.compile_model(digits_q8, cfg)
+    cfg = dataclasses.replace(cfg, fmap_write_reg=True)
+    prog = check_engine(digits_q8, digits.x_test[7:], lanes=8, n=2, config=cfg)
+    assert [b + 1 for b in base.estimate] == prog.estimate
+
+
 def test_broadcast_copies_are_checked():
     with pytest.raises(FxpgaError, match=r"broadcast_copies=9 is more than the 8 lanes"):
         EngineConfig(lanes=8, broadcast_copies=9)
@@ -395,6 +413,8 @@ def test_broadcast_copies_are_checked():
         EngineConfig(lanes=8, broadcast_copies=0)
     with pytest.raises(FxpgaError, match=r"acc_clear must be True or False, not 1"):
         EngineConfig(lanes=8, acc_clear=1)
+    with pytest.raises(FxpgaError, match=r"fmap_write_reg must be True or False, not 'y'"):
+        EngineConfig(lanes=8, fmap_write_reg="y")
 
 
 def test_digits_cnn_bit_exact_without_prefetch(digits_q8, digits):

@@ -45,6 +45,7 @@ class Board:
     # 0: one register drives all lanes)
     lanes_per_copy: int = 0
     acc_clear: bool = False  # EngineConfig.acc_clear: no snapshot registers
+    fmap_write_reg: bool = False  # EngineConfig.fmap_write_reg: a register before the fmaps
     nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
@@ -57,6 +58,7 @@ class Board:
             operand_regs=self.operand_regs,
             broadcast_copies=self.broadcast_copies(lanes or self.lanes),
             acc_clear=self.acc_clear,
+            fmap_write_reg=self.fmap_write_reg,
         )
 
     def broadcast_copies(self, lanes: int) -> int:
@@ -167,6 +169,7 @@ BOARDS = {
         operand_regs=1,
         lanes_per_copy=16,
         acc_clear=True,
+        fmap_write_reg=True,
         # router1 had not converged after 10 minutes on a 128-lane engine; router2 routes 64
         nextpnr="--router router2",
     ),

@@ -16,11 +16,22 @@ class FeatureBuffer(wiring.Component):
       writes ``banks`` channels of one pixel (HWC layout) per cycle.
 
     ``banks`` must be a power of two; with 1 bank this is a plain simple-dual-port memory.
+    With ``write_reg`` each bank's write (after the rotation below) waits in a register for
+    one cycle: a write presented in cycle t is in the memory for reads issued from t + 2 on
+    (t + 1 without), and the rotation's muxes are off the memories' write-decode path.
     """
 
-    def __init__(self, depth: int, data_bits: int, banks: int = 1, addr_bits: int = 24):
+    def __init__(
+        self,
+        depth: int,
+        data_bits: int,
+        banks: int = 1,
+        addr_bits: int = 24,
+        write_reg: bool = False,
+    ):
         assert banks & (banks - 1) == 0
         self.depth, self.data_bits, self.banks = depth, data_bits, banks
+        self.write_reg = write_reg
         super().__init__(
             {
                 "rd_addr": In(addr_bits),
@@ -55,11 +66,9 @@ class FeatureBuffer(wiring.Component):
             m.d.comb += rd.addr.eq(self.rd_addr >> B)
             datas.append(rd.data)
             v = Signal(self.data_bits + 1, name=f"wr_vec{b}")
-            m.d.comb += v.eq(vec[b])
-            m.d.comb += [
-                wr.addr.eq(Mux(b < s_, row1, row0) if n > 1 else row0),
-                wr.data.eq(v[:-1]),
-                wr.en.eq(v[-1]),
-            ]
+            row = Signal(range(rows + 1), name=f"wr_row{b}")
+            domain = m.d.sync if self.write_reg else m.d.comb
+            domain += [v.eq(vec[b]), row.eq(Mux(b < s_, row1, row0) if n > 1 else row0)]
+            m.d.comb += [wr.addr.eq(row), wr.data.eq(v[:-1]), wr.en.eq(v[-1])]
         m.d.comb += self.rd_data.eq(Array(datas)[sel] if n > 1 else datas[0])
         return m

@@ -64,6 +64,9 @@ class EngineConfig:
     # instead of keeping it running and subtracting snapshots: no lanes x acc_bits snapshot
     # registers (ECP5, whose accumulators are fabric; on iCE40 it keeps them out of SB_MAC16)
     acc_clear: bool = False
+    # the feature-map writes (after their bank rotation) wait a cycle in a register before
+    # the memories: one more drain cycle per op (ECP5 fmax at many lanes)
+    fmap_write_reg: bool = False
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -74,7 +77,7 @@ class EngineConfig:
             raise FxpgaError("SPRAM weights (iCE40UP5K) hold at most 8 lanes of 8-bit weights")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("prefetch", "acc_clear"):
+            if f.name in ("prefetch", "acc_clear", "fmap_write_reg"):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
                 continue
@@ -268,7 +271,7 @@ def run_cycles(op: Op, cfg: EngineConfig) -> int:
 
 def drain_cycles(cfg: EngineConfig) -> int:
     """Cycles the sequencer waits after the last window for the final writes to land."""
-    return tap_to_acc(cfg) + POST_LATENCY + cfg.items - 1
+    return tap_to_acc(cfg) + POST_LATENCY + cfg.items - 1 + int(cfg.fmap_write_reg)
 
 
 def tap_to_acc(cfg: EngineConfig) -> int:

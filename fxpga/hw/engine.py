@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -131,7 +131,9 @@ class Engine(wiring.Component):
 
         W = cfg.post_lanes
         FB, CB = self.field_bits, self.coord_bits
-        fmap = [FeatureBuffer(self.fmap_depth, D, W, FB) for _ in range(2)]
+        fmap = [
+            FeatureBuffer(self.fmap_depth, D, W, FB, write_reg=cfg.fmap_write_reg) for _ in range(2)
+        ]
         m.submodules.fmap0, m.submodules.fmap1 = fmap
         spram = cfg.weight_store == "spram"
         m.submodules.weights = weights = WeightBanks(
@@ -299,6 +301,14 @@ class Engine(wiring.Component):
 
         m.d.sync += start.eq(0)
         m.d.comb += taps.start.eq(start)
+        # post-processor writes go to the output buffer of the running op; LOAD's writes of
+        # the input (below: they win) select on LOAD's state flag, a register (the post-
+        # processor is idle then): nothing but the buffer's own enable on the write path
+        for b, f in enumerate(fmap):
+            active = in_buf != b
+            m.d.comb += f.wr_addr.eq(post.wr_addr)
+            m.d.comb += [f.wr_data[i].eq(post.wr_data[i]) for i in range(W)]
+            m.d.comb += [f.wr_en[i].eq(post.wr_en[i] & active) for i in range(W)]
         fsm = OneHotFSM(m, "IDLE", "seq")  # one-hot: see OneHotFSM
         with fsm.state("IDLE"):  # the header is read per inference: run-time writes count
             # (cnt and at_last are 0 here; no prefetch runs: the header read starts at 0 —
@@ -380,12 +390,4 @@ class Engine(wiring.Component):
                     fsm.next("IDLE")
                 with m.Else():
                     fsm.next("OUT_READ")
-
-        # post-processor writes go to the output buffer of the running op
-        for b, f in enumerate(fmap):
-            active = in_buf != b
-            with m.If(active & Cat(*post.wr_en).any()):
-                m.d.comb += f.wr_addr.eq(post.wr_addr)
-                m.d.comb += [f.wr_data[i].eq(post.wr_data[i]) for i in range(W)]
-                m.d.comb += [f.wr_en[i].eq(post.wr_en[i]) for i in range(W)]
         return m
