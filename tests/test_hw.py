@@ -340,10 +340,10 @@ def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post
     got = {}
 
     async def memories(ctx):  # bias banks (sync read) and the written feature map
-        sigs = [dut.bias_addr, dut.wr_addr] + list(dut.wr_en) + list(dut.wr_data)
-        async for _clk, _rst, row, addr, *rest in ctx.tick().sample(*sigs):
+        sigs = [dut.wr_addr, *dut.wr_en, *dut.wr_data, *dut.bias_addr]
+        async for _clk, _rst, addr, *rest in ctx.tick().sample(*sigs):
             for i in range(post_lanes):
-                ctx.set(dut.bias_data[i], bias[row * post_lanes + i])
+                ctx.set(dut.bias_data[i], bias[rest[2 * post_lanes + i] * post_lanes + i])
                 if rest[i]:
                     got[addr + i] = rest[post_lanes + i]
 

@@ -241,7 +241,7 @@ class Engine(wiring.Component):
             mac.clear_next.eq(post.capture_next),
         ]
         for i, (_, brd, _) in enumerate(bias):
-            m.d.comb += [brd.addr.eq(post.bias_addr), post.bias_data[i].eq(brd.data)]
+            m.d.comb += [brd.addr.eq(post.bias_addr[i]), post.bias_data[i].eq(brd.data)]
         for lane in range(lanes):
             m.d.comb += post.acc[lane].eq(mac.acc[lane])
 

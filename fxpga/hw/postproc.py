@@ -79,7 +79,7 @@ class PostProcessor(wiring.Component):
                 "capture_next": In(1),
                 "meta": In(meta),
                 "acc": In(signed(acc_bits)).array(lanes),
-                "bias_addr": Out(bias_row_bits),
+                "bias_addr": Out(bias_row_bits).array(post_lanes),
                 "bias_data": In(signed(acc_bits)).array(post_lanes),
                 "wr_addr": Out(FB),
                 "wr_data": Out(signed(data_bits)).array(post_lanes),
@@ -145,7 +145,17 @@ class PostProcessor(wiring.Component):
         s1 = stages[0]
         s1_diff = [Signal(signed(A), name=f"s1_diff{i}") for i in range(W)]
         lane_addr = Signal(FB)
-        m.d.comb += self.bias_addr.eq(meta.b_addr + cnt)
+        # the bias row read, b_addr + cnt, from a register copy per lane that follows cnt (an
+        # adder after cnt feeding all lanes' bias memories was a 128-lane ULX3S's critical path)
+        BR = len(self.bias_addr[0])
+        baddr = Signal(BR)
+        baddr_next = Signal(BR)
+        m.d.comb += baddr_next.eq(
+            Mux(self.capture, self.meta.b_addr, Mux(active & (cnt != n - 1), baddr + 1, baddr))
+        )
+        m.d.sync += baddr.eq(baddr_next)
+        for i, q in enumerate(register_copies(m, baddr_next, W, platform, "bias_addr")):
+            m.d.comb += self.bias_addr[i].eq(q)
         # the rows' latch (`capture`) and shift (`active`) enables, per copy
         active_next = Signal()
         m.d.comb += active_next.eq(active)
