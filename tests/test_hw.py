@@ -404,6 +404,23 @@ def test_digits_cnn_bit_exact_with_fmap_write_reg(digits_q8, digits):
     assert [b + 1 for b in base.estimate] == prog.estimate
 
 
+def test_digits_cnn_bit_exact_with_the_ulx3s_options(digits_q8, digits):
+    """The 128-lane ULX3S's options together on 8 lanes and 4 banks: two operand registers,
+    register copies, cleared accumulators, registered fmap writes: 2 + 1 + 1 cycles more per
+    op than without them."""
+    base = compiler.compile_model(digits_q8, EngineConfig(lanes=8, post_lanes=4))
+    cfg = EngineConfig(
+        lanes=8,
+        post_lanes=4,
+        operand_regs=2,
+        broadcast_copies=2,
+        acc_clear=True,
+        fmap_write_reg=True,
+    )
+    prog = check_engine(digits_q8, digits.x_test[9:], lanes=8, n=2, config=cfg)
+    assert [b + 4 for b in base.estimate] == prog.estimate
+
+
 def test_broadcast_copies_are_checked():
     with pytest.raises(FxpgaError, match=r"broadcast_copies=9 is more than the 8 lanes"):
         EngineConfig(lanes=8, broadcast_copies=9)
@@ -483,13 +500,15 @@ def test_standalone_pool_and_relu_run_as_identity():
     check_engine(qm, x, lanes=2, n=2)
 
 
-@pytest.mark.parametrize("copies", [1, 2])
-def test_runtime_writes_replace_initial_memories(digits, copies):
+@pytest.mark.parametrize("lanes,post_lanes,copies", [(3, 1, 1), (3, 1, 2), (8, 4, 1)])
+def test_runtime_writes_replace_initial_memories(digits, lanes, post_lanes, copies):
     """An engine built with empty memories, loaded over the cfg bus, computes the same (with
-    copies: through the weight banks' registered write copies)."""
+    copies: through the weight banks' registered write copies; with post lanes: into as
+    many bias banks)."""
     model, shape = random_net(random.Random(5))
     qm, x = quantized(model, shape, 5)
-    prog = compiler.compile_model(qm, EngineConfig(lanes=3, broadcast_copies=copies))
+    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes, broadcast_copies=copies)
+    prog = compiler.compile_model(qm, cfg)
     empty = Engine(
         prog.config,
         None,

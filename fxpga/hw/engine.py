@@ -159,12 +159,14 @@ class Engine(wiring.Component):
             pwr.data.eq(wcfg.data),
             pwr.en.eq(wcfg.en & (region == REGION_PROGRAM)),
         ]
+        # the biases sit by the post-processor, far from the host's side: their writes wait
+        # in a register more, enables decoded (a 128-lane ULX3S had 12 ns of routing from
+        # wcfg to a bias memory's write enable)
+        bcfg = Signal(data.StructLayout({"addr": range(brows), "data": 32, "en": W}))
+        m.d.sync += [bcfg.addr.eq(index // W), bcfg.data.eq(wcfg.data)]
+        m.d.sync += bcfg.en.eq(Mux(wcfg.en & (region == REGION_BIAS), 1 << (index % W), 0))
         for i, (_, _, bwr) in enumerate(bias):
-            m.d.comb += [
-                bwr.addr.eq(index // W),
-                bwr.data.eq(wcfg.data),
-                bwr.en.eq(wcfg.en & (region == REGION_BIAS) & (index % W == i)),
-            ]
+            m.d.comb += [bwr.addr.eq(bcfg.addr), bwr.data.eq(bcfg.data), bwr.en.eq(bcfg.en[i])]
         m.d.comb += [
             weights.wr_addr.eq(index),
             weights.wr_lane.eq(lane_sel),
