@@ -404,10 +404,10 @@ def test_digits_cnn_bit_exact_with_fmap_write_reg(digits_q8, digits):
     assert [b + 1 for b in base.estimate] == prog.estimate
 
 
-def test_digits_cnn_bit_exact_with_the_ulx3s_options(digits_q8, digits):
-    """The 128-lane ULX3S's options together on 8 lanes and 4 banks: two operand registers,
-    register copies, cleared accumulators, registered fmap writes: 2 + 1 + 1 cycles more per
-    op than without them."""
+def test_digits_cnn_bit_exact_with_every_ecp5_option(digits_q8, digits):
+    """The options the ECP5 boards use, together on 8 lanes and 4 banks: two operand
+    registers, register copies, cleared accumulators, registered fmap writes: 2 + 1 + 1
+    cycles more per op than without them."""
     base = compiler.compile_model(digits_q8, EngineConfig(lanes=8, post_lanes=4))
     cfg = EngineConfig(
         lanes=8,

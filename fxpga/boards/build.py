@@ -157,7 +157,7 @@ BOARDS = {
         "LFE5U-85F",
         25e6,
         25e6,
-        64,  # 128 lanes: 60.5 MHz for 75 (2f3edce; critical: post wr_en → fmap write decode)
+        64,  # 128 lanes: 71.4 / 68.6 MHz for 75 (seeds 1 / 2, on 6273606)
         1_000_000,
         {
             "TRELLIS_COMB": 83640,
@@ -166,9 +166,9 @@ BOARDS = {
             "MULT18X18D": 156,
             "EHXPLLL": 4,
         },
-        # 2: a 128-lane build's weight block RAM output (5.8 ns clock-to-out) had 8.4 ns of
-        # routing to its lane's operand register
-        operand_regs=2,
+        # (2 did not help 128 lanes: the weight block RAM output, 5.8 ns clock-to-out, still
+        # had 8.5 ns of routing to the first operand register; 68.2 / 66.0 MHz, seeds 1 / 2)
+        operand_regs=1,
         lanes_per_copy=16,
         acc_clear=True,
         fmap_write_reg=True,
