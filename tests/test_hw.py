@@ -363,62 +363,42 @@ def test_digits_cnn_bit_exact(digits_q8, digits):
     assert prog.utilization() > 0.9
 
 
-def test_digits_cnn_bit_exact_with_operand_registers(digits_q8, digits):
-    """An extra register between the memories and the multipliers (the ECP5 boards' engine):
-    same results, one cycle more per op, exactly as estimated."""
-    base = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
-    prog = check_engine(
-        digits_q8, digits.x_test, lanes=8, n=2, config=EngineConfig(lanes=8, operand_regs=1)
-    )
-    assert [b + 1 for b in base.estimate] == prog.estimate
+# (engine options on digits-cnn, 8 lanes: the configuration without them, the options, the
+# cycles they add per op, the first test image)
+ENGINE_OPTIONS = [
+    # an extra register between the memories and the multipliers (the ECP5 boards)
+    pytest.param({}, {"operand_regs": 1}, 1, 0, id="operand_regs"),
+    # the weight address and the activation broadcast from 3 register copies (3, 3 and 2
+    # lanes each), after an operand register
+    pytest.param({"operand_regs": 1}, {"broadcast_copies": 3}, 1, 3, id="broadcast_copies"),
+    # accumulators cleared at each capture instead of snapshots (the ECP5 boards), with and
+    # without register copies of the clear: no cycle more
+    pytest.param({"operand_regs": 1}, {"acc_clear": True}, 0, 5, id="acc_clear"),
+    pytest.param(
+        {"operand_regs": 1, "broadcast_copies": 3}, {"acc_clear": True}, 0, 5, id="acc_clear-3"
+    ),
+    # fmap writes registered after their bank rotation (4 banks: the post-processor writes 4
+    # lanes per cycle): one more drain cycle
+    pytest.param({"post_lanes": 4}, {"fmap_write_reg": True}, 1, 7, id="fmap_write_reg"),
+    # every option the ECP5 boards use, together: 2 + 1 + 1 cycles more
+    pytest.param(
+        {"post_lanes": 4},
+        {"operand_regs": 2, "broadcast_copies": 2, "acc_clear": True, "fmap_write_reg": True},
+        4,
+        9,
+        id="every_ecp5_option",
+    ),
+]
 
 
-def test_digits_cnn_bit_exact_with_broadcast_copies(digits_q8, digits):
-    """The weight address and the activation broadcast from 3 register copies (8 lanes: 3,
-    3 and 2 lanes each), after an operand register: one more cycle per op than that."""
-    cfg = EngineConfig(lanes=8, operand_regs=1)
+@pytest.mark.parametrize("base_kw,options,more,first", ENGINE_OPTIONS)
+def test_digits_cnn_bit_exact_with_options(digits_q8, digits, base_kw, options, more, first):
+    """Same results with each option, and exactly ``more`` cycles more per op, as estimated."""
+    cfg = EngineConfig(lanes=8, **base_kw)
     base = compiler.compile_model(digits_q8, cfg)
-    cfg = dataclasses.replace(cfg, broadcast_copies=3)
-    prog = check_engine(digits_q8, digits.x_test[3:], lanes=8, n=2, config=cfg)
-    assert [b + 1 for b in base.estimate] == prog.estimate
-
-
-@pytest.mark.parametrize("copies", [1, 3])
-def test_digits_cnn_bit_exact_with_acc_clear(digits_q8, digits, copies):
-    """Accumulators cleared at each capture instead of snapshots (the ECP5 boards): same
-    results and cycles, with and without register copies of the clear."""
-    cfg = EngineConfig(lanes=8, operand_regs=1, broadcast_copies=copies)
-    base = compiler.compile_model(digits_q8, cfg)
-    cfg = dataclasses.replace(cfg, acc_clear=True)
-    prog = check_engine(digits_q8, digits.x_test[5:], lanes=8, n=2, config=cfg)
-    assert base.estimate == prog.estimate
-
-
-def test_digits_cnn_bit_exact_with_fmap_write_reg(digits_q8, digits):
-    """Feature-map writes registered after their bank rotation (4 banks: the post-processor
-    writes 4 lanes per cycle): same results, one more drain cycle per op."""
-    cfg = EngineConfig(lanes=8, post_lanes=4)
-    base = compiler.compile_model(digits_q8, cfg)
-    cfg = dataclasses.replace(cfg, fmap_write_reg=True)
-    prog = check_engine(digits_q8, digits.x_test[7:], lanes=8, n=2, config=cfg)
-    assert [b + 1 for b in base.estimate] == prog.estimate
-
-
-def test_digits_cnn_bit_exact_with_every_ecp5_option(digits_q8, digits):
-    """The options the ECP5 boards use, together on 8 lanes and 4 banks: two operand
-    registers, register copies, cleared accumulators, registered fmap writes: 2 + 1 + 1
-    cycles more per op than without them."""
-    base = compiler.compile_model(digits_q8, EngineConfig(lanes=8, post_lanes=4))
-    cfg = EngineConfig(
-        lanes=8,
-        post_lanes=4,
-        operand_regs=2,
-        broadcast_copies=2,
-        acc_clear=True,
-        fmap_write_reg=True,
-    )
-    prog = check_engine(digits_q8, digits.x_test[9:], lanes=8, n=2, config=cfg)
-    assert [b + 4 for b in base.estimate] == prog.estimate
+    cfg = dataclasses.replace(cfg, **options)
+    prog = check_engine(digits_q8, digits.x_test[first:], lanes=8, n=2, config=cfg)
+    assert [b + more for b in base.estimate] == prog.estimate
 
 
 def test_broadcast_copies_are_checked():
