@@ -98,8 +98,36 @@ def test_builds_are_cached(digits_q8):
     prog = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
     d = runner.build(prog, "verilator")
     stamp = (d / "BUILT").stat().st_mtime_ns
+    assert not [f.name for p in runner._BUILD_ONLY for f in d.glob(p)]  # intermediates gone
+    assert (d / runner.TOP).is_file()
     assert runner.build(prog, "verilator") == d
     assert (d / "BUILT").stat().st_mtime_ns == stamp
+    assert (d / "USED").stat().st_mtime_ns >= stamp
+
+
+def test_sim_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
+    root = tmp_path / "sim"
+    now = 1_700_000_000
+    for i, state in enumerate(["built", "used", "building", "abandoned", "built", "built"]):
+        d = root / f"icarus-{i}"
+        d.mkdir(parents=True)
+        if state in ("built", "used"):
+            (d / "BUILT").write_text("1 s\n")
+            os.utime(d / "BUILT", (now + i, now + i))
+        if state == "used":  # built first of all, used last of all
+            (d / "USED").touch()
+        if state == "abandoned":
+            os.utime(d, (now - 2 * 86400, now - 2 * 86400))
+    gone = runner.evict(root, 2)
+    assert sorted(p.name for p in gone) == ["icarus-0", "icarus-3", "icarus-4"]
+    assert sorted(p.name for p in root.iterdir()) == ["icarus-1", "icarus-2", "icarus-5"]
+    assert runner.evict(root, 2) == []
+    assert runner.evict(tmp_path / "missing", 2) == []
+    monkeypatch.setenv("FXPGA_SIM_CACHE_ENTRIES", "0")
+    with pytest.raises(FxpgaError, match="FXPGA_SIM_CACHE_ENTRIES='0'"):
+        runner._cache_entries()
+    monkeypatch.setenv("FXPGA_SIM_CACHE_ENTRIES", "12")
+    assert runner._cache_entries() == 12
 
 
 def test_cli_simulate(digits_q8, tmp_path, capsys):

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +27,56 @@ TEST_MODULE = "fxpga.sim.bench"
 def cache_root() -> Path:
     d = os.environ.get("FXPGA_CACHE")
     return (Path(d) if d else Path.home() / ".cache" / "fxpga") / "sim"
+
+
+# Simulator models kept in the cache; the least recently used go first. A Verilator model is
+# ~1 MB once its build intermediates are gone (its precompiled headers alone were 140 MB), an
+# Icarus one ~3 MB.
+CACHE_ENTRIES = 200
+# Verilator intermediates that running the model never reads: precompiled headers, objects,
+# archives, make dependencies.
+_BUILD_ONLY = ("*.gch", "*.o", "*.a", "*.d")
+# A model directory without a BUILT stamp is either being built (leave it) or was abandoned.
+_ABANDONED_S = 24 * 3600
+
+
+def _cache_entries() -> int:
+    v = os.environ.get("FXPGA_SIM_CACHE_ENTRIES")
+    if v is None:
+        return CACHE_ENTRIES
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if n < 1:
+        raise FxpgaError(f"FXPGA_SIM_CACHE_ENTRIES={v!r}: expected a whole number >= 1")
+    return n
+
+
+def _last_used(d: Path) -> float | None:
+    """When the model in ``d`` was last built or used; None if it is being built."""
+    for name in ("USED", "BUILT"):
+        with contextlib.suppress(OSError):
+            return (d / name).stat().st_mtime
+    with contextlib.suppress(OSError):
+        t = d.stat().st_mtime
+        if time.time() - t > _ABANDONED_S:
+            return t
+    return None
+
+
+def evict(root: Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` most recently used models under ``root``; return them."""
+    aged = []
+    for d in root.iterdir() if root.is_dir() else ():
+        t = _last_used(d) if d.is_dir() else None
+        if t is not None:
+            aged.append((t, d))
+    aged.sort(reverse=True)
+    gone = [d for _, d in aged[keep:]]
+    for d in gone:
+        shutil.rmtree(d, ignore_errors=True)
+    return gone
 
 
 def engine_verilog(prog: Program | None, config=None, **depths) -> str:
@@ -93,19 +144,22 @@ def build(
 
     Cached under ``~/.cache/fxpga/sim/<simulator>-<hash>`` keyed by the Verilog text (memory
     images included), the simulator and whether waves are traced: a second run does not
-    rebuild.
+    rebuild. Verilator's build intermediates are deleted once the model is built, and only the
+    ``$FXPGA_SIM_CACHE_ENTRIES`` (default 200) most recently used models are kept.
     """
     from cocotb_tools.runner import get_runner
 
     env = sim_env(simulator)
     text = verilog if verilog is not None else engine_verilog(prog)
     extra = "".join(Path(p).read_text() for p in extra_sources)
-    key = hashlib.sha256(f"{simulator}:{waves}:{top}:v1\n{text}{extra}".encode()).hexdigest()
+    key = hashlib.sha256(f"{simulator}:{waves}:{top}:v2\n{text}{extra}".encode()).hexdigest()
     key = key[:16]
     d = cache_root() / f"{simulator}-{key}"
     stamp = d / "BUILT"
     if stamp.exists():
+        (d / "USED").touch()
         return d
+    keep = _cache_entries()
     d.mkdir(parents=True, exist_ok=True)
     src = d / f"{top}.v"
     src.write_text(text)
@@ -122,7 +176,11 @@ def build(
             get_runner(simulator).build(**kw)
     except (SystemExit, Exception) as e:
         raise FxpgaError(f"{simulator} build failed ({_tail(log)}); see {log}") from e
+    for pattern in _BUILD_ONLY:
+        for f in d.glob(pattern):
+            f.unlink()
     stamp.write_text(f"{time.monotonic() - t0:.1f} s\n")
+    evict(cache_root(), keep)
     return d
 
 
