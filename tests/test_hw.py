@@ -380,10 +380,26 @@ ENGINE_OPTIONS = [
     # fmap writes registered after their bank rotation (4 banks: the post-processor writes 4
     # lanes per cycle): one more drain cycle
     pytest.param({"post_lanes": 4}, {"fmap_write_reg": True}, 1, 7, id="fmap_write_reg"),
+    # the weight memories' output register in place of the first weight operand register:
+    # no cycle more, with and without register copies
+    pytest.param({"operand_regs": 1}, {"weight_out_reg": True}, 0, 11, id="weight_out_reg"),
+    pytest.param(
+        {"operand_regs": 1, "broadcast_copies": 3},
+        {"weight_out_reg": True},
+        0,
+        13,
+        id="weight_out_reg-3",
+    ),
     # every option the ECP5 boards use, together: 2 + 1 + 1 cycles more
     pytest.param(
         {"post_lanes": 4},
-        {"operand_regs": 2, "broadcast_copies": 2, "acc_clear": True, "fmap_write_reg": True},
+        {
+            "operand_regs": 2,
+            "broadcast_copies": 2,
+            "acc_clear": True,
+            "fmap_write_reg": True,
+            "weight_out_reg": True,
+        },
         4,
         9,
         id="every_ecp5_option",
@@ -412,6 +428,10 @@ def test_broadcast_copies_are_checked():
         EngineConfig(lanes=8, acc_clear=1)
     with pytest.raises(FxpgaError, match=r"fmap_write_reg must be True or False, not 'y'"):
         EngineConfig(lanes=8, fmap_write_reg="y")
+    with pytest.raises(FxpgaError, match=r"weight_out_reg needs block-RAM weights and operand_"):
+        EngineConfig(lanes=8, weight_out_reg=True)
+    with pytest.raises(FxpgaError, match=r"weight_out_reg needs block-RAM weights and operand_"):
+        EngineConfig(lanes=8, weight_out_reg=True, operand_regs=1, weight_store="spram")
 
 
 def test_digits_cnn_bit_exact_without_prefetch(digits_q8, digits):

@@ -4,6 +4,8 @@ import os
 import random
 import shutil
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -76,6 +78,56 @@ def test_random_networks_on_verilator(lanes, post_lanes, tmp_path):
         )
         assert all(r.match), (seed, r.got)
         assert r.cycles == [prog.total_cycles] * 3
+
+
+ECP5_MODELS = Path(runner.__file__).parents[1] / "boards" / "sim_models" / "ecp5.v"
+
+
+@pytest.mark.parametrize("bake", [True, False], ids=["baked", "runtime"])
+def test_ecp5_primitives_bit_exact(digits_q8, digits, bake, tmp_path):
+    """The engine elaborated for ECP5, with every option the ULX3S uses, simulated with models
+    of the primitives it instantiates (FD1S3AX register copies, MULT18X18D, DP16KD with its
+    output register): bit exact. 4 lanes put 3428 weights in each lane, so each lane's
+    memory is 2 DP16KDs (2048 words each) and its read mux. "runtime": an engine without
+    initial contents, loaded over the cfg bus (writes into both blocks)."""
+    from amaranth.back import verilog
+
+    from fxpga.hw.engine import Engine
+
+    cfg = EngineConfig(
+        lanes=4,
+        operand_regs=1,
+        broadcast_copies=2,
+        acc_clear=True,
+        fmap_write_reg=True,
+        weight_out_reg=True,
+    )
+    prog = compiler.compile_model(digits_q8, cfg)
+    assert prog.wmem_depth > 2048
+    depths = {
+        "fmap_depth": prog.fmap_depth,
+        "wmem_depth": prog.wmem_depth,
+        "bmem_depth": prog.bmem_depth,
+        "max_ops": len(prog.ops),
+    }
+    engine = Engine(cfg, prog) if bake else Engine(cfg, None, **depths)
+    text = verilog.convert(engine, name=runner.TOP, platform=SimpleNamespace(family="ecp5"))
+    assert all(f"{cell} #(" in text for cell in ("FD1S3AX", "MULT18X18D", "DP16KD"))
+    assert text.count("DP16KD #(") == 8 and 'REGMODE_B("OUTREG")' in text
+    build_dir = runner.build(None, "verilator", verilog=text, extra_sources=(ECP5_MODELS,))
+    xi = golden.quantize_input(digits_q8, digits.x_test[20:22])
+    want = golden.run_int(digits_q8, xi).reshape(2, -1)
+    r = runner.run_job(
+        prog,
+        build_dir,
+        "verilator",
+        prog.to_engine(xi),
+        simulate.to_engine_order(want, prog.out_shape),
+        tmp_path,
+        steps=[{} if bake else {"cfg": runner.load_writes(prog)}],
+    )
+    assert r.match == [True, True]
+    assert r.cycles == [prog.total_cycles] * 2
 
 
 def test_a_mismatch_is_located_and_kept(digits_q8, digits, tmp_path):

