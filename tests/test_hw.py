@@ -399,6 +399,7 @@ ENGINE_OPTIONS = [
             "acc_clear": True,
             "fmap_write_reg": True,
             "weight_out_reg": True,
+            "program_read_reg": True,  # (its fetches hide behind the input and long ops)
         },
         4,
         9,
@@ -417,6 +418,37 @@ def test_digits_cnn_bit_exact_with_options(digits_q8, digits, base_kw, options, 
     assert [b + more for b in base.estimate] == prog.estimate
 
 
+@pytest.mark.parametrize("in_size", [43, 44, 45])  # NF = 43 descriptor words
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("read_reg", [False, True])
+def test_descriptor_fetch_cycles_exact(in_size, prefetch, read_reg):
+    """Short ops, so the descriptor fetch shows in the cycles: an input of NF (+ 1 with
+    ``program_read_reg``) words or fewer waits for op 0's fetch, a longer one hides it; the
+    compiler's estimate matches the simulated cycles op by op either way."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(in_size, 5), nn.ReLU(), nn.Linear(5, 3))
+    qm, x = quantized(model, (in_size,), in_size)
+    cfg = EngineConfig(lanes=2, prefetch=prefetch, program_read_reg=read_reg)
+    prog = check_engine(qm, x, 2, n=2, gaps=random.Random(in_size), config=cfg)
+    base = compiler.compile_model(qm, dataclasses.replace(cfg, program_read_reg=False))
+    # op 0: a fetch one cycle longer (43), no longer hidden by the input (44: 1 → 46), hidden
+    # (45); op 1 (its fetch overlaps the long op 0 with prefetch): the fetch, a cycle longer
+    more = [{43: 1, 44: 45, 45: 0}[in_size] if read_reg else 0]
+    more += [int(read_reg and not prefetch)] * (len(prog.ops) - 1)
+    assert [b + k for b, k in zip(base.estimate, more, strict=True)] == prog.estimate
+
+
+def test_a_hanging_engine_is_an_error_not_a_hang():
+    """The bench waits for 5 outputs from an engine whose program makes 3."""
+    progs = []
+    for n_out in (5, 3):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(6, n_out))
+        qm, x = quantized(model, (6,), 1)
+        progs.append(compiler.compile_model(qm, EngineConfig(lanes=2)))
+    xi = golden.quantize_input(qm, x[:1])
+    with pytest.raises(FxpgaError, match=r"returned 0 of 1 outputs in [\d,]+ cycles .*: it hangs"):
+        amsim.run_engine(progs[0], xi, engine=Engine(progs[1].config, progs[1]))
+
+
 def test_broadcast_copies_are_checked():
     with pytest.raises(FxpgaError, match=r"broadcast_copies=9 is more than the 8 lanes"):
         EngineConfig(lanes=8, broadcast_copies=9)
@@ -426,6 +458,8 @@ def test_broadcast_copies_are_checked():
         EngineConfig(lanes=8, broadcast_copies=0)
     with pytest.raises(FxpgaError, match=r"acc_clear must be True or False, not 1"):
         EngineConfig(lanes=8, acc_clear=1)
+    with pytest.raises(FxpgaError, match=r"program_read_reg must be True or False, not 1"):
+        EngineConfig(lanes=8, program_read_reg=1)
     with pytest.raises(FxpgaError, match=r"fmap_write_reg must be True or False, not 'y'"):
         EngineConfig(lanes=8, fmap_write_reg="y")
     with pytest.raises(FxpgaError, match=r"weight_out_reg needs block-RAM weights and operand_"):

@@ -101,6 +101,7 @@ def test_ecp5_primitives_bit_exact(digits_q8, digits, bake, tmp_path):
         acc_clear=True,
         fmap_write_reg=True,
         weight_out_reg=True,
+        program_read_reg=True,
     )
     prog = compiler.compile_model(digits_q8, cfg)
     assert prog.wmem_depth > 2048

@@ -70,6 +70,9 @@ class EngineConfig:
     # the weight memories' output register (ECP5: DP16KD's own) stands in for the first weight
     # operand register, which needs operand_regs >= 1: no extra cycle (ECP5 fmax at many lanes)
     weight_out_reg: bool = False
+    # program words (header, descriptors) wait a cycle in a register after the program memory
+    # (its block RAM output is slow): each descriptor fetch is a cycle longer (ECP5 fmax)
+    program_read_reg: bool = False
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -80,7 +83,13 @@ class EngineConfig:
             raise FxpgaError("SPRAM weights (iCE40UP5K) hold at most 8 lanes of 8-bit weights")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("prefetch", "acc_clear", "fmap_write_reg", "weight_out_reg"):
+            if f.name in (
+                "prefetch",
+                "acc_clear",
+                "fmap_write_reg",
+                "weight_out_reg",
+                "program_read_reg",
+            ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
                 continue
@@ -287,17 +296,24 @@ def tap_to_acc(cfg: EngineConfig) -> int:
     return TAP_TO_ACC + cfg.operand_regs + int(cfg.broadcast_copies > 1)
 
 
-def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:
-    """Exact cycles per op, as the sequencer spends them (engine.py):
+def fetch_words(cfg: EngineConfig) -> int:
+    """``NF``, the descriptor words, plus the cycle ``program_read_reg`` adds to a fetch: a
+    descriptor fetch is busy ``fetch_words + 1`` cycles."""
+    return len(DESC_FIELDS) + int(cfg.program_read_reg)
 
-    NEXT (wait for the descriptor: for the first op 1 cycle if the input is longer than the
-    ``NF`` descriptor words, whose fetch then overlaps the input, else ``NF + 2``; later
-    ``1 + max(0, NF − 1 − run − drain)`` with prefetch, ``NF + 3`` without), START (1), RUN
+
+def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:
+    """Exact cycles per op, as the sequencer spends them (engine.py), with ``F`` =
+    ``fetch_words`` (``NF``, the descriptor words, + 1 with ``program_read_reg``):
+
+    NEXT (wait for the descriptor: for the first op 1 cycle if the input is longer than
+    ``F``, the fetch then overlapping the input, else ``F + 2``; later
+    ``1 + max(0, F − 1 − run − drain)`` with prefetch, ``F + 3`` without), START (1), RUN
     (``run + 1`` with ``run = run_cycles + TAP_LATENCY − 1``: the last cycle sees ``done``),
-    DRAIN (``drain_cycles``). With prefetch the descriptor of op k+1 is read (``NF + 1``
+    DRAIN (``drain_cycles``). With prefetch the descriptor of op k+1 is read (``F + 1``
     cycles) while op k runs.
     """
-    nf, drain = len(DESC_FIELDS), drain_cycles(cfg)
+    nf, drain = fetch_words(cfg), drain_cycles(cfg)
     out, prev_run = [], None
     first = 1 if ops[0].in_size > nf else nf + 2  # op 0's fetch hides behind a long input
     for op in ops:

@@ -149,6 +149,11 @@ class Engine(wiring.Component):
         bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
         pwords = program_words(p, FB, CB) if p else []
         _, prd, pwr = mem("program", unsigned(32), self.prog_depth, pwords)
+        # program words as the sequencer takes them: `lag` cycles after their address
+        pdata, lag = prd.data, 1 + int(cfg.program_read_reg)
+        if cfg.program_read_reg:  # the block RAM's slow output lands in a register first
+            pdata = Signal(32, name="pdata", reset_less=True)
+            m.d.sync += pdata.eq(prd.data)
 
         # ---- runtime writes, registered once (off the host's and the memories' paths)
         wcfg = Signal(data.StructLayout({"addr": 32, "data": 32, "en": 1}))
@@ -267,7 +272,7 @@ class Engine(wiring.Component):
             out_m2.eq(out_size - 2),
             in_one.eq(in_size == 1),
             out_one.eq(out_size == 1),
-            long_input.eq(in_size > len(DESC_FIELDS)),
+            long_input.eq(in_size > compiler.fetch_words(cfg)),
         ]
         m.d.comb += [self.op_index.eq(op), self.cycles.eq(cycles)]
         with m.If(counting):
@@ -279,14 +284,14 @@ class Engine(wiring.Component):
         m.d.comb += rd_addr.eq(tap.addr)
 
         # descriptor prefetcher: reads the NF words at `pf_base` (the next op's descriptor, kept
-        # incrementally: no multiplier) into `nxt` while an op runs
+        # incrementally: no multiplier) into `nxt` while an op runs; busy NF + lag cycles
         nf = len(DESC_FIELDS)
         nxt = Signal(descriptor_layout(FB, CB)) if cfg.prefetch else desc
         pf_start, pf_busy = Signal(), Signal()
         start = Signal()  # taps.start from a flip-flop: high exactly while in START
         in_ready, out_valid = Signal(), Signal()  # the same for LOAD and OUT_SEND
         m.d.comb += [self.i.ready.eq(in_ready), self.o.valid.eq(out_valid)]
-        pf_base, pf_cnt = Signal(range(self.prog_depth + 1)), Signal(range(nf + 1))
+        pf_base, pf_cnt = Signal(range(self.prog_depth + 1)), Signal(range(nf + lag))
         # the read address pf_base + pf_cnt, kept in a register of its own (no adder before
         # the memory): `pf_start_addr` is pf_base as it is from the cycle after pf_start
         pf_addr, pf_start_addr = Signal.like(pf_base), Signal.like(pf_base)
@@ -295,12 +300,12 @@ class Engine(wiring.Component):
             m.d.sync += [pf_busy.eq(1), pf_cnt.eq(0), pf_addr.eq(pf_start_addr)]
         with m.Elif(pf_busy):
             m.d.sync += [pf_cnt.eq(pf_cnt + 1), pf_addr.eq(pf_addr + 1)]
-            with m.If(pf_cnt == nf):
+            with m.If(pf_cnt == nf + lag - 1):
                 m.d.sync += pf_busy.eq(0)
-        with m.If(pf_busy), m.Switch(pf_cnt):  # word k arrives while pf_cnt = k + 1
+        with m.If(pf_busy), m.Switch(pf_cnt):  # word k arrives while pf_cnt = k + lag
             for k, (name, width) in enumerate(field_widths(FB, CB).items()):
-                with m.Case(k + 1):
-                    m.d.sync += nxt[name].eq(prd.data[:width])
+                with m.Case(k + lag):
+                    m.d.sync += nxt[name].eq(pdata[:width])
         m.d.comb += prd.addr.eq(pf_addr)
 
         m.d.sync += start.eq(0)
@@ -321,11 +326,11 @@ class Engine(wiring.Component):
             with m.If(self.i.valid):
                 fsm.next("HEADER")
         with fsm.state("HEADER"):  # read at pf_base + pf_cnt = cnt (no address mux)
-            m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == HEADER_WORDS - 1)]
+            m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == HEADER_WORDS + lag - 2)]
             with m.Switch(cnt):
                 for k, sig in enumerate((n_ops, in_size, out_size, out_buf)):
-                    with m.Case(k + 1):
-                        m.d.sync += sig.eq(prd.data)
+                    with m.Case(k + lag):
+                        m.d.sync += sig.eq(pdata)
             with m.If(at_last):
                 m.d.sync += [cnt.eq(0), at_last.eq(in_one), pf_base.eq(HEADER_WORDS)]
                 m.d.sync += in_ready.eq(1)
