@@ -162,8 +162,8 @@ BOARDS = {
         "ecp5",
         "LFE5U-85F",
         25e6,
-        25e6,
-        64,  # 128 lanes: 71.4 / 68.6 MHz for 75 (seeds 1 / 2, on 6273606)
+        75e6,  # by the PLL from 25 MHz
+        128,  # 77.6 / 76.3 MHz for 75 (seeds 1 / 3; weight_out_reg + program_read_reg)
         1_000_000,
         {
             "TRELLIS_COMB": 83640,
