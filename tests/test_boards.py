@@ -113,3 +113,19 @@ def test_timing_failure_is_an_error_unless_allowed(digits_q8, tmp_path, capsys):
     _, err = capsys.readouterr()
     assert code == 1 and "timing not met on orangecrab-25f" in err and "critical path" in err
     assert (tmp_path / "oc" / "fxpga.bit").exists()  # the build is kept for inspection
+
+
+@pytest.mark.parametrize("name,fewest", [("icebreaker", 8), ("ulx3s-85f", 64)])
+def test_fewest_lanes_as_fast(digits_q8, name, fewest):
+    """Lanes compute output channels and digits-cnn's layers have at most 64: the ULX3S's
+    128 lanes take the cycles 64 take, and no fewer lanes do."""
+    from fxpga.hw.compiler import compile_model
+
+    spec = boards.board(name)
+    prog = compile_model(digits_q8, spec.engine_config(digits_q8))
+    assert max(op.O for op in prog.ops) == 64
+    assert boards.fewest_lanes_as_fast(digits_q8, spec, prog) == fewest
+    fast = compile_model(digits_q8, spec.engine_config(digits_q8, fewest))
+    assert fast.total_cycles == prog.total_cycles
+    slower = compile_model(digits_q8, spec.engine_config(digits_q8, fewest // 2))
+    assert slower.total_cycles > prog.total_cycles

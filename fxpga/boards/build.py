@@ -304,6 +304,18 @@ def _report(build_dir: Path, name: str) -> tuple[dict, float | None, list[str]]:
     return used, fmax, path
 
 
+def fewest_lanes_as_fast(qm: QModel, spec: Board, prog) -> int:
+    """The fewest lanes (halving from ``prog``'s) whose program for ``qm`` on ``spec`` takes
+    as few cycles as ``prog``."""
+    lanes = prog.config.lanes
+    while lanes % 2 == 0:
+        half = compile_model(qm, spec.engine_config(qm, lanes // 2))
+        if half.total_cycles > prog.total_cycles:
+            break
+        lanes //= 2
+    return lanes
+
+
 def build(
     qm: QModel,
     board_name: str,
@@ -318,6 +330,13 @@ def build(
     cfg = spec.engine_config(qm, lanes)
     prog = compile_model(qm, cfg)
     check_fit(prog, board_name, spec.family, spec.available)
+    fewer = fewest_lanes_as_fast(qm, spec, prog)
+    if fewer < cfg.lanes:
+        info(
+            f"note: {fewer} lanes run this model in the same {prog.total_cycles:,} cycles (the "
+            f"lanes compute output channels, and its layers have at most "
+            f"{max(op.O for op in prog.ops)}): --lanes {fewer} builds a smaller engine"
+        )
     freq = freq_mhz * 1e6 if freq_mhz else spec.freq_hz
     pll = None if freq == spec.clock_hz else pll_for(spec.family, spec.clock_hz, freq)
     target = (pll.f_out if pll else freq) / 1e6
