@@ -30,6 +30,23 @@ def need_icarus():
         pytest.skip("Icarus Verilog not installed (apt-get install iverilog)")
 
 
+def run_against_golden(qm, prog, x, build_dir, workdir, *, seed=0, load=False):
+    """Run float inputs ``x`` through the built model of ``prog`` (``load``: loading
+    ``prog`` over the cfg bus first), against golden's integers for ``qm``."""
+    xi = golden.quantize_input(qm, x)
+    want = golden.run_int(qm, xi).reshape(len(xi), -1)
+    return runner.run_job(
+        prog,
+        build_dir,
+        "verilator",
+        prog.to_engine(xi),
+        simulate.to_engine_order(want, prog.out_shape),
+        workdir,
+        seed=seed,
+        steps=[{"cfg": runner.load_writes(prog)} if load else {}],
+    )
+
+
 def test_digits_on_verilator(digits_q8, digits):
     prog = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
     rep = simulate.simulate(
@@ -64,17 +81,8 @@ def test_random_networks_on_verilator(lanes, post_lanes, tmp_path):
         prog = compiler.compile_model(
             qm, EngineConfig(lanes=lanes, post_lanes=post_lanes, **depths)
         )
-        xi = golden.quantize_input(qm, x[:3])
-        want = golden.run_int(qm, xi).reshape(3, -1)
-        r = runner.run_job(
-            prog,
-            build_dir,
-            "verilator",
-            prog.to_engine(xi),
-            simulate.to_engine_order(want, prog.out_shape),
-            tmp_path / f"s{seed}",
-            seed=seed,
-            steps=[{"cfg": runner.load_writes(prog)}],
+        r = run_against_golden(
+            qm, prog, x[:3], build_dir, tmp_path / f"s{seed}", seed=seed, load=True
         )
         assert all(r.match), (seed, r.got)
         assert r.cycles == [prog.total_cycles] * 3
@@ -90,10 +98,6 @@ def test_ecp5_primitives_bit_exact(digits_q8, digits, bake, tmp_path):
     output register): bit exact. 4 lanes put 3428 weights in each lane, so each lane's
     memory is 2 DP16KDs (2048 words each) and its read mux. "runtime": an engine without
     initial contents, loaded over the cfg bus (writes into both blocks)."""
-    from amaranth.back import verilog
-
-    from fxpga.hw.engine import Engine
-
     cfg = EngineConfig(
         lanes=4,
         operand_regs=1,
@@ -111,21 +115,17 @@ def test_ecp5_primitives_bit_exact(digits_q8, digits, bake, tmp_path):
         "bmem_depth": prog.bmem_depth,
         "max_ops": len(prog.ops),
     }
-    engine = Engine(cfg, prog) if bake else Engine(cfg, None, **depths)
-    text = verilog.convert(engine, name=runner.TOP, platform=SimpleNamespace(family="ecp5"))
+    ecp5 = SimpleNamespace(family="ecp5")
+    text = (
+        runner.engine_verilog(prog, platform=ecp5)
+        if bake
+        else runner.engine_verilog(None, cfg, platform=ecp5, **depths)
+    )
     assert all(f"{cell} #(" in text for cell in ("FD1S3AX", "MULT18X18D", "DP16KD"))
     assert text.count("DP16KD #(") == 8 and 'REGMODE_B("OUTREG")' in text
     build_dir = runner.build(None, "verilator", verilog=text, extra_sources=(ECP5_MODELS,))
-    xi = golden.quantize_input(digits_q8, digits.x_test[20:22])
-    want = golden.run_int(digits_q8, xi).reshape(2, -1)
-    r = runner.run_job(
-        prog,
-        build_dir,
-        "verilator",
-        prog.to_engine(xi),
-        simulate.to_engine_order(want, prog.out_shape),
-        tmp_path,
-        steps=[{} if bake else {"cfg": runner.load_writes(prog)}],
+    r = run_against_golden(
+        digits_q8, prog, digits.x_test[20:22], build_dir, tmp_path, load=not bake
     )
     assert r.match == [True, True]
     assert r.cycles == [prog.total_cycles] * 2

@@ -60,7 +60,6 @@ def run_engine(
     dut = engine or Engine(prog.config, prog)
     xs = prog.to_engine(np.asarray(x_int, dtype=np.int64))  # HWC, as the engine stores it
     outs, cycles, op_cycles = [], [], []
-    period = 1e-8
     io = prog.in_size + prog.out_size
     budget = 10_000 + 4 * len(xs) * (prog.total_cycles + 4 * io)
     left, hung = [budget], []
@@ -100,7 +99,7 @@ def run_engine(
                 prev_op = None
 
     sim = Simulator(dut)
-    sim.add_clock(period)
+    sim.add_clock(1e-8)
     sim.add_testbench(bench)
     if op_trace:
         sim.add_process(tracer)

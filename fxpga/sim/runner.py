@@ -79,13 +79,14 @@ def evict(root: Path, keep: int) -> list[Path]:
     return gone
 
 
-def engine_verilog(prog: Program | None, config=None, **depths) -> str:
+def engine_verilog(prog: Program | None, config=None, platform=None, **depths) -> str:
     """Verilog of the engine with ``prog`` baked in, or (``prog=None``) of an engine with
-    empty memories of the given ``depths``, loaded at run time (``load_writes``)."""
+    empty memories of the given ``depths``, loaded at run time (``load_writes``); elaborated
+    for ``platform`` (e.g. one whose ``family`` is ``"ecp5"``: its primitives instantiated)."""
     from amaranth.back import verilog
 
     engine = Engine(prog.config, prog) if prog is not None else Engine(config, None, **depths)
-    return verilog.convert(engine, name=TOP)
+    return verilog.convert(engine, name=TOP, platform=platform)
 
 
 def load_writes(prog: Program) -> list[tuple[int, int]]:
