@@ -254,6 +254,21 @@ BAD = [
         "no.pt: no such weights file",
         1,
     ),
+    (
+        lambda t, n, d: ["quantize", f"{n}:make", "--data", str(t / "labels.npz")],
+        "labels.npz: label y[3] = 57 is not a class of the model (it has 10 outputs",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", "digits-cnn", "--weights", str(t / "vgg.npz")],
+        "vgg.npz: does not fit the 'digits-cnn' definition",
+        1,
+    ),
+    (
+        lambda t, n, d: ["quantize", "digits-cnn", "--weights", str(t / "nan.pt")],
+        "nan.pt: not a readable weights .npz",
+        1,
+    ),
     (lambda t, n, d: ["quantize", f"{n}:make"], "--data is required", 1),
     (
         lambda t, n, d: ["quantize", "resnet9000", "--data", "digits"],
@@ -283,6 +298,10 @@ def bad_files(tmp_path, digits):
     np.savez(tmp_path / "small.npz", x=np.zeros((5, 1, 4, 4), np.float32), y=np.zeros(5, int))
     np.savez(tmp_path / "threed.npz", x=np.zeros((5, 8, 8), np.float32), y=np.zeros(5, int))
     np.savez(tmp_path / "ylen.npz", x=np.zeros((5, 1, 8, 8), np.float32), y=np.zeros(4, int))
+    y = np.zeros(5, int)
+    y[3], y[4] = 57, -1
+    np.savez(tmp_path / "labels.npz", x=np.zeros((5, 1, 8, 8), np.float32), y=y)
+    np.savez(tmp_path / "vgg.npz", **{"features.0.weight": np.zeros((16, 1, 3, 3), np.float32)})
     np.savez(tmp_path / "pickle.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1, int))
     (tmp_path / "unknown.json").write_text(json.dumps({"layers": {"conv9": {}}}))
     (tmp_path / "impossible.json").write_text(
@@ -331,7 +350,11 @@ def test_edited_fxq_is_checked(tmp_path, capsys, digits_q8):
     obj["layers"][0]["weight"]["fl"] += 1  # shift no longer consistent
     (tmp_path / "m.fxq").write_text(json.dumps(obj))
     code, _, err = run(capsys, "eval", str(tmp_path / "m.fxq"), "--data", "digits")
-    assert_one_line_error(code, err, "layer 'conv1': shift 5 disagrees with the formats")
+    s = digits_q8.layers[0].shift
+    assert digits_q8.layers[0].name == "conv1"
+    assert_one_line_error(
+        code, err, f"layer 'conv1': shift {s} disagrees with the formats (expected {s + 1})"
+    )
 
 
 def test_console_script_exit_status_and_debug(tmp_path):

@@ -581,9 +581,11 @@ def test_runtime_writes_replace_initial_memories(digits, lanes, post_lanes, copi
 
 
 def test_compiler_refuses_what_does_not_fit(digits_q8):
+    worst = max((la for la in digits_q8.layers if la.acc_bits), key=lambda la: la.acc_bits)
+    assert worst.acc_bits > 16
     with pytest.raises(
         FxpgaError,
-        match=r"layer 'fc1' needs a 21-bit accumulator, the "
+        match=rf"layer '{worst.name}' needs a {worst.acc_bits}-bit accumulator, the "
         r"engine has acc_bits=16",
     ):
         compiler.compile_model(digits_q8, EngineConfig(acc_bits=16))

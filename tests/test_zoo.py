@@ -1,5 +1,9 @@
 """The built-in models and bundled datasets: what bench/ and the docs quote rests on them."""
 
+import hashlib
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -27,7 +31,7 @@ def test_unknown_dataset():
         data.load("mnist")
 
 
-def test_digits_vgg_trains_and_maps_onto_the_engine():
+def test_digits_vgg_maps_onto_the_engine():
     model, ds_name = zoo.builtin("digits-vgg", progress=False)
     ds = data.load(ds_name)
     graph = frontend.from_module(model, ds.sample_shape)
@@ -36,3 +40,79 @@ def test_digits_vgg_trains_and_maps_onto_the_engine():
     qm = quantizer.quantize_model(graph, ds.x_calib[:64], quantizer.Widths(8))
     prog = compiler.compile_model(qm, compiler.EngineConfig.for_model(qm, 8))
     assert prog.total_macs == 1_823_360 and len(prog.ops) == 7
+
+
+@pytest.mark.parametrize("name", list(zoo.BUILTIN))
+def test_builtin_weights_are_shipped_not_trained(name, tmp_path, monkeypatch):
+    """The weights come from the package (sha256 as the manifest says), whatever the cache;
+    nothing trains, and the manifest's float top-1 is what they give."""
+    monkeypatch.setenv("FXPGA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo, "train", lambda *a, **k: pytest.fail("builtin() trained"))
+    man = zoo.manifest(name)
+    assert (
+        man["model"] == name
+        and man["seed"] == zoo.SEED
+        and man["command"].startswith(f"fxpga train {name} ")
+    )
+    assert {"torch", "date", "epochs", "sha256", "float_top1_test"} <= set(man)
+    model, ds_name = zoo.builtin(name)
+    assert not (tmp_path / "cache").exists()
+    ds = data.load(ds_name)
+    assert zoo.float_accuracy(model, ds.x_test, ds.y_test) == man["float_top1_test"]
+    assert not model.training
+
+
+def test_damaged_shipped_weights_are_refused(tmp_path, monkeypatch):
+    src = zoo.weights_path("digits-cnn")
+    (tmp_path / "digits-cnn.json").write_bytes(src.with_suffix(".json").read_bytes())
+    blob = bytearray(src.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    (tmp_path / "digits-cnn.npz").write_bytes(bytes(blob))
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    with pytest.raises(FxpgaError, match=r"digits-cnn.npz: sha256 differs from its manifest"):
+        zoo.builtin("digits-cnn")
+
+
+def test_train_writes_weights_and_manifest_and_compares(tmp_path, capsys):
+    """One epoch: the .npz and its manifest are written, the comparison with the shipped
+    weights is printed, and quantize takes the result through --weights."""
+    from fxpga.cli import main
+
+    out = tmp_path / "cnn.npz"
+    assert main(["train", "digits-cnn", "--epochs", "1", "-o", str(out), "-q"]) == 0
+    stdout = capsys.readouterr().out
+    man = json.loads(out.with_suffix(".json").read_text())
+    assert man["epochs"] == 1 and man["command"] == "fxpga train digits-cnn --epochs 1 -o cnn.npz"
+    assert man["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert f"float top-1 on digits test (500 images): {100 * man['float_top1_test']:.1f}%" in (
+        stdout
+    )
+    dmax = float(re.search(r"largest \|Δw\| against the shipped weights: (\S+)", stdout)[1])
+    shipped, _ = zoo.builtin("digits-cnn")
+    mine, _ = zoo.builtin("digits-cnn", weights=out)
+    want = max(
+        float((mine.state_dict()[k] - v).abs().max())
+        for k, v in shipped.state_dict().items()
+        if v.is_floating_point()
+    )
+    assert dmax == pytest.approx(want, rel=1e-3) and dmax > 0
+    fxq = tmp_path / "m.fxq"
+    assert main(["quantize", "digits-cnn", "--weights", str(out), "-o", str(fxq), "-q"]) == 0
+    assert json.loads(fxq.read_text())["provenance"]["weights"]["sha256"] == man["sha256"]
+
+
+def test_train_errors(tmp_path, capsys):
+    from fxpga.cli import main
+
+    for argv, msg in [
+        (["train", "resnet9000", "-o", str(tmp_path / "w.npz")], "invalid choice: 'resnet9000'"),
+        (["train", "digits-cnn", "--epochs", "0", "-o", str(tmp_path / "w.npz")], "1..1000"),
+        (["train", "digits-cnn", "-o", str(tmp_path / "w.pt")], "must end in .npz"),
+    ]:
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code in (1, 2) and len(err.strip().splitlines()) == 1 and msg in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -43,6 +43,18 @@ class Dataset:
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
+    def check_labels(self, out_shape: tuple[int, ...]):
+        """Labels must index the model's outputs (argmax over ``prod(out_shape)`` classes)."""
+        classes = int(np.prod(out_shape))
+        bad = np.flatnonzero((self.y_test < 0) | (self.y_test >= classes))
+        if len(bad):
+            i = int(bad[0])
+            raise FxpgaError(
+                f"{self.name}: label y[{i}] = {int(self.y_test[i])} is not a class of the "
+                f"model (it has {classes} outputs, labels 0..{classes - 1}); "
+                f"{len(bad)} labels are out of range"
+            )
+
     def calib(self, n: int | None) -> np.ndarray:
         if n is None:
             return self.x_calib

@@ -1,19 +1,25 @@
-"""Built-in models, trained by fxpga from bundled data and cached.
+"""Built-in models: PyTorch definitions with trained float weights shipped in the package.
 
 ``digits-cnn``: conv-bn-relu-pool ×2, fc-relu, fc on scikit-learn's 8×8 digits (92k MACs).
 ``digits-vgg``: a VGG-style net (3×3 convs in pairs, 16-16 / 32-32 / 64 channels, each stage
 ending in a 2×2 max pool, then fc-relu, fc) on the same digits upscaled to 16×16 (1.8M MACs).
 
-Each is trained with a fixed seed on the fixed training split; the state_dict is cached under a
-key that hashes this file's source, the model name, the seed and the torch version, so the
-second run loads it instantly.
+Training is not bit-reproducible across CPUs and thread counts, so the weights are data: each
+model's state_dict lives in ``models/NAME.npz`` (loaded without pickle) beside a manifest,
+``models/NAME.json``, that records how it was made (command, seed, epochs, torch version, date,
+float top-1) and the sha256 of the ``.npz``. ``builtin`` loads them and never trains;
+``train`` (``fxpga train NAME -o FILE.npz``) retrains with the fixed seed and writes the same
+pair of files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -78,16 +84,12 @@ class DigitsVGG(nn.Module):
 BUILTIN = {"digits-cnn": (DigitsCNN, "digits", 60), "digits-vgg": (DigitsVGG, "digits16", 40)}
 
 
-def cache_dir() -> Path:
-    d = os.environ.get("FXPGA_CACHE")
-    return Path(d) if d else Path.home() / ".cache" / "fxpga"
+MODELS_DIR = Path(__file__).parent / "models"
 
 
-def cache_key(name: str) -> str:
-    h = hashlib.sha256()
-    h.update(Path(__file__).read_bytes())
-    h.update(f"{name}:{SEED}:{torch.__version__}".encode())
-    return h.hexdigest()[:16]
+def weights_path(name: str) -> Path:
+    """The shipped ``.npz`` of built-in model ``name``; its manifest has the suffix ``.json``."""
+    return MODELS_DIR / f"{name}.npz"
 
 
 def _shift_augment(x: torch.Tensor, gen: torch.Generator, s: int = 1) -> torch.Tensor:
@@ -103,23 +105,39 @@ def _shift_augment(x: torch.Tensor, gen: torch.Generator, s: int = 1) -> torch.T
     return pad[idx_n, torch.zeros_like(idx_n), rows, cols]
 
 
+MAX_EPOCHS = 1000
+
+
 def train(name: str, epochs: int | None = None, progress: bool = True) -> nn.Module:
-    """Train built-in model ``name`` from scratch (AdamW, one-cycle schedule, shift
-    augmentation of one input pixel per 8 pixels of width), deterministically."""
+    """Train built-in model ``name`` from scratch with the fixed seed (AdamW, one-cycle
+    schedule, shift augmentation of one input pixel per 8 pixels of width) on one thread, so
+    that a machine gives the same weights each time (other CPUs may differ in the last bits)."""
+    _check_name(name)
     cls, ds_name, default_epochs = BUILTIN[name]
     epochs = epochs or default_epochs
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise FxpgaError(f"epochs must be in 1..{MAX_EPOCHS}, not {epochs}")
     ds = data.load(ds_name)
     shift = max(1, ds.sample_shape[-1] // 8)
-    torch.manual_seed(SEED)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(SEED)
+            return _fit(cls(), ds, epochs, shift, f"training {name}", progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model, ds, epochs: int, shift: int, desc: str, progress: bool) -> nn.Module:
     gen = torch.Generator().manual_seed(SEED)
-    model = cls()
     x = torch.from_numpy(ds.x_train)
     y = torch.from_numpy(ds.y_train)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = -(-len(x) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * steps)
     loss_fn = nn.CrossEntropyLoss()
-    bar = progress_bar(range(epochs), desc=f"training {name} (once, then cached)", enabled=progress)
+    bar = progress_bar(range(epochs), desc=desc, enabled=progress)
     for _ in bar:
         model.train()
         perm = torch.randperm(len(x), generator=gen)
@@ -136,28 +154,101 @@ def train(name: str, epochs: int | None = None, progress: bool = True) -> nn.Mod
     return model.eval()
 
 
-def builtin(name: str, progress: bool = True) -> tuple[nn.Module, str]:
-    """The built-in model ``name`` (trained or from cache) and its dataset name."""
+def _check_name(name: str):
     if name not in BUILTIN:
         raise FxpgaError(f"unknown built-in model '{name}' (have: {', '.join(BUILTIN)})")
+
+
+def manifest(name: str) -> dict:
+    """How the shipped weights of ``name`` were made (``models/NAME.json``)."""
+    _check_name(name)
+    p = weights_path(name).with_suffix(".json")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise FxpgaError(f"{p}: cannot read the manifest of '{name}': {e}") from e
+
+
+def load_state(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """A state_dict from an ``.npz`` (no pickle); with ``sha256``, the file must match it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise FxpgaError(f"{path}: cannot read weights: {e}") from e
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise FxpgaError(f"{path}: sha256 differs from its manifest (a damaged or edited file)")
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("one array, not an .npz of named tensors")
+        with z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise FxpgaError(f"{path}: not a readable weights .npz: {e}") from e
+    bad = [
+        k for k, a in arrays.items() if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf"
+    ]
+    if bad:
+        raise FxpgaError(f"{path}: not a readable weights .npz: '{bad[0]}' is not a numeric array")
+    return {k: torch.from_numpy(a.copy()) for k, a in arrays.items()}
+
+
+def builtin(name: str, progress: bool = True, weights: Path | None = None) -> tuple[nn.Module, str]:
+    """The built-in model ``name`` in eval mode, and its dataset name.
+
+    Its shipped weights (checked against their manifest's sha256), or ``weights``: an ``.npz``
+    that ``fxpga train`` wrote. Nothing is trained; ``progress`` is kept for the callers.
+    """
+    _check_name(name)
     cls, ds_name, _ = BUILTIN[name]
-    path = cache_dir() / f"{name}-{cache_key(name)}.pt"
     model = cls()
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval(), ds_name
-    with torch.random.fork_rng():
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        model = train(name, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    if weights is None:
+        path = weights_path(name)
+        state = load_state(path, manifest(name)["sha256"])
+    else:
+        path = Path(weights)
+        state = load_state(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise FxpgaError(
+            f"{path}: does not fit the '{name}' definition: {lines[-1].rstrip('.')}"
+        ) from e
     return model.eval(), ds_name
 
 
-def float_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+def save_state(model: nn.Module, path: Path, info: dict) -> dict:
+    """Write ``model``'s state_dict to ``path`` (``.npz``) and its manifest beside it
+    (``.json``: ``info`` plus torch version, date and the sha256), each atomically."""
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is package data
+        sha = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        man = {
+            **info,
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+            "sha256": sha,
+        }
+        mtmp = path.with_suffix(".json.tmp")
+        mtmp.write_text(json.dumps(man, indent=1) + "\n")
+        os.replace(tmp, path)
+        os.replace(mtmp, path.with_suffix(".json"))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return man
+
+
+def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        pred = model.eval()(torch.from_numpy(x)).argmax(1).numpy()
-    return float(np.mean(pred == y))
+        return model.eval()(torch.from_numpy(x)).argmax(1).numpy()
+
+
+def float_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(predict(model, x) == y))

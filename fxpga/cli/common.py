@@ -1,0 +1,128 @@
+"""What the commands share: argument types, the model and dataset loaders, messages."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from ..errors import FxpgaError
+
+BOARDS = ("icebreaker", "orangecrab-25f", "ulx3s-85f")
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``fxpga quantize: error: ...``), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def bounded(lo: int, hi: int, what: str = "an integer"):
+    """An argparse type: an integer in ``lo..hi``; the bound is named in the error."""
+
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} in {lo}..{hi}, got {v!r}") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi}, got {n}")
+        return n
+
+    parse.__name__ = what  # argparse names the type in "invalid <name> value" messages
+    return parse
+
+
+def positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+bits = bounded(2, 32, "bits")
+
+
+def info(args, msg: str):
+    """A progress message on stderr, unless ``--quiet``."""
+    if not args.quiet:
+        print(msg, file=sys.stderr)
+
+
+def check_output(out: Path, suffixes: tuple[str, ...], what: str):
+    """``-o``: the right suffix, and a directory that exists."""
+    if out.suffix not in suffixes:
+        raise FxpgaError(f"-o {out}: {what} must end in {' or '.join(suffixes)}")
+    if not out.parent.is_dir():
+        raise FxpgaError(f"-o {out}: directory '{out.parent}' does not exist")
+
+
+def sha256_of(path: str | Path) -> str | None:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+
+def load_graph(spec: str, weights: str | None, progress: bool):
+    """MODEL → (nn.Module or ir.Graph, default dataset name or None, provenance dict)."""
+    from ..quant import frontend, zoo
+
+    prov = {"model": spec}
+    if spec in zoo.BUILTIN:
+        if weights:
+            model, ds_name = zoo.builtin(spec, weights=Path(weights))
+            prov["weights"] = {"file": weights, "sha256": sha256_of(weights)}
+        else:
+            model, ds_name = zoo.builtin(spec)
+            prov["weights"] = {"shipped": f"{spec}.npz", "sha256": zoo.manifest(spec)["sha256"]}
+        return model, ds_name, prov
+    if spec.endswith(".pt2"):
+        if weights:
+            raise FxpgaError("--weights does not apply to a .pt2 archive (it holds its weights)")
+        p = Path(spec)
+        if not p.is_file():
+            raise FxpgaError(f"{spec}: no such file")
+        prov["file_sha256"] = sha256_of(p)
+        return frontend.from_export(p), None, prov
+    path, sep, attr = spec.rpartition(":")
+    if sep and path.endswith(".py") and attr:
+        if weights:
+            prov["weights"] = weights
+            prov["weights_sha256"] = sha256_of(weights)
+        return frontend.load_factory(spec, weights), None, prov
+    raise FxpgaError(
+        f"cannot interpret model '{spec}': expected a built-in name "
+        f"({', '.join(zoo.BUILTIN)}), path/file.py:factory, or an export .pt2"
+    )
+
+
+def graph_digest(graph) -> str:
+    h = hashlib.sha256()
+    for n in graph.nodes:
+        h.update(f"{n.op}:{n.name}:{n.in_shape}:{n.out_shape}:{n.attrs()}".encode())
+        if n.has_weights:
+            h.update(n.weight.tobytes())
+            h.update(n.bias.tobytes())
+    return h.hexdigest()
+
+
+def dataset_for(args, qm, missing: str = "--data is required"):
+    """The dataset for a .fxq: ``--data``, else the one its provenance records; its samples
+    must have the model's input shape and its labels the model's classes."""
+    from ..quant import data
+
+    spec = args.data or qm.provenance.get("dataset")
+    if not spec:
+        raise FxpgaError(f"{missing} (the .fxq records no dataset)")
+    ds = data.load(spec)
+    if ds.sample_shape != qm.graph.input_shape:
+        raise FxpgaError(
+            f"dataset {ds.name} has samples of shape {ds.sample_shape}, "
+            f"{args.model} takes {qm.graph.input_shape}"
+        )
+    ds.check_labels(qm.graph.output_shape)
+    return ds

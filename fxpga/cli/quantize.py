@@ -1,0 +1,122 @@
+"""``fxpga quantize``: a model to per-layer dynamic fixed point, written as a ``.fxq``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..errors import FxpgaError
+from .common import bits, check_output, graph_digest, info, load_graph, positive
+
+
+def add(sub, common):
+    q = sub.add_parser(
+        "quantize",
+        parents=[common],
+        help="quantize a PyTorch CNN to dynamic fixed point",
+        description="Quantize MODEL to per-layer dynamic fixed point (Qiu et al. "
+        "2016) and write a .fxq artifact.",
+    )
+    q.add_argument(
+        "model",
+        metavar="MODEL",
+        help="built-in name (digits-cnn, digits-vgg), path/file.py:factory, or a torch.export .pt2",
+    )
+    q.add_argument(
+        "--data",
+        metavar="D",
+        help="'digits' or a .npz with x (float32 NCHW) and y (labels) "
+        "[default: the built-in model's dataset]",
+    )
+    q.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="state_dict for a file.py:factory model (torch.load weights_only=True), or a "
+        ".npz written by fxpga train for a built-in model [its shipped weights]",
+    )
+    q.add_argument("--bits", type=bits, default=8, help="word width everywhere [8]")
+    q.add_argument("--conv-bits", type=bits, help="conv weight width [--bits]")
+    q.add_argument("--fc-bits", type=bits, help="fully-connected weight width [--bits]")
+    q.add_argument(
+        "--scheme",
+        choices=("dynamic", "static"),
+        default="dynamic",
+        help="dynamic: per-layer fl (default); static: one fl everywhere (baseline)",
+    )
+    q.add_argument(
+        "--calib", type=positive, metavar="N", help="calibration images [all the dataset provides]"
+    )
+    q.add_argument(
+        "--config",
+        metavar="JSON",
+        help="per-layer formats to re-apply (an edited .fxq or a config JSON)",
+    )
+    q.add_argument("-o", "--output", required=True, metavar="OUT.fxq")
+    q.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch.nn as nn
+
+    from ..quant import artifact, data, frontend, quantizer, report
+
+    progress = not args.quiet
+    t0 = time.monotonic()
+    out = Path(args.output)
+    check_output(out, (".fxq",), "the output")
+    config = None
+    if args.config:
+        config = quantizer.Config.from_json(artifact.read_json(args.config), args.config)
+    widths = quantizer.Widths(args.bits, args.conv_bits, args.fc_bits)
+    model, default_ds, prov = load_graph(args.model, args.weights, progress)
+    ds_spec = args.data or default_ds
+    if ds_spec is None:
+        raise FxpgaError(f"--data is required for model '{args.model}' (digits or file.npz)")
+    ds = data.load(ds_spec)
+    if isinstance(model, nn.Module):
+        graph = frontend.from_module(model, ds.sample_shape)
+    else:
+        graph = model
+    if ds.sample_shape != graph.input_shape:
+        raise FxpgaError(
+            f"dataset {ds.name} has samples of shape {ds.sample_shape}, the model "
+            f"takes {graph.input_shape}"
+        )
+    ds.check_labels(graph.output_shape)
+    x_calib = ds.calib(args.calib)
+    if ds.note:
+        info(args, f"note: {ds.note}")
+    info(
+        args,
+        f"quantizing {args.model}: {len(graph.nodes)} layers, {args.scheme} scheme, "
+        f"{widths.act}-bit activations, conv/fc weights {widths.conv_w}/{widths.fc_w} "
+        f"bits, {len(x_calib)} calibration images",
+    )
+    qm = quantizer.quantize_model(
+        graph, x_calib, widths, scheme=args.scheme, config=config, progress=progress
+    )
+    float_acc = quantizer.float_accuracy(graph, ds.x_test, ds.y_test)
+    fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
+    qm.provenance = {
+        **prov,
+        "model_sha256": graph_digest(graph),
+        "dataset": ds_spec,
+        "dataset_sha256": ds.digest(),
+        "calib_images": len(x_calib),
+        "widths": {"act": widths.act, "conv_w": widths.conv_w, "fc_w": widths.fc_w},
+        "config": args.config,
+        "fxpga": __version__,
+    }
+    acc = {
+        "dataset": ds_spec,
+        "split": "test",
+        "images": len(ds.y_test),
+        "float": float_acc,
+        "fixed": fixed_acc,
+    }
+    artifact.save(qm, out, extra={"accuracy": acc})
+    print(report.layer_table(qm))
+    print(report.accuracy_line(float_acc, fixed_acc, len(ds.y_test), ds.name))
+    print(f"wrote {out} and {artifact.tensors_path(out).name} ({time.monotonic() - t0:.1f} s)")
+    return 0

@@ -1,0 +1,53 @@
+"""``fxpga report``: an HTML or Markdown report on a ``.fxq`` (and a board build)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import check_output, dataset_for, info, positive
+
+
+def add(sub, common):
+    rp = sub.add_parser(
+        "report",
+        parents=[common],
+        help="write an HTML or Markdown report on a model (and a build)",
+        description="Per-layer formats, weight and activation histograms with the chosen "
+        "fixed-point ranges, accuracy against word width, the engine's cycles per op and, "
+        "with --build, a board build's resources and fmax.",
+    )
+    rp.add_argument("model", metavar="MODEL.fxq")
+    rp.add_argument("--build", metavar="DIR", help="a directory written by fxpga build")
+    rp.add_argument(
+        "--lanes",
+        type=positive,
+        default=8,
+        help="MAC lanes for the cycle table without --build [8]",
+    )
+    rp.add_argument("--data", metavar="D", help="dataset [the one recorded in the .fxq]")
+    rp.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="report.html (self-contained) or .md"
+    )
+    rp.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import report
+    from ..quant import artifact
+
+    qm = artifact.load(args.model)
+    out = Path(args.output)
+    check_output(out, (".html", ".md"), "the report")
+    ds = dataset_for(args, qm)
+    info(args, f"profiling {args.model} on {ds.name} and sweeping word widths ...")
+    rep = report.make(
+        qm,
+        qm.provenance.get("model") or Path(args.model).name,
+        ds,
+        build_dir=args.build,
+        lanes=args.lanes,
+        progress=not args.quiet,
+    )
+    written = report.write(rep, out)
+    print(f"wrote {' and '.join(str(p) for p in written)}")
+    return 0

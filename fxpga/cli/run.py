@@ -1,0 +1,86 @@
+"""``fxpga run``: test images through a board over its serial port, against the golden model."""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import FxpgaError
+from .common import dataset_for, info, positive
+
+
+def add(sub, common):
+    r = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run inference on a board over serial",
+        description="Run test images on a board over its serial port; the "
+        "board's model hash must match MODEL.",
+    )
+    r.add_argument("model", metavar="MODEL.fxq")
+    r.add_argument("--port", required=True, help="serial port or pyserial URL")
+    r.add_argument("--baud", type=positive, default=1_000_000, help="[1000000]")
+    r.add_argument("--data", metavar="D", help="dataset [the one recorded in the .fxq]")
+    r.add_argument("--samples", type=positive, default=100, metavar="N", help="[100]")
+    r.add_argument("--timeout", type=float, default=2.0, help="reply timeout, s [2]")
+    r.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+    import serial
+
+    from ..boards import protocol
+    from ..hw import compiler
+    from ..progress import bar
+    from ..quant import artifact, golden
+    from ..sim.simulate import to_engine_order
+
+    qm = artifact.load(args.model)
+    ds = dataset_for(args, qm)
+    try:
+        port = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.05)
+    except (serial.SerialException, ValueError) as e:
+        raise FxpgaError(f"{args.port}: cannot open the serial port: {e}") from e
+    link = protocol.Link(port, timeout=args.timeout)
+    ident = link.identify()
+    cfg = compiler.EngineConfig.for_model(
+        qm,
+        ident.lanes,
+        post_lanes=ident.post_lanes,
+        weight_store="spram" if ident.weights_at_runtime else "bram",
+    )
+    prog = compiler.compile_model(qm, cfg)
+    if ident.model_hash != protocol.model_hash(prog):
+        raise FxpgaError(
+            f"the board at {args.port} runs a different model or engine "
+            f"(board {ident.model_hash.hex()}, {args.model} compiled for "
+            f"{ident.lanes} lanes {protocol.model_hash(prog).hex()}): "
+            f"build and load its bitstream first"
+        )
+    if ident.weights_at_runtime:
+        info(args, f"loading {sum(map(len, prog.wmem)):,} weights into the board")
+        link.load_weights(prog, lambda it: bar(it, desc="weights", enabled=not args.quiet))
+    n = min(args.samples, len(ds.x_test))
+    xi = golden.quantize_input(qm, ds.x_test[:n])
+    want = to_engine_order(golden.run_int(qm, xi).reshape(n, -1), prog.out_shape)
+    samples = prog.to_engine(xi)
+    bad, cycles, walls, outs = 0, [], [], []
+    for i in bar(range(n), desc="board", enabled=not args.quiet):
+        t = time.perf_counter()
+        got, cyc = link.infer(samples[i], ident)
+        walls.append(time.perf_counter() - t)
+        cycles.append(cyc)
+        outs.append(got)
+        bad += got != want[i].tolist()
+    top1 = prog.from_engine(np.array(outs)).argmax(axis=1)
+    print(
+        f"{args.port}: {n} images, {bad} mismatches against the golden model, accuracy "
+        f"{100 * float(np.mean(top1 == ds.y_test[:n])):.2f}%"
+    )
+    print(
+        f"engine cycles per inference: {min(cycles):,}..{max(cycles):,}; host round trip "
+        f"{1e3 * float(np.mean(walls)):.1f} ms per image (UART included)"
+    )
+    if bad:
+        raise FxpgaError(f"{bad} of {n} board outputs differ from the golden model")
+    return 0
