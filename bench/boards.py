@@ -1,4 +1,4 @@
-"""Board builds (issue 5): resources, fmax, latency and throughput for digits-cnn.
+"""Board builds: resources, fmax, latency and throughput for digits-cnn.
 
     python bench/boards.py [--boards icebreaker orangecrab-25f ulx3s-85f] [--lanes N ...]
 

@@ -1,4 +1,4 @@
-"""Engine targets (issue 3), in simulated cycles.
+"""Engine targets, in simulated cycles.
 
     python bench/engine.py [--images N]   # prints tables and updates docs/RESULTS.md
 

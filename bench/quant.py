@@ -1,4 +1,4 @@
-"""Quantizer targets (issue 2) and the accuracy table (issue 6): top-1 per scheme and width on
+"""Quantizer targets and the accuracy table: top-1 per scheme and width on
 every built-in model, in the style of Qiu et al.'s table; search and golden-model speed.
 
     python bench/quant.py            # prints the tables, updates docs/RESULTS.md and

@@ -1,4 +1,4 @@
-"""Simulation targets (issue 4): simulator speed on the same engine, the whole test split.
+"""Simulation targets: simulator speed on the same engine, the whole test split.
 
     python bench/sim.py [--icarus-images N] [--amaranth-images N]
 

@@ -4,6 +4,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -156,6 +157,40 @@ def test_builds_are_cached(digits_q8):
     assert runner.build(prog, "verilator") == d
     assert (d / "BUILT").stat().st_mtime_ns == stamp
     assert (d / "USED").stat().st_mtime_ns >= stamp
+
+
+def test_one_builder_per_model(tmp_path, monkeypatch):
+    """Two builders of the same model at once (pytest-xdist workers, two fxpga runs): one
+    builds, the other waits for it and reuses the model."""
+    import threading
+
+    import cocotb_tools.runner
+
+    monkeypatch.setenv("FXPGA_CACHE", str(tmp_path))
+    builds, started = [], threading.Event()
+
+    class SlowRunner:
+        def build(self, build_dir, **kw):
+            started.set()
+            builds.append(build_dir)
+            time.sleep(0.3)  # long enough for the other thread to reach the lock
+            (Path(build_dir) / runner.TOP).write_text("model")
+
+    monkeypatch.setattr(cocotb_tools.runner, "get_runner", lambda sim: SlowRunner())
+    monkeypatch.setattr(runner, "sim_env", lambda sim: {})
+    got = []
+
+    def build():
+        got.append(runner.build(None, "verilator", verilog="module fxpga_engine; endmodule"))
+
+    first = threading.Thread(target=build)
+    first.start()
+    started.wait()
+    build()
+    first.join()
+    assert len(builds) == 1 and got[0] == got[1] and (got[0] / "BUILT").is_file()
+    gone = runner.evict(tmp_path / "sim", 0)
+    assert gone == [got[0]] and list((tmp_path / "sim").iterdir()) == []  # lock file gone too
 
 
 def test_sim_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):

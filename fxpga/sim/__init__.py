@@ -1,1 +1,2 @@
-"""cocotb regression of the generated Verilog (issue 4): nothing here yet."""
+"""The engine's generated Verilog under cocotb (Verilator or Icarus): cached simulator builds,
+stream drivers with random stalls, and image-by-image comparison with the golden model."""

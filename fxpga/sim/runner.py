@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -76,6 +77,7 @@ def evict(root: Path, keep: int) -> list[Path]:
     gone = [d for _, d in aged[keep:]]
     for d in gone:
         shutil.rmtree(d, ignore_errors=True)
+        (d.parent / f"{d.name}.lock").unlink(missing_ok=True)
     return gone
 
 
@@ -148,20 +150,28 @@ def build(
     rebuild. Verilator's build intermediates are deleted once the model is built, and only the
     ``$FXPGA_SIM_CACHE_ENTRIES`` (default 200) most recently used models are kept.
     """
-    from cocotb_tools.runner import get_runner
-
     env = sim_env(simulator)
     text = verilog if verilog is not None else engine_verilog(prog)
     extra = "".join(Path(p).read_text() for p in extra_sources)
     key = hashlib.sha256(f"{simulator}:{waves}:{top}:v2\n{text}{extra}".encode()).hexdigest()
     key = key[:16]
     d = cache_root() / f"{simulator}-{key}"
+    keep = _cache_entries()
+    d.mkdir(parents=True, exist_ok=True)
+    # one builder per model: another process (a pytest-xdist worker, a second fxpga) that
+    # wants the same model waits here, then finds it built
+    with open(d.parent / f"{d.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(d, text, extra_sources, top, simulator, waves, env, keep, info)
+
+
+def _build_locked(d, text, extra_sources, top, simulator, waves, env, keep, info) -> Path:
+    from cocotb_tools.runner import get_runner
+
     stamp = d / "BUILT"
     if stamp.exists():
         (d / "USED").touch()
         return d
-    keep = _cache_entries()
-    d.mkdir(parents=True, exist_ok=True)
     src = d / f"{top}.v"
     src.write_text(text)
     log = d / "build.log"
