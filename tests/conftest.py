@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -28,3 +30,12 @@ def digits_q8(digits_graph, digits):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_configure(config):
+    # Under pytest-xdist each worker is a process of its own: one torch thread each, so that
+    # N workers on N cores do not oversubscribe them.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
