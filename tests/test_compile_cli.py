@@ -76,7 +76,7 @@ def test_compile_check_runs_the_engine(fxq, tmp_path, capsys):
     [
         (["--acc-bits", "12"], None),  # the widest layer of the model at hand
         (["--weight-bits", "4"], "weights need 8 bits, the engine has weight_bits=4"),
-        (["--lanes", "0"], "expected a positive integer, got 0"),
+        (["--lanes", "0"], "lanes must be in 1..256, got 0"),
     ],
 )
 def test_compile_errors(fxq, digits_q8, tmp_path, capsys, argv, msg):

@@ -454,7 +454,7 @@ def test_broadcast_copies_are_checked():
         EngineConfig(lanes=8, broadcast_copies=9)
     with pytest.raises(FxpgaError, match=r"broadcast_copies > 1 needs block-RAM weights"):
         EngineConfig(lanes=8, broadcast_copies=2, weight_store="spram")
-    with pytest.raises(FxpgaError, match=r"broadcast_copies must be a positive integer"):
+    with pytest.raises(FxpgaError, match=r"broadcast_copies must be in 1\.\.256, not 0"):
         EngineConfig(lanes=8, broadcast_copies=0)
     with pytest.raises(FxpgaError, match=r"acc_clear must be True or False, not 1"):
         EngineConfig(lanes=8, acc_clear=1)
@@ -599,7 +599,7 @@ def test_compiler_refuses_what_does_not_fit(digits_q8):
         compiler.compile_model(digits_q8, EngineConfig(weight_bits=6))
     with pytest.raises(FxpgaError, match=r"weight bank \(per lane\) needs 1746 entries"):
         compiler.compile_model(digits_q8, EngineConfig(wmem_depth=1000))
-    with pytest.raises(FxpgaError, match=r"EngineConfig.lanes must be a positive integer, not 0"):
+    with pytest.raises(FxpgaError, match=r"EngineConfig.lanes must be in 1\.\.256, not 0"):
         EngineConfig(lanes=0)
 
 

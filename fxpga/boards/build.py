@@ -21,10 +21,14 @@ from amaranth.build import Attrs, Pins, Resource, Subsignal
 
 from ..errors import FxpgaError
 from ..hw.compiler import EngineConfig, Program, compile_model
+from ..limits import MAX_FREQ_MHZ, MAX_SEED, MIN_FREQ_MHZ, check_range
 from ..quant.qmodel import QModel
 from .clocks import PLL, PLLDomain, pll_for
 from .fit import check_fit
+from .protocol import check_sizes
 from .top import BoardTop
+
+FREQ_WHY = "the UART needs 4 clocks a bit at 1 Mbaud; the ECP5 PLL makes at most 400 MHz"
 
 
 @dataclass(frozen=True)
@@ -327,9 +331,13 @@ def build(
     info=lambda msg: None,
 ) -> BuildReport:
     spec = board(board_name)
+    if freq_mhz is not None:
+        check_range("freq_mhz", freq_mhz, MIN_FREQ_MHZ, MAX_FREQ_MHZ, FREQ_WHY)
+    check_range("seed", seed, 0, MAX_SEED, "nextpnr reads it as a C int")
     cfg = spec.engine_config(qm, lanes)
     prog = compile_model(qm, cfg)
     check_fit(prog, board_name, spec.family, spec.available)
+    check_sizes(prog)
     fewer = fewest_lanes_as_fast(qm, spec, prog)
     if fewer < cfg.lanes:
         info(

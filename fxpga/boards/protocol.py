@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import FxpgaError
+from ..limits import MAX_TIMEOUT_S, MIN_TIMEOUT_S, check_range
 
 SYNC = 0xA5
 IDENT, WRITE_INPUT, RUN, READ_OUTPUT, CFG_WRITE = 0x01, 0x02, 0x03, 0x04, 0x05
@@ -44,7 +45,9 @@ ERRORS = {
 }
 MAGIC = b"FXPG"
 VERSION = 1
-MAX_PAYLOAD = 4096
+MAX_PAYLOAD = 4096  # the longest reply the host accepts (a READ_OUTPUT: outputs + cycles)
+MAX_FRAME = 0xFFFF  # a frame's length field is 16 bits (a WRITE_INPUT: the input)
+MAX_IDENT_BYTE = 0xFF  # IDENT carries lanes and post_lanes in a byte each
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
@@ -157,7 +160,30 @@ def model_hash(prog) -> bytes:
     return h.digest()[:8]
 
 
+def check_sizes(prog):
+    """A one-line error unless ``prog``'s engine fits the protocol: IDENT's fields, its input
+    in one WRITE_INPUT frame, its output in one READ_OUTPUT reply."""
+    c = prog.config
+    vb = 1 if c.data_bits <= 8 else 2
+    if c.lanes > MAX_IDENT_BYTE:
+        raise FxpgaError(
+            f"a board engine has at most {MAX_IDENT_BYTE} lanes (IDENT carries them in a "
+            f"byte), not {c.lanes}"
+        )
+    if prog.in_size * vb > MAX_FRAME:
+        raise FxpgaError(
+            f"the model's input, {prog.in_size:,} values of {vb} byte(s), is more than one "
+            f"WRITE_INPUT frame carries ({MAX_FRAME:,} bytes)"
+        )
+    if prog.out_size * vb + 4 > MAX_PAYLOAD:
+        raise FxpgaError(
+            f"the model's output, {prog.out_size:,} values of {vb} byte(s), is more than one "
+            f"READ_OUTPUT reply carries ({MAX_PAYLOAD - 4:,} bytes)"
+        )
+
+
 def ident_for(prog) -> Ident:
+    check_sizes(prog)
     c = prog.config
     return Ident(
         VERSION | (0x80 if c.weight_store == "spram" else 0),
@@ -199,6 +225,7 @@ class Link:
     ``Serial`` with a read timeout). Each request gets one reply or a timeout error."""
 
     def __init__(self, port, timeout: float = 2.0, retries: int = 2):
+        check_range("Link timeout (s)", timeout, MIN_TIMEOUT_S, MAX_TIMEOUT_S)
         self.port, self.timeout, self.retries = port, timeout, retries
         self.decoder = Decoder()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import limits
 from ..errors import FxpgaError
-from .common import BOARDS, info, positive
+from .common import BOARDS, bounded_float, info, lanes, seed
 
 
 def add(sub, common):
@@ -19,15 +20,15 @@ def add(sub, common):
     )
     b.add_argument("model", metavar="MODEL.fxq")
     b.add_argument("--board", required=True, choices=BOARDS)
-    b.add_argument("--lanes", type=positive, help="MAC lanes [the board's default]")
+    b.add_argument("--lanes", type=lanes, help="MAC lanes [the board's default]")
     b.add_argument(
         "--freq",
-        type=float,
+        type=bounded_float(limits.MIN_FREQ_MHZ, limits.MAX_FREQ_MHZ, "MHz"),
         metavar="MHZ",
         help="engine clock, made by the board's PLL when it is not the oscillator's "
         "[the board's default]",
     )
-    b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed [1]")
+    b.add_argument("--seed", type=seed, default=1, help="nextpnr placement seed [1]")
     b.add_argument(
         "--allow-timing-fail", action="store_true", help="exit 0 even if fmax is below the target"
     )

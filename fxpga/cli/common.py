@@ -7,6 +7,7 @@ import hashlib
 import sys
 from pathlib import Path
 
+from .. import limits
 from ..errors import FxpgaError
 
 BOARDS = ("icebreaker", "orangecrab-25f", "ulx3s-85f")
@@ -19,33 +20,59 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def bounded(lo: int, hi: int, what: str = "an integer"):
-    """An argparse type: an integer in ``lo..hi``; the bound is named in the error."""
+def bounded(lo: int, hi: int, what: str = "an integer", why: str = ""):
+    """An argparse type: an integer in ``lo..hi``; the bound (and ``why``) is named in the
+    error."""
+    why = f" ({why})" if why else ""
 
     def parse(v: str) -> int:
         try:
             n = int(v)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} in {lo}..{hi}, got {v!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {what} in {lo}..{hi}, got {v!r}{why}"
+            ) from None
         if not lo <= n <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi}, got {n}")
+            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi}, got {n}{why}")
         return n
 
     parse.__name__ = what  # argparse names the type in "invalid <name> value" messages
     return parse
 
 
-def positive(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
+def bounded_float(lo: float, hi: float, what: str, why: str = ""):
+    """An argparse type: a number in ``lo..hi`` (not NaN, not infinite)."""
+    why = f" ({why})" if why else ""
+
+    def parse(v: str) -> float:
+        try:
+            x = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} in {lo:g}..{hi:g}, got {v!r}{why}"
+            ) from None
+        if not lo <= x <= hi:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{what} must be in {lo:g}..{hi:g}, got {v}{why}")
+        return x
+
+    parse.__name__ = what
+    return parse
 
 
 bits = bounded(2, 32, "bits")
+# the sizes the engine, the simulators and the boards take (bounds: fxpga/limits.py)
+lanes = bounded(
+    1,
+    limits.MAX_LANES,
+    "lanes",
+    f"the largest board, the {limits.LARGEST_BOARD}, has {limits.BOARD_MULTIPLIERS} multipliers",
+)
+engine_bits = bounded(
+    limits.MIN_OPERAND_BITS, limits.MAX_OPERAND_BITS, "bits", "the engine's multipliers are 18x18"
+)
+acc_bits = bounded(limits.MIN_ACC_BITS, limits.MAX_ACC_BITS, "accumulator bits")
+images = bounded(1, limits.MAX_SAMPLES, "images")
+seed = bounded(0, limits.MAX_SEED, "seed")
 
 
 def info(args, msg: str):

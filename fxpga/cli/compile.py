@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from ..errors import FxpgaError
-from .common import bits, dataset_for, info, positive
+from .common import acc_bits, dataset_for, engine_bits, images, info, lanes
 
 
 def add(sub, common):
@@ -18,16 +18,16 @@ def add(sub, common):
         "memory images, Verilog, and a per-layer cycle estimate.",
     )
     c.add_argument("model", metavar="MODEL.fxq")
-    c.add_argument("--lanes", type=positive, default=8, help="MAC lanes [8]")
-    c.add_argument("--data-bits", type=bits, help="feature-map word [what the model needs]")
-    c.add_argument("--weight-bits", type=bits, help="weight word [what the model needs]")
+    c.add_argument("--lanes", type=lanes, default=8, help="MAC lanes [8]")
+    c.add_argument("--data-bits", type=engine_bits, help="feature-map word [what the model needs]")
+    c.add_argument("--weight-bits", type=engine_bits, help="weight word [what the model needs]")
     c.add_argument(
-        "--acc-bits", type=positive, help="accumulator width [32 or what the model needs]"
+        "--acc-bits", type=acc_bits, help="accumulator width [what the model needs, >= 16]"
     )
     c.add_argument("--no-verilog", action="store_true", help="skip the Verilog (faster)")
     c.add_argument(
         "--check",
-        type=positive,
+        type=images,
         metavar="N",
         help="run N test images in Amaranth's simulator against the golden model",
     )

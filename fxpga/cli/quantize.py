@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FxpgaError
-from .common import bits, check_output, graph_digest, info, load_graph, positive
+from .common import bits, check_output, graph_digest, images, info, load_graph
 
 
 def add(sub, common):
@@ -45,7 +45,7 @@ def add(sub, common):
         help="dynamic: per-layer fl (default); static: one fl everywhere (baseline)",
     )
     q.add_argument(
-        "--calib", type=positive, metavar="N", help="calibration images [all the dataset provides]"
+        "--calib", type=images, metavar="N", help="calibration images [all the dataset provides]"
     )
     q.add_argument(
         "--config",

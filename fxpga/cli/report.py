@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_output, dataset_for, info, positive
+from .common import check_output, dataset_for, info, lanes
 
 
 def add(sub, common):
@@ -20,7 +20,7 @@ def add(sub, common):
     rp.add_argument("--build", metavar="DIR", help="a directory written by fxpga build")
     rp.add_argument(
         "--lanes",
-        type=positive,
+        type=lanes,
         default=8,
         help="MAC lanes for the cycle table without --build [8]",
     )

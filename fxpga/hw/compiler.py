@@ -34,11 +34,45 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from ..errors import FxpgaError
+from ..limits import (
+    BOARD_MULTIPLIERS,
+    LARGEST_BOARD,
+    MAX_ACC_BITS,
+    MAX_AVG_POOL,
+    MAX_LANES,
+    MAX_MEMORY_DEPTH,
+    MAX_OPERAND_BITS,
+    MAX_OPS,
+    MAX_WEIGHT_ENTRIES,
+    MIN_ACC_BITS,
+    MIN_OPERAND_BITS,
+    check_range,
+)
 from ..quant import ir
 from ..quant.qformat import QFormat, signed_width
 from ..quant.qmodel import QLayer, QModel
 
 MAX_LEFT_SHIFT = 7  # requantization may scale up by at most 2^7 (fl_out - fl_in - fl_w <= 7)
+
+_DEPTH = (1, MAX_MEMORY_DEPTH, "the configuration port's index field is 20 bits")
+_LANES = (
+    f"the configuration port addresses {MAX_LANES} lanes; the largest board, the "
+    f"{LARGEST_BOARD}, has {BOARD_MULTIPLIERS} multipliers"
+)
+_OPERAND = (MIN_OPERAND_BITS, MAX_OPERAND_BITS, "each lane is one 18x18 multiplier")
+# EngineConfig's sizes: (lowest, highest, why) for check_range (fxpga/limits.py)
+CONFIG_BOUNDS = {
+    "lanes": (1, MAX_LANES, _LANES),
+    "data_bits": _OPERAND,
+    "weight_bits": _OPERAND,
+    "acc_bits": (MIN_ACC_BITS, MAX_ACC_BITS, "an 18x18 product and 12 bits of headroom"),
+    "fmap_depth": _DEPTH,
+    "wmem_depth": _DEPTH,
+    "bmem_depth": _DEPTH,
+    "max_ops": (1, MAX_OPS, "the sequencer counts ops in 8 bits"),
+    "post_lanes": (1, MAX_LANES, "at most one per lane"),
+    "broadcast_copies": (1, MAX_LANES, "at most one per lane"),
+}
 
 
 @dataclass(frozen=True)
@@ -79,8 +113,6 @@ class EngineConfig:
             raise FxpgaError(
                 f"EngineConfig.weight_store must be 'bram' or 'spram', not {self.weight_store!r}"
             )
-        if self.weight_store == "spram" and (self.lanes > 8 or self.weight_bits > 8):
-            raise FxpgaError("SPRAM weights (iCE40UP5K) hold at most 8 lanes of 8-bit weights")
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name in (
@@ -99,8 +131,9 @@ class EngineConfig:
                 if v not in (0, 1, 2):
                     raise FxpgaError(f"EngineConfig.operand_regs must be 0, 1 or 2, not {v!r}")
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise FxpgaError(f"EngineConfig.{f.name} must be a positive integer, not {v!r}")
+            check_range(f"EngineConfig.{f.name}", v, *CONFIG_BOUNDS[f.name])
+        if self.weight_store == "spram" and (self.lanes > 8 or self.weight_bits > 8):
+            raise FxpgaError("SPRAM weights (iCE40UP5K) hold at most 8 lanes of 8-bit weights")
         if self.broadcast_copies > self.lanes:
             raise FxpgaError(
                 f"EngineConfig.broadcast_copies={self.broadcast_copies} is more than the "
@@ -124,13 +157,6 @@ class EngineConfig:
                 f"EngineConfig.post_lanes must be a power of two dividing lanes="
                 f"{self.lanes}, not {p}"
             )
-        if not 2 <= self.data_bits <= 18 or not 2 <= self.weight_bits <= 18:
-            raise FxpgaError(
-                "EngineConfig data_bits and weight_bits must be in 2..18 "
-                f"(got {self.data_bits}, {self.weight_bits})"
-            )
-        if not 8 <= self.acc_bits <= 48:
-            raise FxpgaError(f"EngineConfig.acc_bits must be in 8..48, not {self.acc_bits}")
 
     @property
     def items(self) -> int:
@@ -151,7 +177,7 @@ class EngineConfig:
             "lanes": lanes,
             "data_bits": max(8, data),
             "weight_bits": max(8, weight),
-            "acc_bits": min(48, max(16, -(-acc // 4) * 4)),
+            "acc_bits": min(MAX_ACC_BITS, max(16, -(-acc // 4) * 4)),
         }
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
@@ -471,6 +497,12 @@ def _make_op(
     else:  # identity 1x1 convolution
         shape = in_shape if len(in_shape) == 3 else (in_shape[0], 1, 1)
         C, H, W = shape
+        if C * C > MAX_WEIGHT_ENTRIES:  # its C×C weights, before they are made
+            raise FxpgaError(
+                f"{where}: layer '{follow[0].name}' runs as a 1x1 identity convolution over "
+                f"{C} channels, whose {C * C:,} weights are more than the {MAX_WEIGHT_ENTRIES:,} "
+                f"the {LARGEST_BOARD} holds"
+            )
         op = Op(
             f"{follow[0].name}:identity",
             [],
@@ -514,6 +546,11 @@ def _make_op(
                     raise FxpgaError(
                         f"{where}: layer '{n.name}': avg-pool over {op.PKH}x{op.PKW} = {k} "
                         f"elements; the engine divides by powers of two only"
+                    )
+                if k > MAX_AVG_POOL:
+                    raise FxpgaError(
+                        f"{where}: layer '{n.name}': avg-pool over {op.PKH}x{op.PKW} = {k} "
+                        f"elements; the engine's pool register sums at most {MAX_AVG_POOL}"
                     )
                 op.pool_avg = 1
     op.macs = op.O * op.OH * op.OW * op.CKK
@@ -580,14 +617,27 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         sizes[i % 2].append(op.in_size)
         sizes[(i + 1) % 2].append(op.out_size)
     fmap_need = max(max(s) for s in sizes if s)
-    for what, need, have in (
-        ("feature-map buffer", fmap_need, cfg.fmap_depth),
-        ("weight bank (per lane)", w_off, 16384 if cfg.weight_store == "spram" else cfg.wmem_depth),
-        ("bias memory", b_off, cfg.bmem_depth),
-        ("program", len(ops), cfg.max_ops),
+    # (what, entries needed, the engine's, the most an engine has: checked before allocating)
+    for what, need, have, most in (
+        ("feature-map buffer", fmap_need, cfg.fmap_depth, MAX_MEMORY_DEPTH),
+        (
+            "weight bank (per lane)",
+            w_off,
+            16384 if cfg.weight_store == "spram" else cfg.wmem_depth,  # weights.SPRAM_DEPTH
+            MAX_MEMORY_DEPTH,
+        ),
+        ("bias memory", b_off, cfg.bmem_depth, MAX_MEMORY_DEPTH),
+        ("program", len(ops), cfg.max_ops, MAX_OPS),
     ):
         if have is not None and need > have:
             problems.append(f"{what} needs {need} entries, the engine has {have}")
+        elif need > most:
+            problems.append(f"{what} needs {need:,} entries, an engine has at most {most:,}")
+    if lanes * w_off > MAX_WEIGHT_ENTRIES:
+        problems.append(
+            f"the weight banks need {lanes} x {w_off:,} = {lanes * w_off:,} entries, more than "
+            f"the {LARGEST_BOARD} holds ({MAX_WEIGHT_ENTRIES:,} 2-bit words)"
+        )
     if problems:
         raise FxpgaError(f"model does not fit the engine (lanes={lanes}): " + "; ".join(problems))
     wmem = [[0] * w_off for _ in range(lanes)]

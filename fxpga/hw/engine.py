@@ -6,6 +6,7 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..limits import check_range
 from . import compiler
 from .buffers import FeatureBuffer
 from .compiler import DESC_FIELDS, EngineConfig, Program
@@ -101,6 +102,8 @@ class Engine(wiring.Component):
         self.wmem_depth = wmem_depth or cfg.wmem_depth or (p.wmem_depth if p else 1024)
         self.bmem_depth = bmem_depth or cfg.bmem_depth or (p.bmem_depth if p else 256)
         self.max_ops = max_ops or cfg.max_ops or (len(p.ops) if p else 16)
+        for k in ("fmap_depth", "wmem_depth", "bmem_depth", "max_ops"):  # before any memory
+            check_range(f"Engine {k}", getattr(self, k), *compiler.CONFIG_BOUNDS[k])
         self.prog_depth = HEADER_WORDS + len(DESC_FIELDS) * self.max_ops
         self.field_bits = engine_field_bits(cfg, self.fmap_depth, self.wmem_depth, self.bmem_depth)
         # coordinates sized to the baked program; a run-time program may need the full width

@@ -8,6 +8,7 @@ A dataset gives a calibration set (for the greedy format search) and a test set 
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FxpgaError
+from ..limits import (
+    LARGEST_BOARD,
+    MAX_DATASET_ELEMENTS,
+    MAX_SAMPLES,
+    MAX_TENSOR_ELEMENTS,
+    check_range,
+)
 
 # digits: 1797 images. A fixed permutation (seed 0) splits them into
 # test (first 500), calibration (next 256) and training (the remaining 1041).
@@ -58,8 +66,7 @@ class Dataset:
     def calib(self, n: int | None) -> np.ndarray:
         if n is None:
             return self.x_calib
-        if n < 1:
-            raise FxpgaError(f"--calib must be at least 1, not {n}")
+        check_range("--calib", n, 1, MAX_SAMPLES, "images")
         return self.x_calib[:n]
 
 
@@ -97,21 +104,30 @@ BUNDLED = {"digits": digits, "digits16": digits16}
 def load_npz(path: str | Path) -> Dataset:
     """``x`` (float32, NCHW or NF), ``y`` (integer labels), optional ``x_calib``.
 
-    Without ``x_calib`` the first images of ``x`` calibrate (and are also evaluated).
+    Without ``x_calib`` the first images of ``x`` calibrate (and are also evaluated). The
+    arrays' sizes are checked against ``fxpga.limits`` from their ``.npy`` headers, before
+    any of their data is read; other arrays in the file are not read.
     """
     p = Path(path)
     if not p.is_file():
         raise FxpgaError(f"{p}: no such dataset file")
     try:
+        for k, shape in npz_shapes(p).items():
+            if k in ("x", "y", "x_calib"):
+                _check_size(p, k, shape)
         with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            for k in ("x", "y"):
+                if k not in z.files:
+                    raise FxpgaError(
+                        f"{p}: missing array '{k}' (has: {', '.join(z.files) or 'nothing'})"
+                    )
+            arrays = {k: z[k] for k in ("x", "y", "x_calib") if k in z.files}
     except ValueError as e:
         raise FxpgaError(f"{p}: refusing to load: {e}") from e
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise FxpgaError(f"{p}: not a readable .npz file: {e}") from e
-    for k in ("x", "y"):
-        if k not in arrays:
-            raise FxpgaError(f"{p}: missing array '{k}' (has: {', '.join(arrays) or 'nothing'})")
+    for k, a in arrays.items():  # (a member whose header npz_shapes could not read)
+        _check_size(p, k, a.shape)
     x, y = arrays["x"], arrays["y"]
     _check_x(p, "x", x)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
@@ -132,6 +148,47 @@ def load_npz(path: str | Path) -> Dataset:
     return Dataset(
         p.name, xc.astype(np.float32), x.astype(np.float32), y.astype(np.int64), note=note
     )
+
+
+def npz_shapes(p: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of each array in the ``.npz`` at ``p``, from its ``.npy`` header (no data is
+    read); an array whose header cannot be read is left out (``np.load`` then reports it)."""
+    fmt = np.lib.format
+    out = {}
+    with zipfile.ZipFile(p) as zf:
+        for name in zf.namelist():
+            if not name.endswith(".npy"):
+                continue
+            try:
+                with zf.open(name) as f:
+                    v1 = fmt.read_magic(f) == (1, 0)  # 2.0 and 3.0 share a header layout
+                    read = fmt.read_array_header_1_0 if v1 else fmt.read_array_header_2_0
+                    shape, _, _ = read(f)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+                continue
+            out[name[: -len(".npy")]] = tuple(int(d) for d in shape)
+    return out
+
+
+def _check_size(p: Path, k: str, shape: tuple[int, ...]):
+    """``limits``: samples per array, values per sample, values per array."""
+    n = shape[0] if shape else 1
+    if n > MAX_SAMPLES:
+        raise FxpgaError(
+            f"{p}: '{k}' has {n:,} samples, more than {MAX_SAMPLES:,} (ten times MNIST's test set)"
+        )
+    per = math.prod(shape[1:])
+    if k != "y" and per > MAX_TENSOR_ELEMENTS:
+        raise FxpgaError(
+            f"{p}: '{k}' samples of shape {shape[1:]} hold {per:,} values, more than "
+            f"{MAX_TENSOR_ELEMENTS:,} (two 8-bit feature maps that size fill the "
+            f"{LARGEST_BOARD}'s block RAM)"
+        )
+    if n * per > MAX_DATASET_ELEMENTS:
+        raise FxpgaError(
+            f"{p}: '{k}' holds {n * per:,} values, more than {MAX_DATASET_ELEMENTS:,} "
+            f"(1 GiB of float32)"
+        )
 
 
 def _check_x(p: Path, k: str, x: np.ndarray):

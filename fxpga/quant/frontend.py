@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import math
 import operator
 import re
 import sys
@@ -23,7 +24,10 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import FxpgaError
+from ..limits import LARGEST_BOARD, MAX_TENSOR_ELEMENTS, MAX_WEIGHTS
 from . import ir
+
+_WHY_TENSOR = f"two 8-bit feature maps that size fill the {LARGEST_BOARD}'s block RAM"
 
 SUPPORTED = (
     "Conv2d (groups=1, dilation=1, zero padding), Linear, BatchNorm1d/2d after a "
@@ -430,12 +434,51 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
         last = value[n] = layer.name
     if not nodes:
         raise FxpgaError("the model has no supported layers")
-    graph = ir.Graph(input_shape, nodes)
-    return ir.fold_batchnorm(graph)
+    graph = ir.fold_batchnorm(ir.Graph(input_shape, nodes))
+    check_sizes(graph)
+    return graph
+
+
+def check_input_shape(shape, where: str = "the model's input") -> tuple[int, ...]:
+    """A per-sample input shape, (F,) or (C, H, W), of at most ``MAX_TENSOR_ELEMENTS``
+    values: checked before a tensor of that shape is made."""
+    try:
+        dims = tuple(operator.index(d) for d in shape)
+    except TypeError:
+        dims = ()
+    if not 1 <= len(dims) <= 3 or min(dims) < 1:
+        raise FxpgaError(f"{where}: expected a per-sample shape (F,) or (C, H, W), got {shape!r}")
+    shape = dims
+    n = math.prod(shape)
+    if n > MAX_TENSOR_ELEMENTS:
+        raise FxpgaError(
+            f"{where}: samples of shape {shape} hold {n:,} values, more than "
+            f"{MAX_TENSOR_ELEMENTS:,} ({_WHY_TENSOR})"
+        )
+    return shape
+
+
+def check_sizes(graph: ir.Graph):
+    """Every layer's output at most ``MAX_TENSOR_ELEMENTS`` values, all weights together at
+    most ``MAX_WEIGHTS``: what the largest board could hold."""
+    for n in graph.nodes:
+        size = math.prod(n.out_shape)
+        if size > MAX_TENSOR_ELEMENTS:
+            raise FxpgaError(
+                f"{n.where()}: its output {n.out_shape} holds {size:,} values, more than "
+                f"{MAX_TENSOR_ELEMENTS:,} ({_WHY_TENSOR})"
+            )
+    weights = sum(n.weight.size + n.bias.size for n in graph.weighted())
+    if weights > MAX_WEIGHTS:
+        raise FxpgaError(
+            f"the model has {weights:,} weights and biases, more than {MAX_WEIGHTS:,} (the "
+            f"{LARGEST_BOARD}'s block RAM holds that many 2-bit words)"
+        )
 
 
 def from_module(model: nn.Module, input_shape) -> ir.Graph:
     """Trace ``model`` with torch.fx and convert it; ``input_shape`` is per sample (C, H, W)."""
+    input_shape = check_input_shape(input_shape)
     model = model.eval()
     tracer = torch.fx.Tracer()
     tracer.record_stack_traces = True
@@ -478,7 +521,7 @@ def from_export(path: Path) -> ir.Graph:
     if len(ph) != 1 or "val" not in ph[0].meta:
         raise FxpgaError(f"{path}: the exported program must take exactly one tensor input")
     shape = tuple(int(d) for d in ph[0].meta["val"].shape[1:])
-    return graph_from_fx(gm, shape)
+    return graph_from_fx(gm, check_input_shape(shape, f"{path}: its example input"))
 
 
 def load_factory(spec: str, weights: str | None):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FxpgaError
+from ..limits import MAX_CALIB_VALUES
 from ..progress import bar as progress_bar
 from . import golden, ir
 from .qformat import QFormat, check_bits, dequantize, fl_fit, quantize, requantize, signed_width
@@ -223,7 +224,7 @@ def quantize_model(
     config = config or Config()
     if scheme not in ("dynamic", "static"):
         raise FxpgaError(f"unknown scheme '{scheme}' (dynamic or static)")
-    x_calib = np.asarray(x_calib, dtype=np.float64)
+    x_calib = np.asarray(x_calib)
     if len(x_calib) == 0:
         raise FxpgaError("the calibration set is empty")
     if tuple(x_calib.shape[1:]) != graph.input_shape:
@@ -231,6 +232,15 @@ def quantize_model(
             f"calibration samples have shape {tuple(x_calib.shape[1:])}, the model "
             f"expects {graph.input_shape}"
         )
+    # the search keeps every layer's float output on the whole set: bound it before
+    per_image = math.prod(graph.input_shape) + sum(math.prod(n.out_shape) for n in graph.nodes)
+    if len(x_calib) * per_image > MAX_CALIB_VALUES:
+        raise FxpgaError(
+            f"calibrating on {len(x_calib):,} images keeps {len(x_calib) * per_image:,} "
+            f"activations ({per_image:,} per image), more than {MAX_CALIB_VALUES:,} (2 GiB of "
+            f"float64): use at most {MAX_CALIB_VALUES // per_image:,} images (--calib)"
+        )
+    x_calib = np.asarray(x_calib, dtype=np.float64)
     config.check(graph)
     ref = graph.float_forward(x_calib, keep=True)
     nodes = graph.nodes

@@ -19,6 +19,14 @@ import numpy as np
 from ..errors import FxpgaError
 from ..hw.compiler import Program
 from ..hw.engine import REGION_PROGRAM, Engine
+from ..limits import (
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_SIM_CACHE_ENTRIES,
+    MAX_STALL,
+    MAX_WAVE_SAMPLES,
+    check_range,
+)
 from .tools import patched_env, sim_env
 
 TOP = "fxpga_engine"
@@ -49,8 +57,11 @@ def _cache_entries() -> int:
         n = int(v)
     except ValueError:
         n = -1
-    if n < 1:
-        raise FxpgaError(f"FXPGA_SIM_CACHE_ENTRIES={v!r}: expected a whole number >= 1")
+    if not 1 <= n <= MAX_SIM_CACHE_ENTRIES:
+        raise FxpgaError(
+            f"FXPGA_SIM_CACHE_ENTRIES={v!r}: expected a whole number in "
+            f"1..{MAX_SIM_CACHE_ENTRIES} (at ~1 MB a model)"
+        )
     return n
 
 
@@ -267,6 +278,7 @@ def run_job(
     waves: bool = False,
 ) -> JobResult:
     """Run engine-order ``samples`` through the built model; compare with ``expected``."""
+    check_stream_options(len(samples), seed, stall, waves)
     workdir = Path(workdir).resolve()
     job = {
         "samples": np.asarray(samples).astype(int).tolist(),
@@ -291,6 +303,19 @@ def run_job(
         log,
         wave,
     )
+
+
+def check_stream_options(samples: int, seed: int, stall: float, waves: bool):
+    """The bounds (``fxpga.limits``) on a simulation's images, seed, stall probability and
+    waveforms, checked before anything is built or run."""
+    check_range("samples", samples, 1, MAX_SAMPLES, "images per simulation")
+    check_range("seed", seed, 0, MAX_SEED)
+    check_range("stall", stall, 0.0, MAX_STALL, "a stall probability of 1 never ends")
+    if waves and samples > MAX_WAVE_SAMPLES:
+        raise FxpgaError(
+            f"waveforms of {samples:,} images: record at most {MAX_WAVE_SAMPLES} (one "
+            f"simulator run) with waves"
+        )
 
 
 def truncated_header(prog: Program, k: int) -> list[tuple[int, int]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..hw.compiler import Program, chw_to_hwc
+from ..limits import MAX_SEED
 from ..progress import bar
 from ..quant import golden
 from ..quant.qmodel import QModel
@@ -79,6 +80,7 @@ def simulate(
     info=lambda msg: None,
 ) -> SimReport:
     """Run float images ``x`` (labels ``y``) through the engine's Verilog in ``simulator``."""
+    runner.check_stream_options(len(x), seed, stall, waves)
     xi = golden.quantize_input(qm, x)
     want = golden.run_int(qm, xi).reshape(len(x), -1)
     samples = prog.to_engine(xi)
@@ -98,7 +100,7 @@ def simulate(
             samples[i : i + CHUNK],
             expected[i : i + CHUNK],
             work,
-            seed=seed + k,
+            seed=(seed + k) % (MAX_SEED + 1),
             stall=stall,
             waves=waves,
         )
