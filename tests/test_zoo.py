@@ -116,3 +116,50 @@ def test_train_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code in (1, 2) and len(err.strip().splitlines()) == 1 and msg in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_results_md_quotes_the_shipped_digits_cnn(digits_graph, digits_q8, digits):
+    """docs/RESULTS.md's top-1 for digits-cnn (float and 8-bit dynamic, as `fxpga quantize
+    digits-cnn` prints them) is what the shipped weights give: the docs are not one machine's
+    training run."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "RESULTS.md").read_text()
+    rows = {}  # the first table with these row names: the top-1 table
+    for line in doc.splitlines():
+        if line.startswith("| ") and len(cells := line.split("|")) > 3:
+            rows.setdefault(cells[1].strip(), cells[2].strip())
+    f = quantizer.float_accuracy(digits_graph, digits.x_test, digits.y_test)
+    q = quantizer.accuracy(digits_q8, digits.x_test, digits.y_test)
+    assert rows["float (folded BN)"] == f"{100 * f:.2f}"
+    assert rows["8-bit dynamic"] == f"{100 * q:.2f}"
+
+
+def test_quantize_is_the_same_on_any_thread_count(digits, tmp_path):
+    """The shipped weights through `fxpga quantize`: the same integers and formats with 1 or
+    2 torch threads (whatever the cache: nothing is trained or cached)."""
+    import torch
+
+    from fxpga.cli import main
+
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = tmp_path / f"t{n}.fxq"
+            assert main(["quantize", "digits-cnn", "-o", str(out), "-q"]) == 0
+            got.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    # the contract (formats, shifts, ranges); the float statistics may differ in the last bits
+    a, b = (
+        [
+            {k: v for k, v in la.items() if k != "stats"}
+            for la in json.loads(p.read_text())["layers"]
+        ]
+        for p in got
+    )
+    assert a == b
+    with np.load(str(got[0]) + ".npz") as za, np.load(str(got[1]) + ".npz") as zb:
+        assert za.files == zb.files and all(np.array_equal(za[k], zb[k]) for k in za.files)
