@@ -114,7 +114,7 @@ def main() -> int:
             dsp,
             ram,
             spram or "-",
-            f"{f:.1f}",
+            boards.mhz(f, tf),
             f">= {tf:.0f} MHz, >= {tl} lanes",
             "yes" if met else "**no**",
             f"{rep.cycles:,}",

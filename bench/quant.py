@@ -119,14 +119,20 @@ def main() -> int:
     )
     speed_md = markdown_table(["what", "measured", "target", "met"], speed)
     print(acc_md, "\n", speed_md, sep="\n")
+    shipped = "; ".join(
+        f"{n}: `{zoo.manifest(n)['command']}`, torch {zoo.manifest(n)['torch']}, "
+        f"{zoo.manifest(n)['date']}, sha256 {zoo.manifest(n)['sha256'][:12]}"
+        for n in MODELS
+    )
     body = (
         "## Quantization\n\n"
         f"Command: `python bench/quant.py` (torch on 1 thread). Machine: {machine()}.\n\n"
         + "".join(f"- {a}\n" for a in about)
         + "\nDynamic fixed point after Qiu et al. (FPGA 2016): per-layer fl, greedy over 256 "
         "calibration images; static: one fl for all weights, one for all activations. Both "
-        "models are trained by fxpga from the bundled digits (`fxpga quantize digits-cnn` / "
-        "`digits-vgg`). Top-1 from the golden (integer) model.\n\n"
+        "models use the float weights that ship with fxpga (trained on the bundled digits; "
+        f"{shipped}), so these figures are the same on every machine. Top-1 from the golden "
+        "(integer) model.\n\n"
         f"{acc_md}\n\n"
         "Top-1 against word width (activations and weights alike); dotted: float.\n\n"
         "![top-1 against bits](img/accuracy_bits.png)\n\n"

@@ -60,3 +60,10 @@ def test_uart_divisor():
         uart_divisor(2e6, 1_000_000)
     with pytest.raises(FxpgaError, match=r"within 2%"):
         uart_divisor(5.5e6, 1_000_000)
+
+
+def test_fmax_is_printed_so_that_a_miss_shows():
+    from fxpga.boards.build import mhz
+
+    assert mhz(74.985, 75) == "74.98" and mhz(74.9, 75) == "74.9"  # one decimal would say 75.0
+    assert mhz(75.04, 75) == "75.0" and mhz(77.63, 75) == "77.6" and mhz(41.6, 39.75) == "41.6"

@@ -59,8 +59,9 @@ def run(args) -> int:
     print(f"wrote {rep.bitstream} and the logs and report in {out}/")
     if not rep.timing_met and not args.allow_timing_fail:
         crit = "; ".join(rep.critical_path[-3:]) or "see fxpga.tim"
+        fmax = boards.mhz(rep.fmax_mhz or 0, rep.target_mhz)
         raise FxpgaError(
-            f"timing not met on {args.board}: fmax {rep.fmax_mhz or 0:.1f} MHz < "
+            f"timing not met on {args.board}: fmax {fmax} MHz < "
             f"target {rep.target_mhz:.1f} MHz (critical path: {crit}); "
             f"--allow-timing-fail keeps the build"
         )

@@ -254,6 +254,8 @@ def _engine(qm: QModel, lanes: int, build: dict | None) -> tuple[Section, object
 
 
 def _resources(build: dict, build_dir: Path, prog) -> Section:
+    from ..boards.build import mhz
+
     used, avail = build.get("used", {}), build.get("available", {})
     rows = [
         [
@@ -270,7 +272,7 @@ def _resources(build: dict, build_dir: Path, prog) -> Section:
         lat = prog.total_cycles / (fmax * 1e6)
         met = "met" if fmax >= target else "**not met**"
         paras.append(
-            f"fmax {fmax:.1f} MHz for a {target:.1f} MHz clock ({met}). At fmax: "
+            f"fmax {mhz(fmax, target)} MHz for a {target:.1f} MHz clock ({met}). At fmax: "
             f"{1e6 * lat:.1f} µs per image, {prog.total_macs / lat / 1e9:.3f} GMAC/s of "
             f"{build['lanes'] * fmax / 1e3:.3f} peak (lanes × fmax)."
         )
