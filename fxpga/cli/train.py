@@ -85,5 +85,8 @@ def _compare(model, name: str, ds):
     )
     agree = float(np.mean(zoo.predict(model, ds.x_test) == zoo.predict(shipped, ds.x_test)))
     print(f"shipped weights: float top-1 {100 * ref:.1f}%")
-    print(f"largest |Δw| against the shipped weights: {dmax:.3g} ({where})")
+    if dmax:
+        print(f"largest |Δw| against the shipped weights: {dmax:.3g} ({where})")
+    else:
+        print("largest |Δw| against the shipped weights: 0 (every tensor identical)")
     print(f"predictions agree with the shipped model's on {100 * agree:.1f}% of the test images")
