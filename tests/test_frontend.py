@@ -126,6 +126,56 @@ def test_unsupported_op_names_node_line_and_supported():
     assert "unsupported op; supported are Conv2d" in msg and "\n" not in msg
 
 
+class FunctionalPools(nn.Module):
+    """pytorch/examples' MNIST net and classic LeNet code pool through torch.nn.functional."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = F.avg_pool2d(F.relu(self.c2(x)), kernel_size=3, stride=2, padding=1)
+        x = F.max_pool2d(x, (2, 2), stride=1)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_functional_pools_match_torch():
+    torch.manual_seed(0)
+    model = FunctionalPools().eval()
+    g = frontend.from_module(model, (1, 10, 10))
+    pools = [n for n in g.nodes if n.op in ("maxpool", "avgpool")]
+    assert [(n.op, n.kernel, n.stride, n.padding) for n in pools] == [
+        ("maxpool", (2, 2), (2, 2), (0, 0)),
+        ("avgpool", (3, 3), (2, 2), (1, 1)),
+        ("maxpool", (2, 2), (1, 1), (0, 0)),
+    ]
+    x = torch.randn(8, 1, 10, 10)
+    with torch.no_grad():
+        want = model(x).double().numpy()
+    np.testing.assert_allclose(g.float_forward(x.numpy()), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "pool,why",
+    [
+        (lambda x: F.max_pool2d(x, 2, ceil_mode=True), "ceil_mode=True is not supported"),
+        (lambda x: F.max_pool2d(x, 2, dilation=2), "dilation"),
+        (lambda x: F.avg_pool2d(x, 2, count_include_pad=False), "count_include_pad=False"),
+        (lambda x: F.avg_pool2d(x, 2, divisor_override=3), "divisor_override"),
+    ],
+)
+def test_functional_pool_variants_are_refused(pool, why):
+    class M(nn.Module):
+        def forward(self, x):
+            return pool(x)
+
+    with pytest.raises(FxpgaError, match=re.escape(why)):
+        frontend.from_module(M(), (1, 6, 6))
+
+
 @pytest.mark.parametrize(
     "layer,why",
     [

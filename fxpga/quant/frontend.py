@@ -31,7 +31,8 @@ _WHY_TENSOR = f"two 8-bit feature maps that size fill the {LARGEST_BOARD}'s bloc
 
 SUPPORTED = (
     "Conv2d (groups=1, dilation=1, zero padding), Linear, BatchNorm1d/2d after a "
-    "Conv2d/Linear, ReLU, MaxPool2d, AvgPool2d, Flatten/view(N, -1), Dropout, Identity"
+    "Conv2d/Linear, ReLU, MaxPool2d/F.max_pool2d, AvgPool2d/F.avg_pool2d, Flatten/view(N, -1), "
+    "Dropout, Identity"
 )
 
 _CONVERTERS: dict[object, Callable] = {}
@@ -279,6 +280,50 @@ def _f_relu(ctx, *args, **kw):
 )
 def _f_flatten(ctx, *args, **kw):
     return _flatten(ctx)
+
+
+@converts(F.max_pool2d)
+def _f_maxpool(
+    ctx,
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+):
+    return _pool(
+        ctx,
+        ir.MaxPool,
+        kernel_size,
+        stride,
+        padding,
+        ceil_mode,
+        extra_ok=ir._pair(dilation) == (1, 1) and not return_indices,
+    )
+
+
+@converts(F.avg_pool2d)
+def _f_avgpool(
+    ctx,
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
+    return _pool(
+        ctx,
+        ir.AvgPool,
+        kernel_size,
+        stride,
+        padding,
+        ceil_mode,
+        extra_ok=count_include_pad and divisor_override is None,
+    )
 
 
 @converts(
