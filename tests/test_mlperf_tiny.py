@@ -1,0 +1,77 @@
+"""The MLPerf Tiny reference models as defined here have the published parameter counts,
+MACs and shapes (mlcommons/tiny; BN folded, params = weights + biases)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fxpga.quant import mlperf_tiny as tiny
+
+# name: (folded parameters, MACs rounded as published, output shape)
+PUBLISHED = {
+    "resnet8": (77_706, 12.5e6, (10,)),
+    "ds-cnn": (22_604, 2.66e6, (12,)),
+    "mobilenet-v1-0.25": (210_850, 7.49e6, (2,)),
+    "fc-ae": (265_864, 0.26e6, (640,)),
+}
+
+
+@pytest.mark.parametrize("name", list(tiny.MODELS))
+def test_published_size(name):
+    params, macs, out = PUBLISHED[name]
+    model = tiny.MODELS[name][0]().eval()
+    assert tiny.folded_parameters(model) == params
+    got = tiny.macs(model)
+    digits = len(f"{macs:.3g}".split("e")[0].replace(".", ""))  # the published precision
+    assert float(f"{got:.{digits}g}") == macs, got
+    with torch.no_grad():
+        assert tuple(model(torch.zeros(2, *model.input_shape)).shape[1:]) == out
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,pads",
+    [
+        (96, 3, 2, (0, 1)),
+        (32, 3, 2, (0, 1)),
+        (32, 1, 2, (0, 0)),
+        (49, 10, 2, (4, 5)),
+        (10, 4, 2, (1, 1)),
+        (32, 3, 1, (1, 1)),
+        (25, 3, 1, (1, 1)),
+        (5, 3, 1, (1, 1)),
+    ],
+)
+def test_same_padding_is_tensorflows(size, kernel, stride, pads):
+    """TF 'SAME': ceil(size / stride) outputs, an odd total pad goes after."""
+    assert tiny.same_padding(size, kernel, stride) == pads
+    before, after = pads
+    assert (size + before + after - kernel) // stride + 1 == -(-size // stride)
+
+
+def test_feature_map_sizes():
+    """ResNet-8 32 → 16 → 8 before its 8×8 pool; DS-CNN 25×5 after its stride-2 conv;
+    MobileNetV1 96 → 48 → … → 3 before its 3×3 pool."""
+    shapes = {}
+
+    def record(name):
+        def hook(m, i, o):
+            shapes.setdefault(name, []).append(tuple(i[0].shape[1:]))
+
+        return hook
+
+    for name in ("resnet8", "ds-cnn", "mobilenet-v1-0.25"):
+        model = tiny.MODELS[name][0]().eval()
+        for m in model.modules():
+            if isinstance(m, nn.AvgPool2d):
+                m.register_forward_hook(record(name))
+        with torch.no_grad():
+            model(torch.zeros(1, *model.input_shape))
+    assert shapes == {
+        "resnet8": [(64, 8, 8)],
+        "ds-cnn": [(64, 25, 5)],
+        "mobilenet-v1-0.25": [(256, 3, 3)],
+    }
+    ds = tiny.DSCNN()
+    assert [type(m).__name__ for m in ds.features[:2]] == ["ZeroPad2d", "Conv2d"]
+    assert ds.features[0].padding == (1, 1, 4, 5)  # TF 'SAME' for 10×4 stride 2 on 49×10
+    assert sum(isinstance(m, nn.Conv2d) and m.groups == 64 for m in ds.modules()) == 4
