@@ -36,6 +36,13 @@ def make():
 
 def odd():
     return Odd()
+
+class Soft(Net):
+    def forward(self, x):
+        return torch.log_softmax(super().forward(x), dim=1)
+
+def soft():
+    return Soft()
 """
 
 
@@ -179,7 +186,8 @@ BAD = [
     # (argv builder, expected substring, exit code)
     (
         lambda t, n, d: ["quantize", f"{n}:odd", "--data", str(d)],
-        "node 'sigmoid' (call_function sigmoid) at net.py:17: unsupported op",
+        "node 'sigmoid' (call_function sigmoid) at net.py:17: sigmoid is supported only as the "
+        "last op",
         1,
     ),
     (
@@ -392,3 +400,20 @@ def test_bundled_example_quantizes(tmp_path, capsys):
     )
     assert code == 0, err
     assert "avgpool" in stdout and "top-1 on digits" in stdout
+
+
+def test_softmax_last_is_left_to_the_host(tmp_path, capsys, net, npz):
+    out = tmp_path / "s.fxq"
+    code, stdout, err = run(capsys, "quantize", f"{net}:soft", "--data", str(npz), "-o", str(out))
+    assert code == 0, err
+    note = "note: log_softmax after 'fc' is applied by the host in float, not in fixed point"
+    assert note in stdout
+    obj = json.loads(out.read_text())
+    assert obj["host_tail"] == ["log_softmax"] and obj["layers"][-1]["name"] == "fc"
+    assert artifact.load(out).graph.host_tail == ("log_softmax",)
+    code, stdout, _ = run(capsys, "eval", str(out), "--data", str(npz))
+    assert code == 0 and note in stdout
+    obj["host_tail"] = ["tanh"]
+    out.write_text(json.dumps(obj))
+    code, _, err = run(capsys, "eval", str(out), "--data", str(npz))
+    assert_one_line_error(code, err, "s.fxq: host_tail must list ops of softmax, log_softmax")

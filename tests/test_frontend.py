@@ -109,21 +109,86 @@ def test_export_pt2_matches_fx(tmp_path):
     np.testing.assert_allclose(ge.float_forward(x), gf.float_forward(x), rtol=1e-12)
 
 
-class Sigmoid(nn.Module):
+class Tanh(nn.Module):
     def __init__(self):
         super().__init__()
         self.c = nn.Conv2d(1, 2, 3)
 
     def forward(self, x):
-        return torch.sigmoid(self.c(x))
+        return torch.tanh(self.c(x))
 
 
 def test_unsupported_op_names_node_line_and_supported():
     with pytest.raises(FxpgaError) as e:
-        frontend.from_module(Sigmoid(), (1, 5, 5))
+        frontend.from_module(Tanh(), (1, 5, 5))
     msg = str(e.value)
-    assert msg.startswith("node 'sigmoid' (call_function sigmoid) at test_frontend.py:")
+    assert msg.startswith("node 'tanh' (call_function tanh) at test_frontend.py:")
     assert "unsupported op; supported are Conv2d" in msg and "\n" not in msg
+
+
+class Classifier(nn.Module):
+    """Ends the way classifiers are written: log_softmax (pytorch/examples' MNIST net),
+    a Softmax module, or a sigmoid."""
+
+    def __init__(self, tail):
+        super().__init__()
+        self.fc1 = nn.Linear(12, 8)
+        self.fc2 = nn.Linear(8, 5)
+        self.tail = tail
+
+    def forward(self, x):
+        return self.tail(self.fc2(F.relu(self.fc1(x))))
+
+
+TAILS = [
+    (lambda x: F.log_softmax(x, dim=1), ("log_softmax",)),
+    (nn.Softmax(dim=-1), ("softmax",)),
+    (lambda x: torch.sigmoid(x), ("sigmoid",)),
+    (lambda x: x.softmax(1).log(), None),  # log after it: refused
+    (nn.Sequential(nn.Softmax(dim=1), nn.LogSoftmax(dim=1)), ("softmax", "log_softmax")),
+]
+
+
+@pytest.mark.parametrize("tail,want", TAILS)
+def test_softmax_sigmoid_last_are_left_to_the_host(tail, want):
+    torch.manual_seed(0)
+    model = Classifier(tail).eval()
+    if want is None:
+        with pytest.raises(FxpgaError, match=r"node 'log' \(call_method log\).*unsupported op"):
+            frontend.from_module(model, (12,))
+        return
+    g = frontend.from_module(model, (12,))
+    assert g.host_tail == want and [n.op for n in g.nodes] == ["linear", "relu", "linear"]
+    x = torch.randn(64, 12)
+    with torch.no_grad():
+        logits = model.fc2(F.relu(model.fc1(x))).double().numpy()
+        probs = model(x).numpy()
+    np.testing.assert_allclose(g.float_forward(x.numpy()), logits, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(g.float_forward(x.numpy()).argmax(1), probs.argmax(1))
+
+
+def test_softmax_last_through_torch_export(tmp_path):
+    model = Classifier(lambda x: F.log_softmax(x, dim=1)).eval()
+    ep = torch.export.export(model, (torch.randn(2, 12),))
+    torch.export.save(ep, tmp_path / "m.pt2")
+    g = frontend.from_export(tmp_path / "m.pt2")
+    assert g.host_tail == ("log_softmax",) and [n.op for n in g.nodes][-1] == "linear"
+
+
+@pytest.mark.parametrize(
+    "forward,why",
+    [
+        (lambda m, x: F.softmax(m.fc2(F.relu(m.fc1(x))), dim=0), "over dim=0 of shape"),
+        (lambda m, x: m.fc2(torch.sigmoid(m.fc1(x))), "follows a sigmoid"),
+    ],
+)
+def test_softmax_sigmoid_elsewhere_are_refused(forward, why):
+    class M(Classifier):
+        def forward(self, x):
+            return forward(self, x)
+
+    with pytest.raises(FxpgaError, match=re.escape(why)):
+        frontend.from_module(M(None).eval(), (12,))
 
 
 class FunctionalPools(nn.Module):

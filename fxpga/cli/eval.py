@@ -21,4 +21,6 @@ def run(args) -> int:
     fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
     print(report.layer_table(qm))
     print(report.accuracy_line(float_acc, fixed_acc, len(ds.y_test), ds.name))
+    if qm.graph.host_tail:
+        print(f"note: {report.host_tail_line(qm.graph)}")
     return 0

@@ -118,5 +118,7 @@ def run(args) -> int:
     artifact.save(qm, out, extra={"accuracy": acc})
     print(report.layer_table(qm))
     print(report.accuracy_line(float_acc, fixed_acc, len(ds.y_test), ds.name))
+    if graph.host_tail:
+        print(f"note: {report.host_tail_line(graph)}")
     print(f"wrote {out} and {artifact.tensors_path(out).name} ({time.monotonic() - t0:.1f} s)")
     return 0

@@ -86,6 +86,8 @@ def to_json(qm: QModel, tensors_name: str, tensors_sha: str, extra: dict | None 
         "scheme": qm.scheme,
         "input": {"shape": list(qm.graph.input_shape), "format": _fmt(qm.input_fmt)},
         "output": {"shape": list(qm.graph.output_shape), "format": _fmt(qm.output_fmt)},
+        # applied by the host in float after the integer output (argmax unchanged)
+        "host_tail": list(qm.graph.host_tail),
         "max_acc_bits": qm.max_acc_bits,
         "layers": layers,
         "tensors": {"file": tensors_name, "sha256": tensors_sha},
@@ -216,8 +218,13 @@ def load(path: str | Path) -> QModel:
         except KeyError as err:
             raise FxpgaError(f"{where}: missing {err}") from err
         nodes.append(node)
+    tail = obj.get("host_tail", [])
+    if not isinstance(tail, list) or any(t not in ir.HOST_OPS for t in tail):
+        raise FxpgaError(
+            f"{path}: host_tail must list ops of {', '.join(ir.HOST_OPS)}, not {tail!r}"
+        )
     try:
-        graph = ir.Graph(input_shape, nodes)
+        graph = ir.Graph(input_shape, nodes, tuple(tail))
     except FxpgaError as err:
         raise FxpgaError(f"{path}: {err}") from err
 

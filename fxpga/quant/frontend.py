@@ -15,6 +15,7 @@ import operator
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,18 @@ _WHY_TENSOR = f"two 8-bit feature maps that size fill the {LARGEST_BOARD}'s bloc
 SUPPORTED = (
     "Conv2d (groups=1, dilation=1, zero padding), Linear, BatchNorm1d/2d after a "
     "Conv2d/Linear, ReLU, MaxPool2d/F.max_pool2d, AvgPool2d/F.avg_pool2d, Flatten/view(N, -1), "
-    "Dropout, Identity"
+    "Dropout, Identity; Softmax/LogSoftmax/Sigmoid as the last op (applied by the host)"
 )
 
 _CONVERTERS: dict[object, Callable] = {}
 _DROP = object()  # a converter returns this for ops that vanish at inference (Dropout, Identity)
+
+
+@dataclass(frozen=True)
+class _Host:
+    """A converter returns this for a monotone last op the host applies in float."""
+
+    op: str
 
 
 def converts(*targets):
@@ -326,6 +334,46 @@ def _f_avgpool(
     )
 
 
+def _host_tail(ctx, op: str, dim=None):
+    """Softmax / log-softmax / sigmoid over the classes of a (N, classes) output: left to the
+    host (the argmax does not change); anything else is refused."""
+    shape = ctx.out_shape()
+    if shape is None or len(shape) != 2 or (dim is not None and dim not in (1, -1)):
+        got = f"over dim={dim} of " if dim is not None else "on "
+        ctx.fail(
+            f"{op} is supported only as the last op, over the classes of a (N, classes) "
+            f"output (the host applies it in float); this one is {got}shape {shape}"
+        )
+    return _Host(op)
+
+
+@converts(nn.Softmax, nn.LogSoftmax)
+def _m_softmax(ctx, m):
+    return _host_tail(ctx, "log_softmax" if isinstance(m, nn.LogSoftmax) else "softmax", m.dim)
+
+
+@converts(nn.Sigmoid)
+def _m_sigmoid(ctx, m):
+    return _host_tail(ctx, "sigmoid")
+
+
+@converts(F.softmax, torch.softmax, "softmax", torch.ops.aten.softmax.int)
+@converts(torch.ops.aten._softmax.default)
+def _f_softmax(ctx, x, dim=None, *args, **kw):
+    return _host_tail(ctx, "softmax", dim)
+
+
+@converts(F.log_softmax, torch.log_softmax, "log_softmax", torch.ops.aten.log_softmax.int)
+@converts(torch.ops.aten._log_softmax.default)
+def _f_log_softmax(ctx, x, dim=None, *args, **kw):
+    return _host_tail(ctx, "log_softmax", dim)
+
+
+@converts(F.sigmoid, torch.sigmoid, "sigmoid", torch.ops.aten.sigmoid.default)
+def _f_sigmoid(ctx, *args, **kw):
+    return _host_tail(ctx, "sigmoid")
+
+
 @converts(
     F.dropout,
     torch.ops.aten.dropout.default,
@@ -423,6 +471,7 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
         )
     used: set[str] = set()
     last = "input"
+    tail: list[str] = []  # monotone ops after the last layer, left to the host
     for n in gm.graph.nodes:
         if n.op == "placeholder":
             value[n] = "input"
@@ -475,11 +524,20 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
         if layer is _DROP:
             value[n] = last
             continue
+        if isinstance(layer, _Host):
+            tail.append(layer.op)
+            value[n] = last
+            continue
+        if tail:
+            ctx.fail(
+                f"follows a {tail[0]}: {tail[0]} is supported only as the last op (the host "
+                f"applies it in float)"
+            )
         nodes.append(layer)
         last = value[n] = layer.name
     if not nodes:
         raise FxpgaError("the model has no supported layers")
-    graph = ir.fold_batchnorm(ir.Graph(input_shape, nodes))
+    graph = ir.fold_batchnorm(ir.Graph(input_shape, nodes, tuple(tail)))
     check_sizes(graph)
     return graph
 

@@ -214,12 +214,21 @@ class Flatten(Node):
 OPS = {cls.op: cls for cls in (Conv, Linear, BatchNorm, ReLU, MaxPool, AvgPool, Flatten)}
 
 
+HOST_OPS = ("softmax", "log_softmax", "sigmoid")  # monotone last ops the host applies
+
+
 @dataclass
 class Graph:
-    """A chain of nodes fed by one input of per-sample shape ``input_shape``."""
+    """A chain of nodes fed by one input of per-sample shape ``input_shape``.
+
+    ``host_tail``: what the model applied after its last node (``softmax``, ``log_softmax``,
+    ``sigmoid``: monotone, so the argmax is the same). The integer network ends before it,
+    and the host applies it in float where it wants probabilities.
+    """
 
     input_shape: Shape
     nodes: list[Node]
+    host_tail: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.input_shape = tuple(int(d) for d in self.input_shape)
@@ -290,4 +299,4 @@ def fold_batchnorm(graph: Graph) -> Graph:
             prev.bias = prev.bias * n.scale + n.shift
             continue
         nodes.append(n)
-    return Graph(graph.input_shape, nodes)
+    return Graph(graph.input_shape, nodes, graph.host_tail)

@@ -71,6 +71,7 @@ class Config:
             "schema_version",
             "fxpga",
             "output",
+            "host_tail",
             "max_acc_bits",
             "provenance",
             "scheme",

@@ -94,3 +94,13 @@ def accuracy_line(float_acc: float, fixed_acc: float, n: int, dataset: str) -> s
         f"top-1 on {dataset} ({n} images): float {100 * float_acc:.2f}%  "
         f"fixed {100 * fixed_acc:.2f}%  ({d:+.2f} pt)"
     )
+
+
+def host_tail_line(graph) -> str:
+    """What the host applies after the integer network, and why top-1 is unaffected."""
+    ops = " then ".join(graph.host_tail)
+    last = graph.nodes[-1].name if graph.nodes else "the input"
+    return (
+        f"{ops} after '{last}' is applied by the host in float, not in fixed point (monotone: "
+        f"the argmax and top-1 are those of the integer output)"
+    )

@@ -22,6 +22,7 @@ from ..errors import FxpgaError
 from ..quant import ir, quantizer, sweep
 from ..quant.data import Dataset
 from ..quant.qmodel import QModel
+from ..quant.report import host_tail_line
 from . import plots
 
 CALIB_PROFILE = 256  # calibration images profiled
@@ -96,6 +97,8 @@ def _summary(qm: QModel, name: str, ds: Dataset, f_acc: float, q_acc: float) -> 
         ["top-1 fixed (golden model)", f"{_pct(q_acc)} ({100 * (q_acc - f_acc):+.2f} pt)"],
         ["quantized by", f"fxpga {p.get('fxpga', '?')}"],
     ]
+    if qm.graph.host_tail:
+        rows.insert(3, ["on the host", host_tail_line(qm.graph)])
     return Section("Model", tables=[(["", ""], rows)])
 
 
