@@ -336,3 +336,68 @@ def test_weights_refuse_pickled_objects(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(FxpgaError, match=r"weights_only=True"):
         frontend.load_factory(f"{f}:make", str(tmp_path / "evil.pt"))
+
+
+class GlobalPools(nn.Module):
+    """Global average pooling as model zoos write it (ResNet, MobileNet, DS-CNN heads)."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.c = nn.Conv2d(2, 6, 3, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 4)
+        self.form = form
+
+    def forward(self, x):
+        x = F.relu(self.c(x))
+        if self.form == "module":
+            x = torch.flatten(self.gap(x), 1)
+        elif self.form == "functional":
+            x = F.adaptive_avg_pool2d(x, (1, 1)).view(x.size(0), -1)
+        elif self.form == "mean":
+            x = x.mean((2, 3))
+        else:  # mean with keepdim, then flatten
+            x = torch.mean(x, dim=[-2, -1], keepdim=True).flatten(1)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("form", ["module", "functional", "mean", "mean-keepdim"])
+@pytest.mark.parametrize("export", [False, True])
+def test_global_average_pooling_forms(form, export, tmp_path):
+    torch.manual_seed(0)
+    model = GlobalPools(form).eval()
+    if export:
+        ep = torch.export.export(model, (torch.randn(2, 2, 5, 3),))
+        torch.export.save(ep, tmp_path / "m.pt2")
+        g = frontend.from_export(tmp_path / "m.pt2")
+    else:
+        g = frontend.from_module(model, (2, 5, 3))
+    pool = next(n for n in g.nodes if n.op == "avgpool")
+    assert (pool.kernel, pool.stride, pool.padding) == ((5, 3), (5, 3), (0, 0))
+    assert [n.op for n in g.nodes][-3:] == ["avgpool", "flatten", "linear"]
+    x = torch.randn(8, 2, 5, 3)
+    with torch.no_grad():
+        want = model(x).double().numpy()
+    np.testing.assert_allclose(g.float_forward(x.numpy()), want, rtol=1e-6, atol=1e-6)
+
+
+def test_adaptive_pool_to_a_divisor_is_a_plain_pool():
+    g = frontend.from_module(nn.Sequential(nn.AdaptiveAvgPool2d((2, None))), (1, 6, 4))
+    assert (g.nodes[0].kernel, g.nodes[0].stride, g.output_shape) == ((3, 1), (3, 1), (1, 2, 4))
+
+
+@pytest.mark.parametrize(
+    "forward,why",
+    [
+        (lambda x: F.adaptive_avg_pool2d(x, 4), "adaptive average pooling of 6x6 to 4x4"),
+        (lambda x: x.mean(1), "mean over dims 1: supported only over the spatial dims"),
+        (lambda x: x.mean((1, 2, 3)), "mean over dims (1, 2, 3)"),
+    ],
+)
+def test_other_averages_are_refused(forward, why):
+    class M(nn.Module):
+        def forward(self, x):
+            return forward(x)
+
+    with pytest.raises(FxpgaError, match=re.escape(why)):
+        frontend.from_module(M(), (1, 6, 6))

@@ -32,7 +32,8 @@ _WHY_TENSOR = f"two 8-bit feature maps that size fill the {LARGEST_BOARD}'s bloc
 
 SUPPORTED = (
     "Conv2d (groups=1, dilation=1, zero padding), Linear, BatchNorm1d/2d after a "
-    "Conv2d/Linear, ReLU, MaxPool2d/F.max_pool2d, AvgPool2d/F.avg_pool2d, Flatten/view(N, -1), "
+    "Conv2d/Linear, ReLU, MaxPool2d/F.max_pool2d, AvgPool2d/F.avg_pool2d, global average "
+    "pooling (AdaptiveAvgPool2d, x.mean((2, 3))), Flatten/view(N, -1), "
     "Dropout, Identity; Softmax/LogSoftmax/Sigmoid as the last op (applied by the host)"
 )
 
@@ -334,6 +335,55 @@ def _f_avgpool(
     )
 
 
+def _input_chw(ctx, what: str) -> tuple[int, int, int]:
+    inp = ctx.node.all_input_nodes[0]
+    v = inp.meta.get("val", inp.meta.get("tensor_meta"))
+    shape = tuple(v.shape) if v is not None and hasattr(v, "shape") else None
+    if shape is None or len(shape) != 4:
+        ctx.fail(f"{what} needs an (N, C, H, W) input, got {shape}")
+    return shape[1:]
+
+
+def _adaptive_avg(ctx, output_size):
+    """Adaptive average pooling to an output that divides the input: a plain average pool
+    (global pooling for output size 1)."""
+    _, h, w = _input_chw(ctx, "adaptive average pooling")
+    size = (output_size,) * 2 if isinstance(output_size, int) else tuple(output_size)
+    oh, ow = (h if size[0] is None else size[0]), (w if size[-1] is None else size[-1])
+    if h % oh or w % ow:
+        ctx.fail(
+            f"adaptive average pooling of {h}x{w} to {oh}x{ow}: supported only where the "
+            f"output size divides the input (as in global pooling, output size 1)"
+        )
+    k = (h // oh, w // ow)
+    return ir.AvgPool(ctx.name, kernel=k, stride=k, padding=(0, 0), source=ctx.source)
+
+
+def _mean(ctx, dim, keepdim=False):
+    """``x.mean((2, 3))``: global average pooling, then a flatten unless ``keepdim``."""
+    _, h, w = _input_chw(ctx, "mean")
+    dims = sorted(d % 4 for d in ((dim,) if isinstance(dim, int) else tuple(dim or ())))
+    if dims != [2, 3]:
+        ctx.fail(f"mean over dims {dim}: supported only over the spatial dims (2, 3)")
+    pool = ir.AvgPool(ctx.name, kernel=(h, w), stride=(h, w), padding=(0, 0), source=ctx.source)
+    return [pool] if keepdim else [pool, ir.Flatten(f"{ctx.name}_flatten", source=ctx.source)]
+
+
+@converts(nn.AdaptiveAvgPool2d)
+def _m_adaptive_avg(ctx, m):
+    return _adaptive_avg(ctx, m.output_size)
+
+
+@converts(F.adaptive_avg_pool2d, torch.ops.aten.adaptive_avg_pool2d.default)
+def _f_adaptive_avg(ctx, x, output_size):
+    return _adaptive_avg(ctx, output_size)
+
+
+@converts(torch.mean, "mean", torch.ops.aten.mean.dim)
+def _f_mean(ctx, x, dim=None, keepdim=False, **kw):
+    return _mean(ctx, dim, keepdim)
+
+
 def _host_tail(ctx, op: str, dim=None):
     """Softmax / log-softmax / sigmoid over the classes of a (N, classes) output: left to the
     host (the argmax does not change); anything else is refused."""
@@ -533,8 +583,15 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
                 f"follows a {tail[0]}: {tail[0]} is supported only as the last op (the host "
                 f"applies it in float)"
             )
-        nodes.append(layer)
-        last = value[n] = layer.name
+        layers = layer if isinstance(layer, list) else [layer]
+        for extra in layers[1:]:  # a second IR node from one op (mean's flatten): unique name
+            base, k = extra.name, 1
+            while extra.name in used:
+                k += 1
+                extra.name = f"{base}_{k}"
+            used.add(extra.name)
+        nodes += layers
+        last = value[n] = layers[-1].name
     if not nodes:
         raise FxpgaError("the model has no supported layers")
     graph = ir.fold_batchnorm(ir.Graph(input_shape, nodes, tuple(tail)))
