@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from fxpga.cli import main
@@ -91,3 +92,25 @@ def test_compile_errors(fxq, digits_q8, tmp_path, capsys, argv, msg):
 def test_compile_missing_model(tmp_path, capsys):
     code, _, err = run(capsys, "compile", str(tmp_path / "no.fxq"), "-o", str(tmp_path / "e"))
     assert code == 1 and "no.fxq: no such file" in err
+
+
+def test_ops_the_engine_lacks_are_named(tmp_path, capsys):
+    """A quantized ReLU6 (an exact clamp in the golden model) is refused by the compiler in
+    one line that names the layer and the op, before anything is written."""
+    import torch
+    import torch.nn as nn
+
+    from fxpga.quant import frontend, quantizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU6(), nn.Flatten(), nn.Linear(8, 3)).eval()
+    g = frontend.from_module(model, (1, 4, 4))
+    x = np.random.default_rng(0).standard_normal((16, 1, 4, 4))
+    qm = quantizer.quantize_model(g, x, quantizer.Widths(8))
+    qm.provenance["dataset"] = "digits"
+    artifact.save(qm, tmp_path / "r6.fxq")
+    out = tmp_path / "e"
+    code, _, err = run(capsys, "compile", str(tmp_path / "r6.fxq"), "-o", str(out), "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "layer '1': the engine does not run clip layers yet" in err
+    assert not out.exists()

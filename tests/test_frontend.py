@@ -401,3 +401,81 @@ def test_other_averages_are_refused(forward, why):
 
     with pytest.raises(FxpgaError, match=re.escape(why)):
         frontend.from_module(M(), (1, 6, 6))
+
+
+class Clamps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 3)
+        self.r6 = nn.ReLU6()
+        self.ht = nn.Hardtanh(-1.0, 2.0)
+
+    def forward(self, x):
+        x = self.ht(self.r6(self.c(x)))
+        x = F.hardtanh(F.relu6(x), 0.0, 3.0)
+        x = torch.clip(torch.clamp(x, 0, 6).clamp(min=0.5), max=4)
+        return x.clip(0, 6).clamp(min=0)
+
+
+@pytest.mark.parametrize("export", [False, True])
+def test_clamp_forms(export, tmp_path):
+    torch.manual_seed(0)
+    model = Clamps().eval()
+    if export:
+        ep = torch.export.export(model, (torch.randn(2, 1, 5, 5),))
+        torch.export.save(ep, tmp_path / "m.pt2")
+        g = frontend.from_export(tmp_path / "m.pt2")
+    else:
+        g = frontend.from_module(model, (1, 5, 5))
+    assert [(n.op, getattr(n, "lo", None), getattr(n, "hi", None)) for n in g.nodes[1:]] == [
+        ("clip", 0.0, 6.0),
+        ("clip", -1.0, 2.0),
+        ("clip", 0.0, 6.0),
+        ("clip", 0.0, 3.0),
+        ("clip", 0.0, 6.0),
+        ("clip", 0.5, None),
+        ("clip", None, 4.0),
+        ("clip", 0.0, 6.0),
+        ("relu", None, None),  # clamp(min=0) is a ReLU
+    ]
+    x = torch.randn(8, 1, 5, 5) * 4
+    with torch.no_grad():
+        want = model(x).double().numpy()
+    np.testing.assert_allclose(g.float_forward(x.numpy()), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "forward,why",
+    [
+        (lambda x: F.leaky_relu(x, 0.1), "LeakyReLU is not supported: its slope"),
+        (lambda x: torch.clamp(x, 2.0, 1.0), "clamp to [2.0, 1.0] is empty"),
+    ],
+)
+def test_other_activations_are_refused(forward, why):
+    class M(nn.Module):
+        def forward(self, x):
+            return forward(x)
+
+    with pytest.raises(FxpgaError, match=re.escape(why)):
+        frontend.from_module(M(), (1, 4, 4))
+
+
+def test_leaky_relu_module_is_refused():
+    model = nn.Sequential()
+    model.add_module("conv", nn.Conv2d(1, 2, 3))
+    model.add_module("leaky", nn.LeakyReLU())
+    with pytest.raises(FxpgaError, match=r"^node 'leaky' \(call_module leaky\).*LeakyReLU is not"):
+        frontend.from_module(model, (1, 4, 4))
+
+
+def test_clamp_to_a_tensor_is_refused():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("top", torch.ones(1))
+
+        def forward(self, x):
+            return torch.clamp(x, max=self.top)
+
+    with pytest.raises(FxpgaError, match="clamp to a tensor bound is not supported"):
+        frontend.from_module(M(), (1, 4, 4))

@@ -9,6 +9,14 @@ from hypothesis import strategies as st
 
 from fxpga.quant import fakequant, frontend, golden, quantizer
 
+ACTIVATIONS = [
+    nn.ReLU,
+    nn.ReLU6,
+    lambda: nn.Hardtanh(-0.5, 1.25),
+    lambda: nn.Hardtanh(0.0, 0.3),
+    lambda: nn.Hardtanh(-3.0, 0.0),
+]
+
 
 @st.composite
 def networks(draw):
@@ -29,8 +37,8 @@ def networks(draw):
         c, h, w = co, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         if draw(st.booleans()):
             mods.append(nn.BatchNorm2d(c))
-        if draw(st.booleans()):
-            mods.append(nn.ReLU())
+        if draw(st.booleans()):  # ReLU, or an exact clamp (ReLU6, Hardtanh: 0 inside)
+            mods.append(draw(st.sampled_from(ACTIVATIONS))())
         if h >= 2 and w >= 2 and draw(st.booleans()):
             k, s = 2, draw(st.integers(1, 2))
             p = draw(st.integers(0, 1))
@@ -158,3 +166,54 @@ def test_batching_does_not_change_results(digits_q8, digits, batch):
     np.testing.assert_array_equal(
         golden.run_int(digits_q8, xi, batch=batch), golden.run_int(digits_q8, xi)
     )
+
+
+def test_clip_bounds_are_the_representable_values_inside():
+    from fxpga.quant.qformat import QFormat, clip_bounds
+
+    for bits in range(2, 7):
+        for fl in range(-3, 9):
+            fmt = QFormat(bits, fl)
+            grid = np.arange(fmt.qmin, fmt.qmax + 1)
+            for lo, hi in [
+                (0.0, 6.0),
+                (-0.5, 1.25),
+                (0.0, 0.3),
+                (-3.0, 0.0),
+                (None, 0.7),
+                (0.25, None),
+                (-100.0, 100.0),
+            ]:
+                v = np.ldexp(grid.astype(np.float64), -fl)
+                inside = grid[((lo is None) | (v >= (lo or 0))) & ((hi is None) | (v <= (hi or 0)))]
+                qlo, qhi = clip_bounds(fmt, lo, hi)
+                if len(inside):
+                    assert (qlo, qhi) == (inside.min(), inside.max()), (fmt, lo, hi)
+                else:
+                    assert qlo > qhi, (fmt, lo, hi)
+
+
+def test_relu6_clamps_exactly(tmp_path):
+    """ReLU6 after a conv whose outputs reach past 6: the golden output is clamped at the
+    grid value 6 (or the largest below it), fake quant agrees, and it survives the .fxq."""
+    from fxpga.quant import artifact
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU6(), nn.Flatten(), nn.Linear(12, 2)).eval()
+    g = frontend.from_module(model, (1, 4, 4))
+    assert [n.op for n in g.nodes] == ["conv", "clip", "flatten", "linear"]
+    x = np.random.default_rng(0).standard_normal((32, 1, 4, 4)) * 20
+    qm = quantizer.quantize_model(g, x, quantizer.Widths(8))
+    gi = golden.run(qm, x, keep=True)
+    clip = qm.layers[1]
+    top = int(np.floor(np.ldexp(6.0, clip.in_fmt.fl)))
+    assert gi[clip.name].max() == min(top, clip.in_fmt.qmax) and gi[clip.name].min() == 0
+    assert (gi["0"] > top).any()  # the conv really went past 6
+    fk = fakequant.fake_run(qm, x, keep=True)
+    np.testing.assert_array_equal(
+        fk[clip.name], np.ldexp(gi[clip.name].astype(float), -clip.out_fmt.fl)
+    )
+    artifact.save(qm, tmp_path / "c.fxq")
+    back = artifact.load(tmp_path / "c.fxq")
+    assert (back.layers[1].node.lo, back.layers[1].node.hi) == (0.0, 6.0)
+    np.testing.assert_array_equal(golden.run(back, x), golden.run(qm, x))

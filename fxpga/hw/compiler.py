@@ -52,6 +52,7 @@ from ..quant import ir
 from ..quant.qformat import QFormat, signed_width
 from ..quant.qmodel import QLayer, QModel
 
+ENGINE_OPS = ("conv", "linear", "relu", "maxpool", "avgpool", "flatten")  # the ops it runs
 MAX_LEFT_SHIFT = 7  # requantization may scale up by at most 2^7 (fl_out - fl_in - fl_w <= 7)
 
 _DEPTH = (1, MAX_MEMORY_DEPTH, "the configuration port's index field is 20 bits")
@@ -560,6 +561,12 @@ def _make_op(
 def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     """Lay the model out for ``config``; a model that does not fit is a one-line error."""
     cfg = config or EngineConfig()
+    for la in qm.layers:  # what the engine cannot run yet, before anything is laid out
+        if la.node.op not in ENGINE_OPS:
+            raise FxpgaError(
+                f"{la.node.where()}: the engine does not run {la.node.op} layers yet "
+                f"(it runs {', '.join(ENGINE_OPS)})"
+            )
     lanes = cfg.lanes
     where = "compile"
     ops: list[Op] = []

@@ -205,6 +205,11 @@ def load(path: str | Path) -> QModel:
                 if op == "conv":
                     kw.update(stride=tuple(a["stride"]), padding=tuple(a["padding"]))
                 node = ir.OPS[op](name, source=e.get("source"), **kw)
+            elif op == "clip":
+                lo, hi = a["lo"], a["hi"]
+                if not all(v is None or isinstance(v, int | float) for v in (lo, hi)):
+                    raise FxpgaError(f"{where}: clip bounds must be numbers or null")
+                node = ir.Clip(name, lo=lo, hi=hi, source=e.get("source"))
             elif op in ("maxpool", "avgpool"):
                 node = ir.OPS[op](
                     name,

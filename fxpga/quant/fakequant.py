@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ir
-from .qformat import QFormat
+from .qformat import QFormat, clip_bounds
 from .qmodel import QModel
 
 
@@ -50,6 +50,10 @@ def fake_run(qm: QModel, x: np.ndarray, keep: bool = False):
                 y = F.avg_pool2d(t, n.kernel, n.stride, n.padding, count_include_pad=True)
                 step = 2.0**-la.in_fmt.fl
                 t = torch.floor(y / step + 0.5) * step
+            elif isinstance(n, ir.Clip):  # the grid values inside [lo, hi]
+                qlo, qhi = clip_bounds(la.in_fmt, n.lo, n.hi)
+                step = 2.0**-la.in_fmt.fl
+                t = t.clamp(qlo * step, qhi * step)
             elif isinstance(n, ir.MaxPool):
                 t = F.max_pool2d(t, n.kernel, n.stride, n.padding)
             else:

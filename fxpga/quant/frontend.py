@@ -32,8 +32,9 @@ _WHY_TENSOR = f"two 8-bit feature maps that size fill the {LARGEST_BOARD}'s bloc
 
 SUPPORTED = (
     "Conv2d (groups=1, dilation=1, zero padding), Linear, BatchNorm1d/2d after a "
-    "Conv2d/Linear, ReLU, MaxPool2d/F.max_pool2d, AvgPool2d/F.avg_pool2d, global average "
-    "pooling (AdaptiveAvgPool2d, x.mean((2, 3))), Flatten/view(N, -1), "
+    "Conv2d/Linear, ReLU, ReLU6/Hardtanh/clamp, MaxPool2d/F.max_pool2d, "
+    "AvgPool2d/F.avg_pool2d, global average pooling (AdaptiveAvgPool2d, x.mean((2, 3))), "
+    "Flatten/view(N, -1), "
     "Dropout, Identity; Softmax/LogSoftmax/Sigmoid as the last op (applied by the host)"
 )
 
@@ -332,6 +333,56 @@ def _f_avgpool(
         padding,
         ceil_mode,
         extra_ok=count_include_pad and divisor_override is None,
+    )
+
+
+def _clip(ctx, lo, hi):
+    """An exact clamp in fixed point (ReLU6, Hardtanh, clamp); (0, None) is a ReLU."""
+    lo = None if lo is None else float(lo)
+    hi = None if hi is None else float(hi)
+    if lo is None and hi is None:
+        return _DROP
+    if lo is not None and hi is not None and lo >= hi:
+        ctx.fail(f"clamp to [{lo}, {hi}] is empty or a constant")
+    if lo == 0.0 and hi is None:
+        return ir.ReLU(ctx.name, source=ctx.source)
+    return ir.Clip(ctx.name, lo=lo, hi=hi, source=ctx.source)
+
+
+@converts(nn.ReLU6)
+def _m_relu6(ctx, m):
+    return _clip(ctx, 0.0, 6.0)
+
+
+@converts(nn.Hardtanh)
+def _m_hardtanh(ctx, m):
+    return _clip(ctx, m.min_val, m.max_val)
+
+
+@converts(F.relu6, torch.ops.aten.relu6.default)
+def _f_relu6(ctx, *args, **kw):
+    return _clip(ctx, 0.0, 6.0)
+
+
+@converts(F.hardtanh, torch.ops.aten.hardtanh.default)
+def _f_hardtanh(ctx, x, min_val=-1.0, max_val=1.0, *args, **kw):
+    return _clip(ctx, min_val, max_val)
+
+
+@converts(torch.clamp, torch.clip, "clamp", "clip")
+@converts(torch.ops.aten.clamp.default, torch.ops.aten.clip.default)
+def _f_clamp(ctx, x, min=None, max=None):
+    for v in (min, max):
+        if isinstance(v, torch.fx.Node):
+            ctx.fail("clamp to a tensor bound is not supported (only number bounds)")
+    return _clip(ctx, min, max)
+
+
+@converts(nn.LeakyReLU, F.leaky_relu, torch.ops.aten.leaky_relu.default)
+def _leaky(ctx, *args, **kw):
+    ctx.fail(
+        "LeakyReLU is not supported: its slope is a multiply by a non-power-of-two on every "
+        "negative value, which the engine does not have; retrain with ReLU or ReLU6"
     )
 
 

@@ -5,7 +5,8 @@ Vectorised numpy over a batch. Per layer (docs/numerics.md):
 - conv/linear: ``acc = Σ x·w + b`` exactly (int64, or Python integers when the recorded
   accumulator width exceeds 62 bits), then ``requantize(acc, shift, out_bits)``: rounding
   shift (round half up) and saturation.
-- relu: ``max(x, 0)``; maxpool: window max, padding never wins (pads with the format's minimum);
+- relu: ``max(x, 0)``; clip: ``clip(x, qlo, qhi)``, the representable values in [lo, hi];
+  maxpool: window max, padding never wins (pads with the format's minimum);
   avgpool: window sum with zero padding, ``floor(sum/k + 1/2)`` for a k-element window;
   flatten: C-order reshape.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .qformat import avg_round, quantize, requantize
+from .qformat import avg_round, clip_bounds, quantize, requantize
 from .qmodel import QLayer, QModel
 
 INT64_SAFE_BITS = 62  # acc plus the rounding constant stays inside int64
@@ -69,6 +70,8 @@ def step(layer: QLayer, x: np.ndarray) -> np.ndarray:
         return out.astype(np.int64)
     if isinstance(n, ir.ReLU):
         return np.maximum(x, 0)
+    if isinstance(n, ir.Clip):
+        return np.clip(x, *clip_bounds(layer.in_fmt, n.lo, n.hi))
     if isinstance(n, ir.MaxPool):
         return maxpool(x, n.kernel, n.stride, n.padding, layer.in_fmt.qmin)
     if isinstance(n, ir.AvgPool):

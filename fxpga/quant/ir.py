@@ -158,6 +158,26 @@ class ReLU(Node):
 
 
 @dataclass
+class Clip(Node):
+    """``clamp(x, lo, hi)`` (``None``: unbounded on that side): ReLU6 is (0, 6), Hardtanh
+    (lo, hi), ``torch.clamp``. In fixed point an exact clamp to the representable values in
+    ``[lo, hi]`` (``qformat.clip_bounds``, docs/numerics.md)."""
+
+    lo: float | None = 0.0
+    hi: float | None = 6.0
+    op = "clip"
+
+    def infer(self, s):
+        return s
+
+    def attrs(self):
+        return {"lo": self.lo, "hi": self.hi}
+
+    def float_forward(self, x):
+        return torch.clamp(x, self.lo, self.hi)
+
+
+@dataclass
 class _Pool(Node):
     kernel: tuple[int, int] = (2, 2)
     stride: tuple[int, int] = (2, 2)
@@ -211,7 +231,7 @@ class Flatten(Node):
         return torch.flatten(x, 1)
 
 
-OPS = {cls.op: cls for cls in (Conv, Linear, BatchNorm, ReLU, MaxPool, AvgPool, Flatten)}
+OPS = {cls.op: cls for cls in (Conv, Linear, BatchNorm, ReLU, Clip, MaxPool, AvgPool, Flatten)}
 
 
 HOST_OPS = ("softmax", "log_softmax", "sigmoid")  # monotone last ops the host applies

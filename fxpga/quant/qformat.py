@@ -126,6 +126,15 @@ def requantize(acc: np.ndarray, s: int, bits: int) -> np.ndarray:
     return np.where(acc > hi_k, hi, np.where(acc < lo_k, lo, inside))
 
 
+def clip_bounds(fmt: QFormat, lo: float | None, hi: float | None) -> tuple[int, int]:
+    """The integer bounds of ``clamp(x, lo, hi)`` on ``fmt``'s grid: the representable values
+    inside ``[lo, hi]``, ``ceil(lo·2^fl)`` to ``floor(hi·2^fl)`` (exact: scaling by a power of
+    two), within ``[qmin, qmax]``; ``None`` is unbounded."""
+    qlo = fmt.qmin if lo is None else max(fmt.qmin, math.ceil(math.ldexp(lo, fmt.fl)))
+    qhi = fmt.qmax if hi is None else min(fmt.qmax, math.floor(math.ldexp(hi, fmt.fl)))
+    return qlo, qhi
+
+
 def avg_round(total: np.ndarray, d: int) -> np.ndarray:
     """Average of ``d`` integers whose sum is ``total``, rounded half up: ``floor(total/d + 1/2)``.
 

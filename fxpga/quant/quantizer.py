@@ -18,7 +18,16 @@ from ..errors import FxpgaError
 from ..limits import MAX_CALIB_VALUES
 from ..progress import bar as progress_bar
 from . import golden, ir
-from .qformat import QFormat, check_bits, dequantize, fl_fit, quantize, requantize, signed_width
+from .qformat import (
+    QFormat,
+    check_bits,
+    clip_bounds,
+    dequantize,
+    fl_fit,
+    quantize,
+    requantize,
+    signed_width,
+)
 from .qmodel import QLayer, QModel
 
 SEARCH_BELOW = 2  # candidates: fl_fit − SEARCH_BELOW … fl_fit + bits (more saturation)
@@ -279,6 +288,14 @@ def quantize_model(
             la = QLayer(node, cur_fmt, cur_fmt, cur_range, cur_range)
             if isinstance(node, ir.ReLU):
                 la.out_range = (max(cur_range[0], 0), max(cur_range[1], 0))
+            elif isinstance(node, ir.Clip):
+                qlo, qhi = clip_bounds(cur_fmt, node.lo, node.hi)
+                if qlo > qhi:
+                    raise FxpgaError(
+                        f"{node.where()}: no value of {cur_fmt!r} lies in [{node.lo}, "
+                        f"{node.hi}] (set a finer format for the layer before it)"
+                    )
+                la.out_range = tuple(min(max(r, qlo), qhi) for r in cur_range)
             elif isinstance(node, ir.AvgPool) and any(node.padding):
                 la.out_range = (min(cur_range[0], 0), max(cur_range[1], 0))
             cur = golden.step(la, cur)
