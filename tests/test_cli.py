@@ -417,3 +417,44 @@ def test_softmax_last_is_left_to_the_host(tmp_path, capsys, net, npz):
     out.write_text(json.dumps(obj))
     code, _, err = run(capsys, "eval", str(out), "--data", str(npz))
     assert_one_line_error(code, err, "s.fxq: host_tail must list ops of softmax, log_softmax")
+
+
+AE = """
+import torch.nn as nn
+
+def make():
+    return nn.Sequential(
+        nn.Linear(16, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 16)
+    )
+"""
+
+
+def test_a_model_without_labels(tmp_path, capsys):
+    """An autoencoder's data has no y: quantize and eval report the output's SQNR and max
+    |error| against float (not top-1), the .fxq records them, the report refuses in one line."""
+    (tmp_path / "ae.py").write_text(AE)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "ae.npz", x=rng.standard_normal((40, 16)).astype(np.float32))
+    out = tmp_path / "ae.fxq"
+    code, stdout, err = run(
+        capsys, "quantize", f"{tmp_path}/ae.py:make", "--data", str(tmp_path / "ae.npz"),
+        "-o", str(out), "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    qm = artifact.load(out)
+    xs = np.load(tmp_path / "ae.npz")["x"]
+    want = qm.graph.float_forward(xs)
+    got = np.ldexp(golden.run(qm, xs).astype(np.float64), -qm.output_fmt.fl)
+    sqnr = 10 * np.log10(np.sum(want**2) / np.sum((want - got) ** 2))
+    line = (
+        f"output on ae.npz (40 samples, no labels): SQNR {sqnr:.1f} dB against float, "
+        f"max |error| {np.max(np.abs(want - got)):.4g}"
+    )
+    assert line in stdout and "top-1" not in stdout
+    acc = json.loads(out.read_text())["accuracy"]
+    assert acc["sqnr_db"] == pytest.approx(sqnr) and "float" not in acc
+    code, stdout, _ = run(capsys, "eval", str(out), "--data", str(tmp_path / "ae.npz"))
+    assert code == 0 and line in stdout
+    code, _, err = run(capsys, "report", str(out), "-o", str(tmp_path / "r.html"))
+    assert_one_line_error(code, err, "ae.npz has no labels (y): fxpga report measures top-1")
+    assert not (tmp_path / "r.html").exists()

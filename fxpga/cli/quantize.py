@@ -96,8 +96,16 @@ def run(args) -> int:
     qm = quantizer.quantize_model(
         graph, x_calib, widths, scheme=args.scheme, config=config, progress=progress
     )
-    float_acc = quantizer.float_accuracy(graph, ds.x_test, ds.y_test)
-    fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
+    n = len(ds.x_test)
+    if ds.labelled:
+        float_acc = quantizer.float_accuracy(graph, ds.x_test, ds.y_test)
+        fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
+        acc = {"float": float_acc, "fixed": fixed_acc}
+        summary = report.accuracy_line(float_acc, fixed_acc, n, ds.name)
+    else:
+        sqnr, max_err = quantizer.output_quality(qm, ds.x_test)
+        acc = {"sqnr_db": sqnr, "max_abs_error": max_err}
+        summary = report.quality_line(sqnr, max_err, n, ds.name)
     qm.provenance = {
         **prov,
         "model_sha256": graph_digest(graph),
@@ -108,16 +116,10 @@ def run(args) -> int:
         "config": args.config,
         "fxpga": __version__,
     }
-    acc = {
-        "dataset": ds_spec,
-        "split": "test",
-        "images": len(ds.y_test),
-        "float": float_acc,
-        "fixed": fixed_acc,
-    }
+    acc = {"dataset": ds_spec, "split": "test", "images": n, **acc}
     artifact.save(qm, out, extra={"accuracy": acc})
     print(report.layer_table(qm))
-    print(report.accuracy_line(float_acc, fixed_acc, len(ds.y_test), ds.name))
+    print(summary)
     if graph.host_tail:
         print(f"note: {report.host_tail_line(graph)}")
     print(f"wrote {out} and {artifact.tensors_path(out).name} ({time.monotonic() - t0:.1f} s)")

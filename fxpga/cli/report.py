@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import FxpgaError
 from .common import check_output, dataset_for, info, lanes
 
 
@@ -39,6 +40,11 @@ def run(args) -> int:
     out = Path(args.output)
     check_output(out, (".html", ".md"), "the report")
     ds = dataset_for(args, qm)
+    if not ds.labelled:
+        raise FxpgaError(
+            f"{ds.name} has no labels (y): fxpga report measures top-1 and needs them; "
+            f"fxpga eval reports SQNR and max |error| for models without labels"
+        )
     info(args, f"profiling {args.model} on {ds.name} and sweeping word widths ...")
     rep = report.make(
         qm,

@@ -84,10 +84,8 @@ def run(args) -> int:
         outs.append(got)
         bad += got != want[i].tolist()
     top1 = prog.from_engine(np.array(outs)).argmax(axis=1)
-    print(
-        f"{args.port}: {n} images, {bad} mismatches against the golden model, accuracy "
-        f"{100 * float(np.mean(top1 == ds.y_test[:n])):.2f}%"
-    )
+    acc = f", accuracy {100 * float(np.mean(top1 == ds.y_test[:n])):.2f}%" if ds.labelled else ""
+    print(f"{args.port}: {n} images, {bad} mismatches against the golden model{acc}")
     print(
         f"engine cycles per inference: {min(cycles):,}..{max(cycles):,}; host round trip "
         f"{1e3 * float(np.mean(walls)):.1f} ms per image (UART included)"

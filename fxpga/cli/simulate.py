@@ -91,7 +91,7 @@ def run(args) -> int:
         qm,
         prog,
         ds.x_test[idx],
-        ds.y_test[idx],
+        ds.y_test[idx] if ds.labelled else None,
         args.simulator,
         seed=args.seed,
         stall=args.stall,

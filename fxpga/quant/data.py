@@ -36,7 +36,7 @@ class Dataset:
     name: str
     x_calib: np.ndarray
     x_test: np.ndarray
-    y_test: np.ndarray
+    y_test: np.ndarray | None  # None: no labels (an autoencoder's data, say)
     x_train: np.ndarray | None = None
     y_train: np.ndarray | None = None
     note: str = ""
@@ -48,11 +48,18 @@ class Dataset:
     def digest(self) -> str:
         h = hashlib.sha256()
         for a in (self.x_calib, self.x_test, self.y_test):
-            h.update(np.ascontiguousarray(a).tobytes())
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
+
+    @property
+    def labelled(self) -> bool:
+        return self.y_test is not None
 
     def check_labels(self, out_shape: tuple[int, ...]):
         """Labels must index the model's outputs (argmax over ``prod(out_shape)`` classes)."""
+        if self.y_test is None:
+            return
         classes = int(np.prod(out_shape))
         bad = np.flatnonzero((self.y_test < 0) | (self.y_test >= classes))
         if len(bad):
@@ -102,9 +109,11 @@ BUNDLED = {"digits": digits, "digits16": digits16}
 
 
 def load_npz(path: str | Path) -> Dataset:
-    """``x`` (float32, NCHW or NF), ``y`` (integer labels), optional ``x_calib``.
+    """``x`` (float32, NCHW or NF), optional ``y`` (integer labels), optional ``x_calib``.
 
-    Without ``x_calib`` the first images of ``x`` calibrate (and are also evaluated). The
+    Without ``x_calib`` the first images of ``x`` calibrate (and are also evaluated). Without
+    ``y`` (a model that is not a classifier) the flow reports how close the fixed-point output
+    is to the float one (SQNR, max |error|) instead of top-1. The
     arrays' sizes are checked against ``fxpga.limits`` from their ``.npy`` headers, before
     any of their data is read; other arrays in the file are not read.
     """
@@ -116,7 +125,7 @@ def load_npz(path: str | Path) -> Dataset:
             if k in ("x", "y", "x_calib"):
                 _check_size(p, k, shape)
         with np.load(p, allow_pickle=False) as z:
-            for k in ("x", "y"):
+            for k in ("x",):
                 if k not in z.files:
                     raise FxpgaError(
                         f"{p}: missing array '{k}' (has: {', '.join(z.files) or 'nothing'})"
@@ -128,12 +137,14 @@ def load_npz(path: str | Path) -> Dataset:
         raise FxpgaError(f"{p}: not a readable .npz file: {e}") from e
     for k, a in arrays.items():  # (a member whose header npz_shapes could not read)
         _check_size(p, k, a.shape)
-    x, y = arrays["x"], arrays["y"]
+    x, y = arrays["x"], arrays.get("y")
     _check_x(p, "x", x)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise FxpgaError(f"{p}: 'y' must be a 1-D integer array, got {y.dtype} {y.shape}")
-    if len(y) != len(x):
-        raise FxpgaError(f"{p}: 'x' has {len(x)} samples but 'y' has {len(y)}")
+    if y is not None:
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise FxpgaError(f"{p}: 'y' must be a 1-D integer array, got {y.dtype} {y.shape}")
+        if len(y) != len(x):
+            raise FxpgaError(f"{p}: 'x' has {len(x)} samples but 'y' has {len(y)}")
+        y = y.astype(np.int64)
     xc = arrays.get("x_calib")
     note = ""
     if xc is None:
@@ -145,9 +156,7 @@ def load_npz(path: str | Path) -> Dataset:
             raise FxpgaError(
                 f"{p}: 'x_calib' samples are {xc.shape[1:]}, 'x' samples are {x.shape[1:]}"
             )
-    return Dataset(
-        p.name, xc.astype(np.float32), x.astype(np.float32), y.astype(np.int64), note=note
-    )
+    return Dataset(p.name, xc.astype(np.float32), x.astype(np.float32), y, note=note)
 
 
 def npz_shapes(p: Path) -> dict[str, tuple[int, ...]]:

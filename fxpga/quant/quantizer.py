@@ -393,6 +393,16 @@ def accuracy(qm: QModel, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(golden.predict(qm, x) == y))
 
 
+def output_quality(qm: QModel, x: np.ndarray) -> tuple[float, float]:
+    """How close the fixed-point output is to the float model's on ``x``, for models that
+    are not classifiers: (SQNR in dB, max |error|), in the output's real units."""
+    want = qm.graph.float_forward(x).reshape(len(x), -1)
+    got = dequantize(golden.run(qm, x).reshape(len(x), -1), qm.output_fmt.fl)
+    err = float(np.sum((want - got) ** 2))
+    sqnr = math.inf if err == 0 else 10 * math.log10(float(np.sum(want**2)) / err)
+    return sqnr, float(np.max(np.abs(want - got)))
+
+
 def float_accuracy(graph: ir.Graph, x: np.ndarray, y: np.ndarray) -> float:
     out = graph.float_forward(x)
     return float(np.mean(out.reshape(len(out), -1).argmax(axis=1) == y))

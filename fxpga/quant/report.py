@@ -104,3 +104,11 @@ def host_tail_line(graph) -> str:
         f"{ops} after '{last}' is applied by the host in float, not in fixed point (monotone: "
         f"the argmax and top-1 are those of the integer output)"
     )
+
+
+def quality_line(sqnr_db: float, max_err: float, n: int, dataset: str) -> str:
+    """For a model without labels: the fixed-point output against the float model's."""
+    return (
+        f"output on {dataset} ({n} samples, no labels): SQNR {sqnr_db:.1f} dB against "
+        f"float, max |error| {max_err:.4g}"
+    )
