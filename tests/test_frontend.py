@@ -245,7 +245,6 @@ def test_functional_pool_variants_are_refused(pool, why):
     "layer,why",
     [
         (nn.Conv2d(1, 2, 3, groups=1, dilation=2), "dilation=(2, 2) is not supported"),
-        (nn.Conv2d(2, 2, 3, groups=2), "groups=2 is not supported"),
         (nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), "padding_mode='circular'"),
         (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True is not supported"),
         (nn.AvgPool2d(2, count_include_pad=False, padding=1), "count_include_pad=False"),
@@ -253,7 +252,7 @@ def test_functional_pool_variants_are_refused(pool, why):
     ],
 )
 def test_unsupported_variants(layer, why):
-    cin = 2 if getattr(layer, "groups", 1) == 2 else 1
+    cin = 1
     with pytest.raises(FxpgaError, match=re.escape(why)):
         frontend.from_module(nn.Sequential(layer), (cin, 6, 6))
 
@@ -479,3 +478,46 @@ def test_clamp_to_a_tensor_is_refused():
 
     with pytest.raises(FxpgaError, match="clamp to a tensor bound is not supported"):
         frontend.from_module(M(), (1, 4, 4))
+
+
+class Separable(nn.Module):
+    """A depthwise-separable block (MobileNet, DS-CNN) and a grouped conv (ResNeXt)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dw = nn.Conv2d(4, 8, 3, padding=1, groups=4, bias=False)  # 2 outputs per channel
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pw = nn.Conv2d(8, 6, 1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.gc = nn.Conv2d(6, 6, 3, stride=2, groups=3)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.dw(x)))
+        return self.gc(F.relu6(self.bn2(self.pw(x))))
+
+
+def test_depthwise_and_grouped_conv_fold_and_match_torch(tmp_path):
+    from fxpga.hw import compiler
+    from fxpga.quant import artifact, golden, quantizer
+
+    torch.manual_seed(0)
+    model = _randomize_bn(Separable())
+    g = frontend.from_module(model, (4, 7, 7))
+    assert [(n.op, getattr(n, "groups", None)) for n in g.nodes] == [
+        ("conv", 4),
+        ("relu", None),
+        ("conv", 1),
+        ("clip", None),
+        ("conv", 3),
+    ]
+    x = torch.randn(8, 4, 7, 7)
+    with torch.no_grad():
+        want = model(x).double().numpy()
+    np.testing.assert_allclose(g.float_forward(x.numpy()), want, rtol=1e-6, atol=1e-6)
+    qm = quantizer.quantize_model(g, x.numpy(), quantizer.Widths(8))
+    artifact.save(qm, tmp_path / "s.fxq")
+    back = artifact.load(tmp_path / "s.fxq")
+    assert back.layers[0].node.groups == 4 and back.layers[4].node.groups == 3
+    np.testing.assert_array_equal(golden.run(back, x.numpy()), golden.run(qm, x.numpy()))
+    with pytest.raises(FxpgaError, match=r"depthwise convolution \(groups=4\) yet"):
+        compiler.compile_model(qm)

@@ -25,14 +25,16 @@ def networks(draw):
     in_shape = (c, h, w)
     mods = []
     for _ in range(draw(st.integers(0, 3))):
-        co = draw(st.integers(1, 5))
+        co = draw(st.integers(1, 5)) * draw(st.sampled_from([1, c]))  # c·k: depthwise
         kh, kw = draw(st.integers(1, min(3, h + 2))), draw(st.integers(1, min(3, w + 2)))
         ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
         sh, sw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
         if h + 2 * ph < kh or w + 2 * pw < kw:
             continue
+        # grouped and depthwise too: groups divides both channel counts
+        g = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0 and co % d == 0]))
         mods.append(
-            nn.Conv2d(c, co, (kh, kw), stride=(sh, sw), padding=(ph, pw), bias=draw(st.booleans()))
+            nn.Conv2d(c, co, (kh, kw), (sh, sw), (ph, pw), groups=g, bias=draw(st.booleans()))
         )
         c, h, w = co, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         if draw(st.booleans()):
@@ -98,14 +100,16 @@ def _prev(qm, la):
 
 
 def test_conv_acc_matches_naive_loop(rng):
-    for _ in range(20):
-        n, c, h, w = 2, rng.integers(1, 4), rng.integers(3, 7), rng.integers(3, 7)
-        o, kh, kw = rng.integers(1, 4), rng.integers(1, 4), rng.integers(1, 4)
+    """Plain, grouped and depthwise (groups = channels, one or two outputs each)."""
+    for k in range(30):
+        groups = [1, 2, 3][k % 3]
+        n, c, h, w = 2, groups * rng.integers(1, 3), rng.integers(3, 7), rng.integers(3, 7)
+        o, kh, kw = groups * rng.integers(1, 3), rng.integers(1, 4), rng.integers(1, 4)
         sh, sw, ph, pw = rng.integers(1, 3), rng.integers(1, 3), kh // 2, kw // 2
         x = rng.integers(-128, 128, (n, c, h, w))
-        wt = rng.integers(-128, 128, (o, c, kh, kw))
+        wt = rng.integers(-128, 128, (o, c // groups, kh, kw))
         b = rng.integers(-1000, 1000, o)
-        got = golden.conv_acc(x, wt, b, (sh, sw), (ph, pw))
+        got = golden.conv_acc(x, wt, b, (sh, sw), (ph, pw), groups)
         xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         want = np.zeros((n, o, oh, ow), dtype=np.int64)
@@ -113,7 +117,9 @@ def test_conv_acc_matches_naive_loop(rng):
             for oc in range(o):
                 for y in range(oh):
                     for xx in range(ow):
-                        win = xp[i, :, y * sh : y * sh + kh, xx * sw : xx * sw + kw]
+                        g, ci = oc // (o // groups), c // groups
+                        win = xp[i, g * ci : (g + 1) * ci, y * sh : y * sh + kh]
+                        win = win[:, :, xx * sw : xx * sw + kw]
                         want[i, oc, y, xx] = int((win * wt[oc]).sum()) + b[oc]
         np.testing.assert_array_equal(got, want)
 

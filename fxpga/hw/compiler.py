@@ -567,6 +567,11 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
                 f"{la.node.where()}: the engine does not run {la.node.op} layers yet "
                 f"(it runs {', '.join(ENGINE_OPS)})"
             )
+        if getattr(la.node, "groups", 1) != 1:
+            raise FxpgaError(
+                f"{la.node.where()}: the engine does not run grouped or depthwise convolution "
+                f"(groups={la.node.groups}) yet"
+            )
     lanes = cfg.lanes
     where = "compile"
     ops: list[Op] = []

@@ -204,6 +204,7 @@ def load(path: str | Path) -> QModel:
                 kw = {"weight": w, "bias": b}
                 if op == "conv":
                     kw.update(stride=tuple(a["stride"]), padding=tuple(a["padding"]))
+                    kw.update(groups=int(a.get("groups", 1)))
                 node = ir.OPS[op](name, source=e.get("source"), **kw)
             elif op == "clip":
                 lo, hi = a["lo"], a["hi"]

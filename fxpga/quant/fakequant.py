@@ -41,7 +41,7 @@ def fake_run(qm: QModel, x: np.ndarray, keep: bool = False):
                     torch.tensor(float(-(la.in_fmt.fl + la.w_fmt.fl)), dtype=torch.float64),
                 )
                 if isinstance(n, ir.Conv):
-                    y = F.conv2d(t, w, b, stride=n.stride, padding=n.padding)
+                    y = F.conv2d(t, w, b, stride=n.stride, padding=n.padding, groups=n.groups)
                 else:
                     y = F.linear(t, w, b)
                 t = _snap(y, la.out_fmt)

@@ -31,8 +31,8 @@ from . import ir
 _WHY_TENSOR = f"two 8-bit feature maps that size fill the {LARGEST_BOARD}'s block RAM"
 
 SUPPORTED = (
-    "Conv2d (groups=1, dilation=1, zero padding), Linear, BatchNorm1d/2d after a "
-    "Conv2d/Linear, ReLU, ReLU6/Hardtanh/clamp, MaxPool2d/F.max_pool2d, "
+    "Conv2d (any groups: depthwise, grouped; dilation=1, zero padding), Linear, "
+    "BatchNorm1d/2d after a Conv2d/Linear, ReLU, ReLU6/Hardtanh/clamp, MaxPool2d/F.max_pool2d, "
     "AvgPool2d/F.avg_pool2d, global average pooling (AdaptiveAvgPool2d, x.mean((2, 3))), "
     "Flatten/view(N, -1), "
     "Dropout, Identity; Softmax/LogSoftmax/Sigmoid as the last op (applied by the host)"
@@ -125,8 +125,6 @@ def _finite(ctx: _Ctx, **arrays):
 def _conv(ctx, w, b, stride, padding, dilation, groups, padding_mode="zeros"):
     if w is None or w.ndim != 4:
         ctx.fail("only 2-D convolution is supported")
-    if groups != 1:
-        ctx.fail(f"groups={groups} is not supported (only groups=1)")
     if tuple(ir._pair(dilation)) != (1, 1):
         ctx.fail(f"dilation={dilation} is not supported (only 1)")
     if padding_mode != "zeros":
@@ -147,6 +145,7 @@ def _conv(ctx, w, b, stride, padding, dilation, groups, padding_mode="zeros"):
         bias=b,
         stride=ir._pair(stride),
         padding=ir._pair(padding),
+        groups=int(groups),
         source=ctx.source,
     )
 

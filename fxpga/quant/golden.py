@@ -31,10 +31,21 @@ def _windows(x: np.ndarray, kernel, stride, padding, pad_value) -> np.ndarray:
     return win[:, :, :: stride[0], :: stride[1]]
 
 
-def conv_acc(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride, padding) -> np.ndarray:
-    """Exact accumulators of a convolution: (N, C, H, W) ints → (N, O, OH, OW)."""
-    win = _windows(x, w.shape[2:], stride, padding, 0)
-    acc = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # (N, OH, OW, O)
+def conv_acc(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, stride, padding, groups: int = 1
+) -> np.ndarray:
+    """Exact accumulators of a convolution: (N, C, H, W) ints → (N, O, OH, OW). With
+    ``groups``, output channel block ``g`` (``O / groups`` of them) sums over input channel
+    block ``g`` only (``w``: (O, C / groups, KH, KW))."""
+    win = _windows(x, w.shape[2:], stride, padding, 0)  # (N, C, OH, OW, KH, KW)
+    ci, co = w.shape[1], w.shape[0] // groups
+    parts = [
+        np.tensordot(
+            win[:, g * ci : (g + 1) * ci], w[g * co : (g + 1) * co], axes=([1, 4, 5], [1, 2, 3])
+        )
+        for g in range(groups)
+    ]  # each (N, OH, OW, O / groups)
+    acc = parts[0] if groups == 1 else np.concatenate(parts, axis=3)
     return np.moveaxis(acc, 3, 1) + b.reshape(1, -1, 1, 1)
 
 
@@ -58,7 +69,7 @@ def accumulate(layer: QLayer, x: np.ndarray) -> np.ndarray:
     x = x.astype(dt)
     w, b = layer.w.astype(dt), layer.b.astype(dt)
     if isinstance(layer.node, ir.Conv):
-        return conv_acc(x, w, b, layer.node.stride, layer.node.padding)
+        return conv_acc(x, w, b, layer.node.stride, layer.node.padding, layer.node.groups)
     return linear_acc(x, w, b)
 
 

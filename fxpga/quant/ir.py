@@ -63,12 +63,15 @@ def _need_chw(node: Node, shape: Shape):
 
 @dataclass
 class Conv(Node):
-    """2-D convolution, groups=1, dilation=1, zero padding. ``weight``: (O, I, KH, KW)."""
+    """2-D convolution, dilation=1, zero padding. ``weight``: (O, I / groups, KH, KW); with
+    ``groups`` > 1 output channel ``o`` sees input channels ``g·I/groups …`` of its group
+    ``g = o // (O / groups)`` (depthwise: ``groups = I``)."""
 
     weight: np.ndarray = None
     bias: np.ndarray = None
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    groups: int = 1
 
     op = "conv"
     has_weights = True
@@ -80,7 +83,8 @@ class Conv(Node):
     def infer(self, s):
         _need_chw(self, s)
         o, i, kh, kw = self.weight.shape
-        if s[0] != i:
+        i *= self.groups
+        if s[0] != i or o % self.groups:
             raise FxpgaError(f"{self.where()}: conv expects {i} input channels, got shape {s}")
         h = _window_out(s[1], kh, self.stride[0], self.padding[0])
         w = _window_out(s[2], kw, self.stride[1], self.padding[1])
@@ -93,12 +97,12 @@ class Conv(Node):
             "kernel": list(self.kernel),
             "stride": list(self.stride),
             "padding": list(self.padding),
-        }
+        } | ({"groups": self.groups} if self.groups != 1 else {})
 
     def float_forward(self, x):
         w = torch.from_numpy(self.weight).to(x.dtype)
         b = torch.from_numpy(self.bias).to(x.dtype)
-        return F.conv2d(x, w, b, stride=self.stride, padding=self.padding)
+        return F.conv2d(x, w, b, stride=self.stride, padding=self.padding, groups=self.groups)
 
 
 @dataclass
