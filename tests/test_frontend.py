@@ -521,3 +521,61 @@ def test_depthwise_and_grouped_conv_fold_and_match_torch(tmp_path):
     np.testing.assert_array_equal(golden.run(back, x.numpy()), golden.run(qm, x.numpy()))
     with pytest.raises(FxpgaError, match=r"depthwise convolution \(groups=4\) yet"):
         compiler.compile_model(qm)
+
+
+class Pads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.zp = nn.ZeroPad2d((0, 1, 0, 1))  # TF 'SAME', stride 2, even input
+        self.cp = nn.ConstantPad2d((1, 1, 4, 5), 0.0)
+        self.c = nn.Conv2d(2, 3, (10, 4), stride=2)
+
+    def forward(self, x):
+        x = self.c(self.cp(self.zp(x)))
+        return F.pad(F.pad(x, (1, 0)), (0, 0, 2, 1))
+
+
+@pytest.mark.parametrize("export", [False, True])
+def test_zero_padding_forms(export, tmp_path):
+    torch.manual_seed(0)
+    model = Pads().eval()
+    if export:
+        ep = torch.export.export(model, (torch.randn(2, 2, 48, 9),))
+        torch.export.save(ep, tmp_path / "m.pt2")
+        g = frontend.from_export(tmp_path / "m.pt2")
+    else:
+        g = frontend.from_module(model, (2, 48, 9))
+    assert [(n.op, getattr(n, "pads", None)) for n in g.nodes] == [
+        ("pad", (0, 1, 0, 1)),
+        ("pad", (1, 1, 4, 5)),
+        ("conv", None),
+        ("pad", (1, 0, 0, 0)),
+        ("pad", (0, 0, 2, 1)),
+    ]
+    x = torch.randn(4, 2, 48, 9)
+    with torch.no_grad():
+        want = model(x).double().numpy()
+    np.testing.assert_allclose(g.float_forward(x.numpy()), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "pad,why",
+    [
+        (nn.ReflectionPad2d(1), "unsupported op"),
+        (nn.ConstantPad2d(1, 0.5), "value=0.5 is not supported (only zeros)"),
+        (lambda x: F.pad(x, (1, 1, 1, 1), mode="replicate"), "mode='replicate'"),
+        (lambda x: F.pad(x, (1, 1, 1, 1, 1, 1)), "supported are (left, right, top, bottom)"),
+    ],
+)
+def test_other_padding_is_refused(pad, why):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if isinstance(pad, nn.Module):
+                self.pad = pad
+
+        def forward(self, x):
+            return self.pad(x) if isinstance(pad, nn.Module) else pad(x)
+
+    with pytest.raises(FxpgaError, match=re.escape(why)):
+        frontend.from_module(M(), (1, 4, 4))

@@ -75,3 +75,39 @@ def test_feature_map_sizes():
     assert [type(m).__name__ for m in ds.features[:2]] == ["ZeroPad2d", "Conv2d"]
     assert ds.features[0].padding == (1, 1, 4, 5)  # TF 'SAME' for 10×4 stride 2 on 49×10
     assert sum(isinstance(m, nn.Conv2d) and m.groups == 64 for m in ds.modules()) == 4
+
+
+@pytest.mark.parametrize("name", ["ds-cnn", "mobilenet-v1-0.25", "fc-ae"])
+def test_chains_import_and_quantize_exactly(name):
+    """The three chains among the MLPerf Tiny models (resnet8 branches) go through the
+    frontend (TF 'SAME' pads, depthwise convs, BN folded), match torch, and quantize with
+    the golden model equal to fake quantization. Seeded random weights and inputs: a
+    hardware benchmark, no accuracy claimed."""
+    import numpy as np
+
+    from fxpga.quant import fakequant, frontend, golden, quantizer
+
+    torch.manual_seed(0)
+    model = tiny.MODELS[name][0]().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    g = frontend.from_module(model, model.input_shape)
+    assert sum(n.weight.size + n.bias.size for n in g.weighted()) == PUBLISHED[name][0]
+    x = np.random.default_rng(0).standard_normal((6, *model.input_shape))
+    with torch.no_grad():
+        want = model(torch.from_numpy(x).float()).double().numpy()
+    np.testing.assert_allclose(g.float_forward(x), want, rtol=1e-4, atol=1e-4)  # torch: fp32
+    qm = quantizer.quantize_model(g, x, quantizer.Widths(8))
+    assert qm.max_acc_bits <= 52
+    got = np.ldexp(golden.run(qm, x).astype(np.float64), -qm.output_fmt.fl)
+    np.testing.assert_array_equal(fakequant.fake_run(qm, x), got)
+
+
+def test_resnet8_is_refused_where_it_branches():
+    from fxpga.errors import FxpgaError
+    from fxpga.quant import frontend
+
+    with pytest.raises(FxpgaError, match="stack1.skip.*the network branches"):
+        frontend.from_module(tiny.ResNet8().eval(), (3, 32, 32))

@@ -206,6 +206,13 @@ def load(path: str | Path) -> QModel:
                     kw.update(stride=tuple(a["stride"]), padding=tuple(a["padding"]))
                     kw.update(groups=int(a.get("groups", 1)))
                 node = ir.OPS[op](name, source=e.get("source"), **kw)
+            elif op == "pad":
+                pads = a["pads"]
+                if not (isinstance(pads, list) and len(pads) == 4):
+                    raise FxpgaError(f"{where}: pads must be [left, right, top, bottom]")
+                if not all(isinstance(v, int) and 0 <= v <= 1024 for v in pads):
+                    raise FxpgaError(f"{where}: pads must be integers in 0..1024, not {pads}")
+                node = ir.Pad(name, pads=tuple(pads), source=e.get("source"))
             elif op == "clip":
                 lo, hi = a["lo"], a["hi"]
                 if not all(v is None or isinstance(v, int | float) for v in (lo, hi)):

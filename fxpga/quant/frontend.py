@@ -31,7 +31,7 @@ from . import ir
 _WHY_TENSOR = f"two 8-bit feature maps that size fill the {LARGEST_BOARD}'s block RAM"
 
 SUPPORTED = (
-    "Conv2d (any groups: depthwise, grouped; dilation=1, zero padding), Linear, "
+    "Conv2d (any groups: depthwise, grouped; dilation=1, zero padding), ZeroPad2d/F.pad, Linear, "
     "BatchNorm1d/2d after a Conv2d/Linear, ReLU, ReLU6/Hardtanh/clamp, MaxPool2d/F.max_pool2d, "
     "AvgPool2d/F.avg_pool2d, global average pooling (AdaptiveAvgPool2d, x.mean((2, 3))), "
     "Flatten/view(N, -1), "
@@ -333,6 +333,35 @@ def _f_avgpool(
         ceil_mode,
         extra_ok=count_include_pad and divisor_override is None,
     )
+
+
+MAX_PAD = 1024  # zeros on one side: more than any real network's
+
+
+def _pad(ctx, pads, mode="constant", value=None):
+    """Zero padding of the last two dims: (left, right[, top, bottom])."""
+    if mode != "constant" or value not in (None, 0, 0.0):
+        ctx.fail(f"padding with mode={mode!r}, value={value!r} is not supported (only zeros)")
+    pads = tuple(int(p) for p in pads)
+    if len(pads) == 2:
+        pads += (0, 0)
+    if len(pads) != 4 or not all(0 <= p <= MAX_PAD for p in pads):
+        ctx.fail(f"pads {pads}: supported are (left, right, top, bottom) in 0..{MAX_PAD}")
+    if not any(pads):
+        return _DROP
+    return ir.Pad(ctx.name, pads=pads, source=ctx.source)
+
+
+@converts(nn.ZeroPad2d, nn.ConstantPad2d)
+def _m_pad(ctx, m):
+    return _pad(ctx, m.padding, "constant", getattr(m, "value", 0.0))
+
+
+@converts(F.pad, torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
+def _f_pad(ctx, x, pad, mode="constant", value=None):
+    if isinstance(mode, int | float):  # constant_pad_nd(x, pad, value)
+        mode, value = "constant", mode
+    return _pad(ctx, pad, mode, value)
 
 
 def _clip(ctx, lo, hi):

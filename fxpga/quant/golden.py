@@ -8,7 +8,7 @@ Vectorised numpy over a batch. Per layer (docs/numerics.md):
 - relu: ``max(x, 0)``; clip: ``clip(x, qlo, qhi)``, the representable values in [lo, hi];
   maxpool: window max, padding never wins (pads with the format's minimum);
   avgpool: window sum with zero padding, ``floor(sum/k + 1/2)`` for a k-element window;
-  flatten: C-order reshape.
+  pad: zeros; flatten: C-order reshape.
 """
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ def step(layer: QLayer, x: np.ndarray) -> np.ndarray:
         return out.astype(np.int64)
     if isinstance(n, ir.ReLU):
         return np.maximum(x, 0)
+    if isinstance(n, ir.Pad):
+        left, right, top, bottom = n.pads
+        return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     if isinstance(n, ir.Clip):
         return np.clip(x, *clip_bounds(layer.in_fmt, n.lo, n.hi))
     if isinstance(n, ir.MaxPool):

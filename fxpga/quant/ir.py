@@ -182,6 +182,27 @@ class Clip(Node):
 
 
 @dataclass
+class Pad(Node):
+    """Zero padding of (C, H, W) by ``pads`` = (left, right, top, bottom), as ``F.pad`` and
+    ``nn.ZeroPad2d`` give it: TensorFlow's asymmetric 'SAME' padding (pads after only, for
+    stride 2 on an even input) in a TF export."""
+
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    op = "pad"
+
+    def infer(self, s):
+        _need_chw(self, s)
+        left, right, top, bottom = self.pads
+        return (s[0], s[1] + top + bottom, s[2] + left + right)
+
+    def attrs(self):
+        return {"pads": list(self.pads)}
+
+    def float_forward(self, x):
+        return F.pad(x, self.pads)
+
+
+@dataclass
 class _Pool(Node):
     kernel: tuple[int, int] = (2, 2)
     stride: tuple[int, int] = (2, 2)

@@ -296,7 +296,9 @@ def quantize_model(
                         f"{node.hi}] (set a finer format for the layer before it)"
                     )
                 la.out_range = tuple(min(max(r, qlo), qhi) for r in cur_range)
-            elif isinstance(node, ir.AvgPool) and any(node.padding):
+            elif (isinstance(node, ir.Pad) and any(node.pads)) or (
+                isinstance(node, ir.AvgPool) and any(node.padding)
+            ):  # zeros come in: a Pad, or an average pool that counts its padding
                 la.out_range = (min(cur_range[0], 0), max(cur_range[1], 0))
             cur = golden.step(la, cur)
             cur_range = la.out_range
