@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from fxpga.quant import data, frontend, quantizer, zoo
+from fxpga.quant import artifact, data, frontend, quantizer, zoo
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +13,7 @@ def digits():
 
 @pytest.fixture(scope="session")
 def digits_model():
-    model, _ = zoo.builtin("digits-cnn", progress=False)
+    model, _ = zoo.builtin("digits-cnn")
     return model
 
 
@@ -25,6 +25,15 @@ def digits_graph(digits_model, digits):
 @pytest.fixture(scope="session")
 def digits_q8(digits_graph, digits):
     return quantizer.quantize_model(digits_graph, digits.x_calib, quantizer.Widths(8))
+
+
+@pytest.fixture(scope="session")
+def digits_fxq(tmp_path_factory, digits_q8):
+    """digits_q8 saved as a .fxq that records its dataset (for commands that read one)."""
+    p = tmp_path_factory.mktemp("m") / "d.fxq"
+    digits_q8.provenance["dataset"] = "digits"
+    artifact.save(digits_q8, p)
+    return p
 
 
 @pytest.fixture

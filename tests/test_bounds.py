@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch.nn as nn
+from test_cli import assert_one_line_error, run  # noqa: E402
 
 from fxpga import limits
 from fxpga.boards import build as boards
 from fxpga.boards import protocol
-from fxpga.cli import main
 from fxpga.errors import FxpgaError
 from fxpga.hw import compiler
 from fxpga.hw.compiler import EngineConfig
@@ -23,32 +23,8 @@ from fxpga.quant import artifact, data, frontend, ir, quantizer
 from fxpga.sim import runner, simulate
 
 
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, pattern, expect=1):
-    assert code == expect, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert pattern in lines[0], lines[0]
-
-
 def never(*args, **kwargs):
     raise AssertionError("called past a bound")
-
-
-@pytest.fixture(scope="module")
-def fxq(tmp_path_factory, digits_q8):
-    p = tmp_path_factory.mktemp("m") / "d.fxq"
-    digits_q8.provenance["dataset"] = "digits"
-    artifact.save(digits_q8, p)
-    return p
 
 
 # ---- the command line: the numbers typed there (argparse, exit 2)
@@ -84,11 +60,11 @@ ARGS = [
 
 
 @pytest.mark.parametrize("argv,msg", ARGS, ids=[" ".join(a) for a, _ in ARGS])
-def test_cli_bounds(argv, msg, fxq, tmp_path, capsys, monkeypatch):
+def test_cli_bounds(argv, msg, digits_fxq, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(compiler, "compile_model", never)
     monkeypatch.setattr(artifact, "load", never)  # refused before the model is read
     cmd, *rest = argv
-    model = "digits-cnn" if cmd == "quantize" else str(fxq)
+    model = "digits-cnn" if cmd == "quantize" else str(digits_fxq)
     suffix = {"quantize": "m.fxq", "report": "r.md"}.get(cmd, "dir")
     out = ["-o", str(tmp_path / "out" / suffix)] if cmd != "run" else []  # run writes nothing
     code, stdout, err = run(capsys, cmd, model, *rest, *out, "-q")
@@ -96,7 +72,7 @@ def test_cli_bounds(argv, msg, fxq, tmp_path, capsys, monkeypatch):
     assert stdout == "" and not (tmp_path / "out").exists()
 
 
-def test_compile_lanes_100000_stops_before_compiling(fxq, tmp_path, capsys, monkeypatch):
+def test_compile_lanes_100000_stops_before_compiling(digits_fxq, tmp_path, capsys, monkeypatch):
     """The library's bound, reached from the command's own code: EngineConfig refuses the lanes
     before compile_model could build per-lane memories."""
     from fxpga.cli import compile as compile_cmd
@@ -104,7 +80,7 @@ def test_compile_lanes_100000_stops_before_compiling(fxq, tmp_path, capsys, monk
     monkeypatch.setattr(compiler, "compile_model", never)
     out = tmp_path / "e"
     args = argparse.Namespace(
-        model=str(fxq),
+        model=str(digits_fxq),
         lanes=100000,
         data_bits=None,
         weight_bits=None,
@@ -123,7 +99,7 @@ def test_compile_lanes_100000_stops_before_compiling(fxq, tmp_path, capsys, monk
     assert not out.exists()
 
 
-def test_report_build_with_too_many_lanes(fxq, tmp_path, capsys, monkeypatch):
+def test_report_build_with_too_many_lanes(digits_fxq, tmp_path, capsys, monkeypatch):
     """A build directory's lanes go through the same bound (exit 1, nothing written)."""
     monkeypatch.setattr(compiler, "compile_model", never)
     b = tmp_path / "b"
@@ -132,16 +108,16 @@ def test_report_build_with_too_many_lanes(fxq, tmp_path, capsys, monkeypatch):
         json.dumps({"board": "ulx3s-85f", "lanes": 100000, "cycles": 1})
     )
     out = tmp_path / "r.md"
-    code, _, err = run(capsys, "report", str(fxq), "--build", str(b), "-o", str(out), "-q")
+    code, _, err = run(capsys, "report", str(digits_fxq), "--build", str(b), "-o", str(out), "-q")
     assert_one_line_error(code, err, "EngineConfig.lanes must be in 1..256, not 100000")
     assert not out.exists()
 
 
-def test_simulate_waves_bound(fxq, tmp_path, capsys, monkeypatch):
+def test_simulate_waves_bound(digits_fxq, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(artifact, "load", never)
     out = tmp_path / "s"
     code, _, err = run(
-        capsys, "simulate", str(fxq), "--waves", "--samples", "101", "-o", str(out), "-q"
+        capsys, "simulate", str(digits_fxq), "--waves", "--samples", "101", "-o", str(out), "-q"
     )
     assert_one_line_error(code, err, "--waves records at most 100 images (one simulator run)")
     assert not out.exists()

@@ -4,17 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from test_cli import run  # noqa: E402
 
-from fxpga.cli import main
 from fxpga.quant import artifact
-
-
-@pytest.fixture(scope="module")
-def fxq(tmp_path_factory, digits_q8):
-    p = tmp_path_factory.mktemp("m") / "d.fxq"
-    digits_q8.provenance["dataset"] = "digits"
-    artifact.save(digits_q8, p)
-    return p
 
 
 def widest_accumulator(qm) -> str:
@@ -24,18 +16,11 @@ def widest_accumulator(qm) -> str:
     return f"layer '{worst.name}' needs a {worst.acc_bits}-bit accumulator"
 
 
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_compile_writes_program_images_and_verilog(fxq, tmp_path, capsys):
+def test_compile_writes_program_images_and_verilog(digits_fxq, tmp_path, capsys):
     out = tmp_path / "eng"
-    code, stdout, err = run(capsys, "compile", str(fxq), "--lanes", "8", "-o", str(out), "-q")
+    code, stdout, err = run(
+        capsys, "compile", str(digits_fxq), "--lanes", "8", "-o", str(out), "-q"
+    )
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
     assert names == ["bias.hex", "fxpga_engine.v", "program.hex", "program.json"] + [
@@ -54,11 +39,11 @@ def test_compile_writes_program_images_and_verilog(fxq, tmp_path, capsys):
     assert len(w0) == prog["wmem_depth"] and all(len(h) == 2 for h in w0)
 
 
-def test_compile_check_runs_the_engine(fxq, tmp_path, capsys):
+def test_compile_check_runs_the_engine(digits_fxq, tmp_path, capsys):
     code, stdout, err = run(
         capsys,
         "compile",
-        str(fxq),
+        str(digits_fxq),
         "--lanes",
         "3",
         "--no-verilog",
@@ -80,11 +65,11 @@ def test_compile_check_runs_the_engine(fxq, tmp_path, capsys):
         (["--lanes", "0"], "lanes must be in 1..256, got 0"),
     ],
 )
-def test_compile_errors(fxq, digits_q8, tmp_path, capsys, argv, msg):
+def test_compile_errors(digits_fxq, digits_q8, tmp_path, capsys, argv, msg):
     if msg is None:
         msg = f"{widest_accumulator(digits_q8)}, the engine has acc_bits=12"
     out = tmp_path / "e"
-    code, _, err = run(capsys, "compile", str(fxq), *argv, "-o", str(out), "-q")
+    code, _, err = run(capsys, "compile", str(digits_fxq), *argv, "-o", str(out), "-q")
     assert code in (1, 2) and len(err.strip().splitlines()) == 1 and msg in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 

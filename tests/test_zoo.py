@@ -32,7 +32,7 @@ def test_unknown_dataset():
 
 
 def test_digits_vgg_maps_onto_the_engine():
-    model, ds_name = zoo.builtin("digits-vgg", progress=False)
+    model, ds_name = zoo.builtin("digits-vgg")
     ds = data.load(ds_name)
     graph = frontend.from_module(model, ds.sample_shape)
     assert [n.op for n in graph.weighted()] == ["conv"] * 5 + ["linear"] * 2
@@ -102,19 +102,15 @@ def test_train_writes_weights_and_manifest_and_compares(tmp_path, capsys):
 
 
 def test_train_errors(tmp_path, capsys):
-    from fxpga.cli import main
+    from test_cli import assert_one_line_error, run
 
-    for argv, msg in [
-        (["train", "resnet9000", "-o", str(tmp_path / "w.npz")], "invalid choice: 'resnet9000'"),
-        (["train", "digits-cnn", "--epochs", "0", "-o", str(tmp_path / "w.npz")], "1..1000"),
-        (["train", "digits-cnn", "-o", str(tmp_path / "w.pt")], "must end in .npz"),
+    for argv, msg, code in [
+        (["train", "resnet9000", "-o", str(tmp_path / "w.npz")], "invalid choice: 'resnet9000'", 2),
+        (["train", "digits-cnn", "--epochs", "0", "-o", str(tmp_path / "w.npz")], "1..1000", 2),
+        (["train", "digits-cnn", "-o", str(tmp_path / "w.pt")], "must end in .npz", 1),
     ]:
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code
-        err = capsys.readouterr().err
-        assert code in (1, 2) and len(err.strip().splitlines()) == 1 and msg in err, err
+        got, _, err = run(capsys, *argv)
+        assert_one_line_error(got, err, msg, code)
     assert list(tmp_path.iterdir()) == []
 
 
