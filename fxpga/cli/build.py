@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import limits
 from ..errors import FxpgaError
-from .common import BOARDS, bounded_float, info, lanes, seed
+from .common import BOARDS, bounded, info, lanes, seed
 
 
 def add(sub, common):
@@ -23,7 +23,7 @@ def add(sub, common):
     b.add_argument("--lanes", type=lanes, help="MAC lanes [the board's default]")
     b.add_argument(
         "--freq",
-        type=bounded_float(limits.MIN_FREQ_MHZ, limits.MAX_FREQ_MHZ, "MHz"),
+        type=bounded(limits.MIN_FREQ_MHZ, limits.MAX_FREQ_MHZ, "MHz"),
         metavar="MHZ",
         help="engine clock, made by the board's PLL when it is not the oscillator's "
         "[the board's default]",

@@ -20,42 +20,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def bounded(lo: int, hi: int, what: str = "an integer", why: str = ""):
-    """An argparse type: an integer in ``lo..hi``; the bound (and ``why``) is named in the
+def bounded(lo, hi, what: str = "an integer", why: str = ""):
+    """An argparse type: a number in ``lo..hi``, an integer where both bounds are (else a
+    float: NaN and infinities fail the bound); the bound (and ``why``) is named in the
     error."""
+    integral = isinstance(lo, int) and isinstance(hi, int)
+    span = f"{lo}..{hi}" if integral else f"{lo:g}..{hi:g}"
     why = f" ({why})" if why else ""
 
-    def parse(v: str) -> int:
+    def parse(v: str):
         try:
-            n = int(v)
+            x = int(v) if integral else float(v)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {what} in {lo}..{hi}, got {v!r}{why}"
-            ) from None
-        if not lo <= n <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi}, got {n}{why}")
-        return n
-
-    parse.__name__ = what  # argparse names the type in "invalid <name> value" messages
-    return parse
-
-
-def bounded_float(lo: float, hi: float, what: str, why: str = ""):
-    """An argparse type: a number in ``lo..hi`` (not NaN, not infinite)."""
-    why = f" ({why})" if why else ""
-
-    def parse(v: str) -> float:
-        try:
-            x = float(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {what} in {lo:g}..{hi:g}, got {v!r}{why}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"expected {what} in {span}, got {v!r}{why}") from None
         if not lo <= x <= hi:  # NaN fails this too
-            raise argparse.ArgumentTypeError(f"{what} must be in {lo:g}..{hi:g}, got {v}{why}")
+            raise argparse.ArgumentTypeError(
+                f"{what} must be in {span}, got {x if integral else v}{why}"
+            )
         return x
 
-    parse.__name__ = what
+    parse.__name__ = what  # argparse names the type in "invalid <name> value" messages
     return parse
 
 
@@ -94,7 +78,7 @@ def sha256_of(path: str | Path) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
-def load_graph(spec: str, weights: str | None, progress: bool):
+def load_graph(spec: str, weights: str | None):
     """MODEL → (nn.Module or ir.Graph, default dataset name or None, provenance dict)."""
     from ..quant import frontend, zoo
 

@@ -6,7 +6,7 @@ import time
 
 from .. import limits
 from ..errors import FxpgaError
-from .common import bounded, bounded_float, dataset_for, images, info
+from .common import bounded, dataset_for, images, info
 
 
 def add(sub, common):
@@ -29,7 +29,7 @@ def add(sub, common):
     r.add_argument("--samples", type=images, default=100, metavar="N", help="[100]")
     r.add_argument(
         "--timeout",
-        type=bounded_float(limits.MIN_TIMEOUT_S, limits.MAX_TIMEOUT_S, "seconds"),
+        type=bounded(limits.MIN_TIMEOUT_S, limits.MAX_TIMEOUT_S, "seconds"),
         default=2.0,
         help="reply timeout, s [2]",
     )

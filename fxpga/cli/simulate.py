@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import limits
 from ..errors import FxpgaError
-from .common import BOARDS, bounded_float, dataset_for, images, info, lanes, seed
+from .common import BOARDS, bounded, dataset_for, images, info, lanes, seed
 
 
 def add(sub, common):
@@ -35,7 +35,7 @@ def add(sub, common):
     s.add_argument("--seed", type=seed, default=0, help="stream stall pattern seed [0]")
     s.add_argument(
         "--stall",
-        type=bounded_float(
+        type=bounded(
             0.0,
             limits.MAX_STALL,
             "stall probability",
