@@ -100,10 +100,19 @@ class _Ctx:
         self.fail(f"expected a parameter, got {arg!r}")
 
     def out_shape(self) -> tuple[int, ...] | None:
-        v = self.node.meta.get("val")
-        if v is None:
-            v = self.node.meta.get("tensor_meta")
-        return tuple(v.shape) if v is not None and hasattr(v, "shape") else None
+        return _meta_shape(self.node)
+
+    def in_shape(self) -> tuple[int, ...] | None:
+        """The shape of the node's first input (batch included), as traced."""
+        return _meta_shape(self.node.all_input_nodes[0])
+
+
+def _meta_shape(node: torch.fx.Node) -> tuple[int, ...] | None:
+    """A node's traced shape: ``val`` (torch.export) or ``tensor_meta`` (ShapeProp)."""
+    v = node.meta.get("val")
+    if v is None:
+        v = node.meta.get("tensor_meta")
+    return tuple(v.shape) if v is not None and hasattr(v, "shape") else None
 
 
 def _target_name(node: torch.fx.Node) -> str:
@@ -182,12 +191,9 @@ def _pool(ctx, cls, kernel, stride, padding, ceil_mode=False, extra_ok=True):
 
 def _flatten(ctx):
     """A reshape is a Flatten only when it maps (N, ...) to (N, prod(...))."""
-    inp = ctx.node.all_input_nodes[0]
-    src = inp.meta.get("val", inp.meta.get("tensor_meta"))
-    dst = ctx.out_shape()
+    src, dst = ctx.in_shape(), ctx.out_shape()
     if src is None or dst is None:
         ctx.fail("cannot tell the shapes of this reshape")
-    src = tuple(src.shape)
     if len(dst) == 2 and dst[0] == src[0] and dst[1] == int(np.prod(src[1:])):
         return ir.Flatten(ctx.name, source=ctx.source)
     ctx.fail(f"reshape {src} → {dst} is not a flatten to (N, -1)")
@@ -291,50 +297,6 @@ def _f_flatten(ctx, *args, **kw):
     return _flatten(ctx)
 
 
-@converts(F.max_pool2d)
-def _f_maxpool(
-    ctx,
-    x,
-    kernel_size,
-    stride=None,
-    padding=0,
-    dilation=1,
-    ceil_mode=False,
-    return_indices=False,
-):
-    return _pool(
-        ctx,
-        ir.MaxPool,
-        kernel_size,
-        stride,
-        padding,
-        ceil_mode,
-        extra_ok=ir._pair(dilation) == (1, 1) and not return_indices,
-    )
-
-
-@converts(F.avg_pool2d)
-def _f_avgpool(
-    ctx,
-    x,
-    kernel_size,
-    stride=None,
-    padding=0,
-    ceil_mode=False,
-    count_include_pad=True,
-    divisor_override=None,
-):
-    return _pool(
-        ctx,
-        ir.AvgPool,
-        kernel_size,
-        stride,
-        padding,
-        ceil_mode,
-        extra_ok=count_include_pad and divisor_override is None,
-    )
-
-
 MAX_PAD = 1024  # zeros on one side: more than any real network's
 
 
@@ -415,9 +377,7 @@ def _leaky(ctx, *args, **kw):
 
 
 def _input_chw(ctx, what: str) -> tuple[int, int, int]:
-    inp = ctx.node.all_input_nodes[0]
-    v = inp.meta.get("val", inp.meta.get("tensor_meta"))
-    shape = tuple(v.shape) if v is not None and hasattr(v, "shape") else None
+    shape = ctx.in_shape()
     if shape is None or len(shape) != 4:
         ctx.fail(f"{what} needs an (N, C, H, W) input, got {shape}")
     return shape[1:]
@@ -539,19 +499,34 @@ def _a_bn_legit(ctx, x, w, b, mean, var, momentum, eps):
     return _bn(ctx, ctx.tensor(w), ctx.tensor(b), ctx.tensor(mean), ctx.tensor(var), eps)
 
 
-@converts(torch.ops.aten.max_pool2d.default)
-def _a_maxpool(ctx, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+@converts(F.max_pool2d, torch.ops.aten.max_pool2d.default)
+def _f_maxpool(
+    ctx,
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+):
     return _pool(
-        ctx, ir.MaxPool, kernel, stride, padding, ceil_mode, extra_ok=ir._pair(dilation) == (1, 1)
+        ctx,
+        ir.MaxPool,
+        kernel_size,
+        stride,
+        padding,
+        ceil_mode,
+        extra_ok=ir._pair(dilation) == (1, 1) and not return_indices,
     )
 
 
-@converts(torch.ops.aten.avg_pool2d.default)
-def _a_avgpool(
+@converts(F.avg_pool2d, torch.ops.aten.avg_pool2d.default)
+def _f_avgpool(
     ctx,
     x,
-    kernel,
-    stride=(),
+    kernel_size,
+    stride=None,
     padding=0,
     ceil_mode=False,
     count_include_pad=True,
@@ -560,7 +535,7 @@ def _a_avgpool(
     return _pool(
         ctx,
         ir.AvgPool,
-        kernel,
+        kernel_size,
         stride,
         padding,
         ceil_mode,
