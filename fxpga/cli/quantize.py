@@ -69,7 +69,7 @@ def run(args) -> int:
     if args.config:
         config = quantizer.Config.from_json(artifact.read_json(args.config), args.config)
     widths = quantizer.Widths(args.bits, args.conv_bits, args.fc_bits)
-    model, default_ds, prov = load_graph(args.model, args.weights, progress)
+    model, default_ds, prov = load_graph(args.model, args.weights)
     ds_spec = args.data or default_ds
     if ds_spec is None:
         raise FxpgaError(f"--data is required for model '{args.model}' (digits or file.npz)")

@@ -193,11 +193,11 @@ def load_state(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]
     return {k: torch.from_numpy(a.copy()) for k, a in arrays.items()}
 
 
-def builtin(name: str, progress: bool = True, weights: Path | None = None) -> tuple[nn.Module, str]:
+def builtin(name: str, weights: Path | None = None) -> tuple[nn.Module, str]:
     """The built-in model ``name`` in eval mode, and its dataset name.
 
     Its shipped weights (checked against their manifest's sha256), or ``weights``: an ``.npz``
-    that ``fxpga train`` wrote. Nothing is trained; ``progress`` is kept for the callers.
+    that ``fxpga train`` wrote. Nothing is trained.
     """
     _check_name(name)
     cls, ds_name, _ = BUILTIN[name]
