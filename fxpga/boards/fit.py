@@ -14,6 +14,7 @@ from ..errors import FxpgaError
 from ..hw.compiler import DESC_FIELDS, Program
 from ..hw.desc import HEADER_WORDS
 from ..hw.weights import SPRAM_COUNT, SPRAM_DEPTH
+from .protocol import value_bytes
 
 ASPECTS = {
     "ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),  # SB_RAM40_4K
@@ -35,7 +36,7 @@ def memories(prog: Program) -> list[tuple[str, int, int, int]]:
     """(name, count, depth, width) of the engine's and the host interface's memories."""
     cfg = prog.config
     W = cfg.post_lanes
-    vbytes = 1 if cfg.data_bits <= 8 else 2
+    vbytes = value_bytes(cfg.data_bits)
     out = [
         ("feature maps", 2 * W, -(-prog.fmap_depth // W), cfg.data_bits),
         ("biases", W, -(-prog.bmem_depth // W), cfg.acc_bits),

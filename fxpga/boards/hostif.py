@@ -38,7 +38,7 @@ class HostInterface(wiring.Component):
         if data_bits > 16:
             raise ValueError("the host protocol carries at most 16-bit values")
         self.data_bits, self.in_size, self.out_size = data_bits, in_size, out_size
-        self.vbytes = 1 if data_bits <= 8 else 2
+        self.vbytes = P.value_bytes(data_bits)
         self.ident, self.byte_timeout = bytes(ident), byte_timeout
         super().__init__({
             "rx": In(stream.Signature(8)),

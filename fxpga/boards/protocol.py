@@ -160,11 +160,16 @@ def model_hash(prog) -> bytes:
     return h.digest()[:8]
 
 
+def value_bytes(data_bits: int) -> int:
+    """Bytes per input or output value on the wire: one up to 8 bits, else two."""
+    return 1 if data_bits <= 8 else 2
+
+
 def check_sizes(prog):
     """A one-line error unless ``prog``'s engine fits the protocol: IDENT's fields, its input
     in one WRITE_INPUT frame, its output in one READ_OUTPUT reply."""
     c = prog.config
-    vb = 1 if c.data_bits <= 8 else 2
+    vb = value_bytes(c.data_bits)
     if c.lanes > MAX_IDENT_BYTE:
         raise FxpgaError(
             f"a board engine has at most {MAX_IDENT_BYTE} lanes (IDENT carries them in a "
