@@ -263,20 +263,6 @@ def test_bn_not_after_conv_is_an_error():
         frontend.from_module(m, (1, 5, 5))
 
 
-class Branch(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c = nn.Conv2d(1, 1, 1)
-
-    def forward(self, x):
-        return self.c(x) + x
-
-
-def test_branches_are_errors():
-    with pytest.raises(FxpgaError, match="unsupported op"):
-        frontend.from_module(Branch(), (1, 4, 4))
-
-
 def test_non_finite_weights():
     m = nn.Sequential(nn.Linear(3, 2))
     m[0].weight.data[0, 1] = float("nan")

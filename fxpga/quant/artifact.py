@@ -27,7 +27,8 @@ from .qformat import QFormat
 from .qmodel import QLayer, QModel
 
 SCHEMA = "fxpga.qmodel"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: layers name their inputs (a DAG); add and concat
+READS = (1, 2)  # version 1 files are chains
 
 
 def tensors_path(path: Path) -> Path:
@@ -55,8 +56,19 @@ def to_json(qm: QModel, tensors_name: str, tensors_sha: str, extra: dict | None 
             "in_shape": list(n.in_shape),
             "out_shape": list(n.out_shape),
             "attrs": n.attrs(),
+            "inputs": list(n.inputs),
         }
-        if la.w_fmt is not None:
+        if n.arity is None:  # add, concat: own output format, one format per input
+            e.update(
+                {
+                    "input_formats": [_fmt(f) for f in la.in_fmts],
+                    "output": _fmt(la.out_fmt),
+                    "in_ranges": [list(r) for r in la.in_ranges],
+                    "out_range": list(la.out_range),
+                    "stats": {k: _num(v) for k, v in la.stats.items()},
+                }
+            )
+        elif la.w_fmt is not None:
             e.update(
                 {
                     "input": _fmt(la.in_fmt),
@@ -165,10 +177,10 @@ def load(path: str | Path) -> QModel:
     obj = read_json(path)
     if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
         raise FxpgaError(f"{path}: not an fxpga quantized model (schema '{SCHEMA}' expected)")
-    if obj.get("schema_version") != SCHEMA_VERSION:
+    if obj.get("schema_version") not in READS:
         raise FxpgaError(
             f"{path}: schema version {obj.get('schema_version')!r} is not "
-            f"supported (this fxpga reads {SCHEMA_VERSION})"
+            f"supported (this fxpga reads {', '.join(map(str, READS))})"
         )
     tinfo = obj.get("tensors", {})
     tpath = path.with_name(tinfo.get("file", tensors_path(path).name))
@@ -198,6 +210,10 @@ def load(path: str | Path) -> QModel:
         if op not in ir.OPS or op == "batchnorm":
             raise FxpgaError(f"{where}: unknown op {op!r}")
         a = e.get("attrs", {})
+        inputs = e.get("inputs", [])
+        if not (isinstance(inputs, list) and all(isinstance(i, str) for i in inputs)):
+            raise FxpgaError(f"{where}: inputs must be a list of layer names, not {inputs!r}")
+        src = {"source": e.get("source"), "inputs": tuple(inputs)}
         try:
             if op in ("conv", "linear"):
                 w, b = arrays[f"{name}.w_float"], arrays[f"{name}.b_float"]
@@ -205,29 +221,29 @@ def load(path: str | Path) -> QModel:
                 if op == "conv":
                     kw.update(stride=tuple(a["stride"]), padding=tuple(a["padding"]))
                     kw.update(groups=int(a.get("groups", 1)))
-                node = ir.OPS[op](name, source=e.get("source"), **kw)
+                node = ir.OPS[op](name, **src, **kw)
             elif op == "pad":
                 pads = a["pads"]
                 if not (isinstance(pads, list) and len(pads) == 4):
                     raise FxpgaError(f"{where}: pads must be [left, right, top, bottom]")
                 if not all(isinstance(v, int) and 0 <= v <= 1024 for v in pads):
                     raise FxpgaError(f"{where}: pads must be integers in 0..1024, not {pads}")
-                node = ir.Pad(name, pads=tuple(pads), source=e.get("source"))
+                node = ir.Pad(name, pads=tuple(pads), **src)
             elif op == "clip":
                 lo, hi = a["lo"], a["hi"]
                 if not all(v is None or isinstance(v, int | float) for v in (lo, hi)):
                     raise FxpgaError(f"{where}: clip bounds must be numbers or null")
-                node = ir.Clip(name, lo=lo, hi=hi, source=e.get("source"))
+                node = ir.Clip(name, lo=lo, hi=hi, **src)
             elif op in ("maxpool", "avgpool"):
                 node = ir.OPS[op](
                     name,
                     kernel=tuple(a["kernel"]),
                     stride=tuple(a["stride"]),
                     padding=tuple(a["padding"]),
-                    source=e.get("source"),
+                    **src,
                 )
             else:
-                node = ir.OPS[op](name, source=e.get("source"))
+                node = ir.OPS[op](name, **src)
         except KeyError as err:
             raise FxpgaError(f"{where}: missing {err}") from err
         nodes.append(node)
@@ -244,9 +260,24 @@ def load(path: str | Path) -> QModel:
     for node, e in zip(nodes, entries, strict=True):
         where = f"{path}: layer '{node.name}'"
         try:
-            in_range = tuple(int(v) for v in e["in_range"])
+            in_range = tuple(int(v) for v in e.get("in_range", e.get("in_ranges", [[0, 0]])[0]))
             out_range = tuple(int(v) for v in e["out_range"])
-            if node.has_weights:
+            if node.arity is None:
+                in_fmts = [_qf(f, where) for f in e["input_formats"]]
+                in_ranges = [tuple(int(v) for v in r) for r in e["in_ranges"]]
+                if not len(in_fmts) == len(in_ranges) == len(node.inputs):
+                    raise FxpgaError(f"{where}: needs a format and a range per input")
+                la = QLayer(
+                    node,
+                    in_fmts[0],
+                    _qf(e["output"], where),
+                    in_ranges[0],
+                    out_range,
+                    in_fmts=in_fmts,
+                    in_ranges=in_ranges,
+                    stats=e.get("stats", {}),
+                )
+            elif node.has_weights:
                 la = QLayer(
                     node,
                     _qf(e["input"], where),
@@ -275,15 +306,16 @@ def load(path: str | Path) -> QModel:
         except KeyError as err:
             raise FxpgaError(f"{where}: missing {err}") from err
         layers.append(la)
-    # formats must chain: each layer's input is the previous layer's output
-    prev = input_fmt
+    # formats must agree: each layer's input formats are its inputs' output formats
+    fmts = {ir.INPUT: input_fmt}
     for la in layers:
-        if la.in_fmt != prev:
-            raise FxpgaError(
-                f"{path}: layer '{la.name}' input format {la.in_fmt} does not match "
-                f"the previous output {prev}"
-            )
-        prev = la.out_fmt
+        for i, f in zip(la.node.inputs, la.in_fmts, strict=True):
+            if f != fmts[i]:
+                what = "the input's format" if i == ir.INPUT else f"the output of '{i}'"
+                raise FxpgaError(
+                    f"{path}: layer '{la.name}' input format {f} does not match {what}, {fmts[i]}"
+                )
+        fmts[la.name] = la.out_fmt
     qm = QModel(
         graph,
         input_fmt,

@@ -28,10 +28,19 @@ def fake_run(qm: QModel, x: np.ndarray, keep: bool = False):
     outs = {}
     with torch.no_grad():
         t = _snap(torch.from_numpy(np.asarray(x, dtype=np.float64)), qm.input_fmt)
-        outs["input"] = t.numpy()
+        env = {ir.INPUT: t}
+        outs[ir.INPUT] = t.numpy()
         for la in qm.layers:
             n = la.node
-            if isinstance(n, ir.Conv | ir.Linear):
+            ins = [env[j] for j in n.inputs]
+            t = ins[0]
+            if isinstance(n, ir.Add):  # each input snapped to the output grid, then the sum
+                y = sum(_snap(v, la.out_fmt) for v in ins)
+                lim = (la.out_fmt.qmin * la.out_fmt.step, la.out_fmt.qmax * la.out_fmt.step)
+                t = y.clamp(*lim)
+            elif isinstance(n, ir.Concat):
+                t = torch.cat([_snap(v, la.out_fmt) for v in ins], dim=1)
+            elif isinstance(n, ir.Conv | ir.Linear):
                 w = torch.ldexp(
                     torch.from_numpy(la.w.astype(np.float64)),
                     torch.tensor(float(-la.w_fmt.fl), dtype=torch.float64),
@@ -58,5 +67,6 @@ def fake_run(qm: QModel, x: np.ndarray, keep: bool = False):
                 t = F.max_pool2d(t, n.kernel, n.stride, n.padding)
             else:
                 t = n.float_forward(t)
+            env[n.name] = t
             outs[n.name] = t.numpy()
     return outs if keep else t.numpy()

@@ -34,7 +34,7 @@ SUPPORTED = (
     "Conv2d (any groups: depthwise, grouped; dilation=1, zero padding), ZeroPad2d/F.pad, Linear, "
     "BatchNorm1d/2d after a Conv2d/Linear, ReLU, ReLU6/Hardtanh/clamp, MaxPool2d/F.max_pool2d, "
     "AvgPool2d/F.avg_pool2d, global average pooling (AdaptiveAvgPool2d, x.mean((2, 3))), "
-    "Flatten/view(N, -1), "
+    "Flatten/view(N, -1), x + y / torch.add (residual), torch.cat(dim=1), "
     "Dropout, Identity; Softmax/LogSoftmax/Sigmoid as the last op (applied by the host)"
 )
 
@@ -77,9 +77,16 @@ def source_of(node: torch.fx.Node) -> str | None:
 class _Ctx:
     """What a converter can see: the node, its resolved arguments and the traced module."""
 
-    def __init__(self, gm: torch.fx.GraphModule, node: torch.fx.Node, name: str):
+    def __init__(self, gm: torch.fx.GraphModule, node: torch.fx.Node, name: str, value=None):
         self.gm, self.node, self.name = gm, node, name
         self.source = source_of(node)
+        self.value = value or {}  # fx node → the IR tensor it carries
+
+    def tensor_name(self, arg) -> str:
+        """The IR tensor an fx argument carries; anything else (a constant) is refused."""
+        if isinstance(arg, torch.fx.Node) and arg in self.value:
+            return self.value[arg]
+        self.fail(f"expects tensors computed from the input, got {arg!r}")
 
     def where(self) -> str:
         s = f"node '{self.node.name}' ({self.node.op} {_target_name(self.node)})"
@@ -474,6 +481,25 @@ def _f_drop(ctx, *args, **kw):
     return _DROP
 
 
+@converts(operator.add, operator.iadd, torch.add, "add", "add_", torch.ops.aten.add.Tensor)
+@converts(torch.ops.aten.add_.Tensor)
+def _f_add(ctx, x, y, *args, alpha=1, **kw):
+    """``x + y`` of two tensors: a residual add (a constant added is refused)."""
+    if args or alpha != 1:
+        ctx.fail(f"add with alpha={args[0] if args else alpha} is not supported (alpha=1 only)")
+    inputs = (ctx.tensor_name(x), ctx.tensor_name(y))
+    return ir.Add(ctx.name, source=ctx.source, inputs=inputs)
+
+
+@converts(torch.cat, torch.concat, torch.concatenate, torch.ops.aten.cat.default)
+def _f_cat(ctx, tensors, dim=0, *args, **kw):
+    """``torch.cat(tensors, dim=1)``: channel concatenation."""
+    rank = len(ctx.out_shape() or ())
+    if dim not in (1, 1 - rank) or rank < 2:
+        ctx.fail(f"concatenation along dim={dim} is not supported (channels only: dim=1)")
+    return ir.Concat(ctx.name, source=ctx.source, inputs=tuple(ctx.tensor_name(t) for t in tensors))
+
+
 # ---- aten ops (torch.export) -------------------------------------------------------------
 
 
@@ -574,11 +600,11 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
             f"the model must take exactly one input tensor, it takes {len(placeholders)}"
         )
     used: set[str] = set()
-    last = "input"
     tail: list[str] = []  # monotone ops after the last layer, left to the host
+    output = host_of = None
     for n in gm.graph.nodes:
         if n.op == "placeholder":
-            value[n] = "input"
+            value[n] = ir.INPUT
             continue
         if n.op == "get_attr":
             continue
@@ -589,8 +615,7 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
                 if len(out) != 1:
                     raise FxpgaError(f"the model must return one tensor, it returns {len(out)}")
                 out = out[0]
-            if value.get(out) != last:
-                raise FxpgaError("the model's output is not the last layer of a chain")
+            output = value.get(out)
             continue
         if n.op == "call_module" and str(n.target).startswith("_guards"):
             continue  # torch.export's shape-guard check
@@ -611,7 +636,7 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
             args = n.args
             kwargs = n.kwargs
         conv = _CONVERTERS.get(key)
-        ctx = _Ctx(gm, n, "")
+        ctx = _Ctx(gm, n, "", value)
         if conv is None:
             ctx.fail(f"unsupported op; supported are {SUPPORTED}")
         tensor_in = [
@@ -619,18 +644,17 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
             for a in n.all_input_nodes
             if a.op != "get_attr" and not (a.op == "call_method" and a.target == "size")
         ]
-        if len(tensor_in) != 1 or tensor_in[0] not in value:
-            ctx.fail("takes more than one tensor; only chains of single-input layers are supported")
-        if value[tensor_in[0]] != last:
-            ctx.fail("the network branches; only chains of layers are supported")
+        if not tensor_in or any(a not in value for a in tensor_in):
+            ctx.fail("does not take a tensor computed from the model's input")
         ctx.name = _layer_name(gm, n, used)
         layer = conv(ctx, *args, **kwargs)
-        if layer is _DROP:
-            value[n] = last
-            continue
-        if isinstance(layer, _Host):
-            tail.append(layer.op)
-            value[n] = last
+        if layer is _DROP or isinstance(layer, _Host):
+            if len(tensor_in) != 1:
+                ctx.fail("takes more than one tensor")
+            value[n] = value[tensor_in[0]]
+            if isinstance(layer, _Host):
+                tail.append(layer.op)
+                host_of = value[n]
             continue
         if tail:
             ctx.fail(
@@ -638,6 +662,10 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
                 f"applies it in float)"
             )
         layers = layer if isinstance(layer, list) else [layer]
+        if not layers[0].inputs:
+            if len(tensor_in) != 1:
+                ctx.fail("takes more than one tensor where one is expected")
+            layers[0].inputs = (value[tensor_in[0]],)
         for extra in layers[1:]:  # a second IR node from one op (mean's flatten): unique name
             base, k = extra.name, 1
             while extra.name in used:
@@ -645,7 +673,14 @@ def graph_from_fx(gm: torch.fx.GraphModule, input_shape) -> ir.Graph:
                 extra.name = f"{base}_{k}"
             used.add(extra.name)
         nodes += layers
-        last = value[n] = layers[-1].name
+        value[n] = layers[-1].name
+    if tail and output != host_of:
+        raise FxpgaError(f"{tail[0]} is supported only as the last op (the host applies it)")
+    if nodes and output != nodes[-1].name:
+        raise FxpgaError(
+            f"the model's output is not its last layer '{nodes[-1].name}' (it returns "
+            f"'{output}'); only one output is supported"
+        )
     if not nodes:
         raise FxpgaError("the model has no supported layers")
     graph = ir.fold_batchnorm(ir.Graph(input_shape, nodes, tuple(tail)))

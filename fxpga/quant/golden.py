@@ -9,6 +9,9 @@ Vectorised numpy over a batch. Per layer (docs/numerics.md):
   maxpool: window max, padding never wins (pads with the format's minimum);
   avgpool: window sum with zero padding, ``floor(sum/k + 1/2)`` for a k-element window;
   pad: zeros; flatten: C-order reshape.
+- add: each input aligned to the output format (``requantize`` by ``fl_in − fl_out``: rounding
+  shift and saturation), summed, and the sum saturated; concat: each input aligned the same
+  way, then joined along channels.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .qformat import avg_round, clip_bounds, quantize, requantize
+from .qformat import QFormat, avg_round, clip_bounds, quantize, requantize, saturate
 from .qmodel import QLayer, QModel
 
 INT64_SAFE_BITS = 62  # acc plus the rounding constant stays inside int64
@@ -73,9 +76,20 @@ def accumulate(layer: QLayer, x: np.ndarray) -> np.ndarray:
     return linear_acc(x, w, b)
 
 
-def step(layer: QLayer, x: np.ndarray) -> np.ndarray:
-    """One layer of the golden model on a batch of integers."""
+def align(x: np.ndarray, src: QFormat, dst: QFormat) -> np.ndarray:
+    """An integer of format ``src`` on ``dst``'s grid: rounding shift, then saturation."""
+    return requantize(np.asarray(x, dtype=np.int64), src.fl - dst.fl, dst.bits).astype(np.int64)
+
+
+def step(layer: QLayer, *xs: np.ndarray) -> np.ndarray:
+    """One layer of the golden model on a batch of integers (one array per input)."""
     n = layer.node
+    if isinstance(n, ir.Add | ir.Concat):
+        parts = [align(x, f, layer.out_fmt) for x, f in zip(xs, layer.in_fmts, strict=True)]
+        if isinstance(n, ir.Concat):
+            return np.concatenate(parts, axis=1)
+        return saturate(sum(parts[1:], parts[0]), layer.out_fmt.bits)
+    (x,) = xs
     if isinstance(n, ir.Conv | ir.Linear):
         out = requantize(accumulate(layer, x), layer.shift, layer.out_fmt.bits)
         return out.astype(np.int64)
@@ -103,14 +117,17 @@ def run_int(qm: QModel, x_int: np.ndarray, keep: bool = False, batch: int = 4096
     """Run on integer inputs. Returns the integer output, or with ``keep`` a dict of every
     layer's integer output by name (``"input"`` included), to locate mismatches."""
     x_int = np.asarray(x_int, dtype=np.int64)
-    outs: dict[str, list[np.ndarray]] = {"input": [x_int]}
+    outs: dict[str, list[np.ndarray]] = {ir.INPUT: [x_int]}
     finals = []
+    last_use = qm.graph.last_use()
     for i in range(0, max(len(x_int), 1), batch):
-        t = x_int[i : i + batch]
-        for layer in qm.layers:
-            t = step(layer, t)
+        env = {ir.INPUT: x_int[i : i + batch]}
+        for k, layer in enumerate(qm.layers):
+            t = env[layer.name] = step(layer, *(env[j] for j in layer.node.inputs))
             if keep:
                 outs.setdefault(layer.name, []).append(t)
+            for j in last_use.get(k, ()):
+                del env[j]  # read by no later layer
         finals.append(t)
     if keep:
         return {k: np.concatenate(v) for k, v in outs.items()}

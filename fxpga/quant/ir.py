@@ -1,7 +1,10 @@
-"""A small typed graph IR: a chain of layers, each with its per-sample input and output shape.
+"""A small typed graph IR: a DAG of named tensors, each node with its per-sample shapes.
 
-The supported ops take one tensor and give one tensor, so every supported network is a chain
-in topological order. Shapes exclude the batch dimension: ``(C, H, W)`` or ``(F,)``.
+Every node produces one tensor named after it and reads the tensors named in ``inputs`` (the
+graph input is ``INPUT``). Nodes are kept in topological order and the last one is the output.
+Most ops take one tensor and most networks are chains, so ``inputs`` may be left empty: it then
+means the node before (``Graph`` fills it in). ``Add`` and ``Concat`` take several.
+Shapes exclude the batch dimension: ``(C, H, W)`` or ``(F,)``.
 Weights are float64 numpy arrays (after BatchNorm folding, see ``fold_batchnorm``).
 """
 
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from ..errors import FxpgaError
 
 Shape = tuple[int, ...]
+INPUT = "input"  # the name of the graph's input tensor
 
 
 def _pair(v) -> tuple[int, int]:
@@ -37,17 +41,23 @@ def _window_out(size: int, k: int, s: int, p: int) -> int:
 class Node:
     name: str
     source: str | None = field(default=None, kw_only=True)  # "file.py:12" where fx knows it
-    in_shape: Shape = field(default=(), kw_only=True)
+    inputs: tuple[str, ...] = field(default=(), kw_only=True)  # () = the node before
+    in_shape: Shape = field(default=(), kw_only=True)  # the first input's
     out_shape: Shape = field(default=(), kw_only=True)
 
     op = "node"
     has_weights = False
+    arity = 1  # how many inputs; None: two or more
 
     def where(self) -> str:
         return f"layer '{self.name}'" + (f" ({self.source})" if self.source else "")
 
     def infer(self, in_shape: Shape) -> Shape:
         raise NotImplementedError
+
+    def infer_all(self, shapes: list[Shape]) -> Shape:
+        """The output shape from every input's shape (single-input ops: ``infer``)."""
+        return self.infer(shapes[0])
 
     def attrs(self) -> dict:
         return {}
@@ -256,7 +266,51 @@ class Flatten(Node):
         return torch.flatten(x, 1)
 
 
-OPS = {cls.op: cls for cls in (Conv, Linear, BatchNorm, ReLU, Clip, MaxPool, AvgPool, Flatten)}
+@dataclass
+class Add(Node):
+    """Elementwise sum of two or more tensors of one shape (a residual connection). In fixed
+    point each input is aligned to the output's format, then the sum saturated
+    (docs/numerics.md)."""
+
+    op = "add"
+    arity = None
+
+    def infer_all(self, shapes):
+        if any(s != shapes[0] for s in shapes):
+            raise FxpgaError(
+                f"{self.where()}: add needs inputs of one shape, got "
+                f"{', '.join(str(s) for s in shapes)}"
+            )
+        return shapes[0]
+
+    def float_forward(self, *xs):
+        return sum(xs[1:], xs[0])
+
+
+@dataclass
+class Concat(Node):
+    """Channel concatenation (torch ``dim=1``) of tensors that agree in every other dimension.
+    In fixed point each input is aligned to the output's format and saturated."""
+
+    op = "concat"
+    arity = None
+
+    def infer_all(self, shapes):
+        if any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:] for s in shapes):
+            raise FxpgaError(
+                f"{self.where()}: concat needs inputs that differ only in channels, got "
+                f"{', '.join(str(s) for s in shapes)}"
+            )
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    def float_forward(self, *xs):
+        return torch.cat(xs, dim=1)
+
+
+OPS = {
+    cls.op: cls
+    for cls in (Conv, Linear, BatchNorm, ReLU, Clip, Pad, MaxPool, AvgPool, Flatten, Add, Concat)
+}
 
 
 HOST_OPS = ("softmax", "log_softmax", "sigmoid")  # monotone last ops the host applies
@@ -264,7 +318,8 @@ HOST_OPS = ("softmax", "log_softmax", "sigmoid")  # monotone last ops the host a
 
 @dataclass
 class Graph:
-    """A chain of nodes fed by one input of per-sample shape ``input_shape``.
+    """Nodes in topological order fed by one input of per-sample shape ``input_shape``; the
+    last node is the output, and every other node must feed a later one.
 
     ``host_tail``: what the model applied after its last node (``softmax``, ``log_softmax``,
     ``sigmoid``: monotone, so the argmax is the same). The integer network ends before it,
@@ -280,19 +335,63 @@ class Graph:
         self.infer_shapes()
 
     def infer_shapes(self):
-        s = self.input_shape
-        names = set()
+        shapes = {INPUT: self.input_shape}
+        prev = INPUT
         for n in self.nodes:
-            if n.name in names:
-                raise FxpgaError(f"duplicate layer name '{n.name}'")
-            names.add(n.name)
-            n.in_shape = tuple(s)
-            s = tuple(int(d) for d in n.infer(n.in_shape))
-            n.out_shape = s
+            if n.name in shapes:
+                what = "the graph input's name" if n.name == INPUT else "a duplicate layer name"
+                raise FxpgaError(f"{n.where()}: '{n.name}' is {what}")
+            n.inputs = tuple(n.inputs) or (prev,)
+            for i in n.inputs:
+                if i not in shapes:
+                    raise FxpgaError(
+                        f"{n.where()}: its input '{i}' is not the graph input or an earlier layer"
+                    )
+            if n.arity is not None and len(n.inputs) != n.arity:
+                raise FxpgaError(f"{n.where()}: {n.op} takes one input, got {len(n.inputs)}")
+            if n.arity is None and len(n.inputs) < 2:
+                raise FxpgaError(f"{n.where()}: {n.op} takes two or more inputs")
+            n.in_shape = shapes[n.inputs[0]]
+            n.out_shape = tuple(int(d) for d in n.infer_all([shapes[i] for i in n.inputs]))
+            shapes[n.name] = n.out_shape
+            prev = n.name
+        used = {i for n in self.nodes for i in n.inputs}
+        for n in self.nodes[:-1]:
+            if n.name not in used:
+                raise FxpgaError(f"{n.where()}: its output is used by no later layer")
 
     @property
     def output_shape(self) -> Shape:
         return self.nodes[-1].out_shape if self.nodes else self.input_shape
+
+    @property
+    def is_chain(self) -> bool:
+        """Each node reads only the one before it (the graph input for the first)."""
+        prev = INPUT
+        for n in self.nodes:
+            if n.inputs != (prev,):
+                return False
+            prev = n.name
+        return True
+
+    def consumers(self) -> dict[str, list[Node]]:
+        """Tensor name → the nodes reading it, in order (the input and every node)."""
+        out: dict[str, list[Node]] = {INPUT: []} | {n.name: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in dict.fromkeys(n.inputs):
+                out[i].append(n)
+        return out
+
+    def last_use(self) -> dict[int, list[str]]:
+        """Node index → the tensors it is the last reader of (the output is never freed)."""
+        last = {i: k for k, n in enumerate(self.nodes) for i in n.inputs}
+        out: dict[int, list[str]] = {}
+        for name, k in last.items():
+            out.setdefault(k, []).append(name)
+        return out
+
+    def shape_of(self, name: str) -> Shape:
+        return self.input_shape if name == INPUT else self[name].out_shape
 
     def __getitem__(self, name: str) -> Node:
         for n in self.nodes:
@@ -309,15 +408,18 @@ class Graph:
         Returns the output, or with ``keep`` a dict of every node's output by name.
         """
         x = np.asarray(x)
+        last_use = self.last_use()
         outs: dict[str, list] = {n.name: [] for n in self.nodes}
         final = []
         with torch.no_grad():
             for i in range(0, max(len(x), 1), batch):
-                t = torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float64))
-                for n in self.nodes:
-                    t = n.float_forward(t)
+                env = {INPUT: torch.from_numpy(np.ascontiguousarray(x[i : i + batch], np.float64))}
+                for k, n in enumerate(self.nodes):
+                    t = env[n.name] = n.float_forward(*(env[j] for j in n.inputs))
                     if keep:
                         outs[n.name].append(t.numpy())
+                    for j in last_use.get(k, ()):
+                        del env[j]
                 final.append(t.numpy())
         if keep:
             return {k: np.concatenate(v) for k, v in outs.items()}
@@ -325,23 +427,34 @@ class Graph:
 
 
 def fold_batchnorm(graph: Graph) -> Graph:
-    """Fold every BatchNorm into the conv/linear directly before it ("streaming slimming").
+    """Fold every BatchNorm into the conv/linear that feeds it ("streaming slimming").
 
-    ``w' = w · γ/√(σ²+ε)`` per output channel, ``b' = (b − μ) · γ/√(σ²+ε) + β``.
+    ``w' = w · γ/√(σ²+ε)`` per output channel, ``b' = (b − μ) · γ/√(σ²+ε) + β``. The conv keeps
+    its name and the BatchNorm's readers read it; its output must feed nothing else.
     """
     nodes: list[Node] = []
+    by_name = {n.name: n for n in graph.nodes}
+    readers = graph.consumers()
+    renamed: dict[str, str] = {}
     for n in graph.nodes:
+        n.inputs = tuple(renamed.get(i, i) for i in n.inputs)
         if isinstance(n, BatchNorm):
-            prev = nodes[-1] if nodes else None
+            prev = by_name.get(n.inputs[0])
             if not isinstance(prev, Conv | Linear):
                 what = f"'{prev.name}' ({prev.op})" if prev else "the input"
                 raise FxpgaError(
                     f"{n.where()}: BatchNorm can only be folded into a Conv2d or "
                     f"Linear directly before it, but it follows {what}"
                 )
+            if len(readers[prev.name]) != 1:
+                raise FxpgaError(
+                    f"{n.where()}: BatchNorm can only be folded into '{prev.name}' if nothing "
+                    f"else reads that layer's output, but {len(readers[prev.name])} layers do"
+                )
             shape = (-1,) + (1,) * (prev.weight.ndim - 1)
             prev.weight = prev.weight * n.scale.reshape(shape)
             prev.bias = prev.bias * n.scale + n.shift
+            renamed[n.name] = prev.name
             continue
         nodes.append(n)
     return Graph(graph.input_shape, nodes, graph.host_tail)

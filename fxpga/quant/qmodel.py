@@ -20,7 +20,9 @@ class QLayer:
 
     For conv/linear: ``w`` (int, format ``w_fmt``), ``b`` (int, at the accumulator scale
     ``fl_in + fl_w``), ``shift = fl_in + fl_w − fl_out``, ``acc_range``/``acc_bits`` bound the
-    exact accumulator for any input in ``in_range``. Other ops keep their input's format.
+    exact accumulator for any input in ``in_range``. Add and concat have their own output
+    format and read several inputs: ``in_fmts`` / ``in_ranges`` hold one per input, in order
+    (``in_fmt`` / ``in_range`` are the first's). Other ops keep their input's format.
     """
 
     node: ir.Node
@@ -34,6 +36,12 @@ class QLayer:
     acc_range: tuple[int, int] | None = None
     acc_bits: int | None = None
     stats: dict = field(default_factory=dict)
+    in_fmts: tuple[QFormat, ...] = ()
+    in_ranges: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self):
+        self.in_fmts = tuple(self.in_fmts) or (self.in_fmt,)
+        self.in_ranges = tuple(self.in_ranges) or (self.in_range,)
 
     @property
     def name(self) -> str:
@@ -67,6 +75,10 @@ class QModel:
             if layer.name == name:
                 return layer
         raise KeyError(name)
+
+    def fmt_of(self, tensor: str) -> QFormat:
+        """The format of a tensor: the graph input's or a layer's output."""
+        return self.input_fmt if tensor == ir.INPUT else self[tensor].out_fmt
 
     @property
     def max_acc_bits(self) -> int:

@@ -124,6 +124,9 @@ class Config:
                 "in_range",
                 "out_range",
                 "format",
+                "inputs",
+                "input_formats",
+                "in_ranges",
             }
             if bad:
                 raise FxpgaError(
@@ -143,10 +146,12 @@ class Config:
                     f"{', '.join(n.name for n in graph.weighted())})"
                 )
             node = names[name]
-            if entry and not node.has_weights:
+            if "weight" in entry and not node.has_weights:
+                raise FxpgaError(f"{where}: layer '{name}' is a {node.op}, which has no weights")
+            if entry and not (node.has_weights or node.arity is None):
                 raise FxpgaError(
                     f"{where}: layer '{name}' is a {node.op}, which keeps its "
-                    f"input's format; only conv/linear formats can be set"
+                    f"input's format; only conv/linear/add/concat formats can be set"
                 )
 
 
@@ -216,8 +221,44 @@ def quantize_bias(b: np.ndarray, fl: int, where: str) -> np.ndarray:
     return q.astype(np.int64)
 
 
-def _followed_by_relu(graph: ir.Graph, i: int) -> bool:
-    return i + 1 < len(graph.nodes) and isinstance(graph.nodes[i + 1], ir.ReLU)
+def _relu_reader(graph: ir.Graph, readers: dict) -> set[str]:
+    """Tensors whose only reader is a ReLU: their error is measured after it."""
+    return {
+        name
+        for name, rs in readers.items()
+        if name != ir.INPUT and len(rs) == 1 and isinstance(rs[0], ir.ReLU)
+    }
+
+
+def _aligned_range(r: tuple[int, int], src: QFormat, dst: QFormat) -> tuple[int, int]:
+    return tuple(int(v) for v in requantize(np.array(r, dtype=np.int64), src.fl - dst.fl, dst.bits))
+
+
+def _passthrough(node: ir.Node, fmt: QFormat, r: tuple[int, int]) -> QLayer:
+    """A layer that keeps its input's format, with the integer range it can output."""
+    la = QLayer(node, fmt, fmt, r, r)
+    if isinstance(node, ir.ReLU):
+        la.out_range = (max(r[0], 0), max(r[1], 0))
+    elif isinstance(node, ir.Clip):
+        qlo, qhi = clip_bounds(fmt, node.lo, node.hi)
+        if qlo > qhi:
+            raise FxpgaError(
+                f"{node.where()}: no value of {fmt!r} lies in [{node.lo}, {node.hi}] (set a "
+                f"finer format for the layer before it)"
+            )
+        la.out_range = tuple(min(max(v, qlo), qhi) for v in r)
+    elif (isinstance(node, ir.Pad) and any(node.pads)) or (
+        isinstance(node, ir.AvgPool) and any(node.padding)
+    ):  # zeros come in: a Pad, or an average pool that counts its padding
+        la.out_range = (min(r[0], 0), max(r[1], 0))
+    return la
+
+
+def _merge_range(node: ir.Node, ranges: list[tuple[int, int]], fmt: QFormat) -> tuple[int, int]:
+    """The output range of an add (the saturated sum of the aligned ranges) or a concat."""
+    if isinstance(node, ir.Concat):
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
+    return max(sum(r[0] for r in ranges), fmt.qmin), min(sum(r[1] for r in ranges), fmt.qmax)
 
 
 def quantize_model(
@@ -253,12 +294,18 @@ def quantize_model(
     x_calib = np.asarray(x_calib, dtype=np.float64)
     config.check(graph)
     ref = graph.float_forward(x_calib, keep=True)
-    nodes = graph.nodes
+    readers = graph.consumers()
+    before_relu = _relu_reader(graph, readers)
 
-    # target of each conv/linear: its float output, after a directly following ReLU
-    def target(i: int) -> np.ndarray:
-        y = ref[nodes[i].name]
-        return np.maximum(y, 0) if _followed_by_relu(graph, i) else y
+    # the float value a tensor is compared with: its output, after a ReLU that alone reads it
+    def target(name: str) -> np.ndarray:
+        y = ref[name]
+        return np.maximum(y, 0) if name in before_relu else y
+
+    def error(name: str, q: np.ndarray, fl: int) -> float:
+        if name in before_relu:
+            q = np.maximum(q, 0)
+        return float(np.abs(target(name) - np.ldexp(q.astype(np.float64), -fl)).sum())
 
     static_w = static_a = None
     if scheme == "static":
@@ -276,104 +323,150 @@ def quantize_model(
             lambda fl: l1_error(x_calib, QFormat(in_bits, fl)), candidates(x_calib, in_bits)
         )
     input_fmt = QFormat(in_bits, in_fl)
-    cur = quantize(x_calib, input_fmt)
-    cur_fmt, cur_range = input_fmt, (input_fmt.qmin, input_fmt.qmax)
+    # every live tensor's integers, format and integer range, by name
+    vals = {ir.INPUT: quantize(x_calib, input_fmt)}
+    fmts = {ir.INPUT: input_fmt}
+    ranges = {ir.INPUT: (input_fmt.qmin, input_fmt.qmax)}
+    last_use = graph.last_use()
 
     layers: list[QLayer] = []
-    bar = progress_bar(list(enumerate(nodes)), desc=f"{scheme} search", enabled=progress)
-    for i, node in bar:
+    bar = progress_bar(list(enumerate(graph.nodes)), desc=f"{scheme} search", enabled=progress)
+    for k, node in bar:
         bar.set_postfix_str(node.name)
         entry = config.layers.get(node.name, {})
-        if not isinstance(node, ir.Conv | ir.Linear):
-            la = QLayer(node, cur_fmt, cur_fmt, cur_range, cur_range)
-            if isinstance(node, ir.ReLU):
-                la.out_range = (max(cur_range[0], 0), max(cur_range[1], 0))
-            elif isinstance(node, ir.Clip):
-                qlo, qhi = clip_bounds(cur_fmt, node.lo, node.hi)
-                if qlo > qhi:
-                    raise FxpgaError(
-                        f"{node.where()}: no value of {cur_fmt!r} lies in [{node.lo}, "
-                        f"{node.hi}] (set a finer format for the layer before it)"
-                    )
-                la.out_range = tuple(min(max(r, qlo), qhi) for r in cur_range)
-            elif (isinstance(node, ir.Pad) and any(node.pads)) or (
-                isinstance(node, ir.AvgPool) and any(node.padding)
-            ):  # zeros come in: a Pad, or an average pool that counts its padding
-                la.out_range = (min(cur_range[0], 0), max(cur_range[1], 0))
-            cur = golden.step(la, cur)
-            cur_range = la.out_range
-            layers.append(la)
-            continue
-        where = node.where()
-        # weights
-        wov = entry.get("weight", Override())
-        wbits = wov.bits or widths.weight_bits(node)
-        if wov.fl is not None:
-            wfl = wov.fl
-        elif static_w is not None:
-            wfl = static_w
-        else:
-            wfl = best_fl(
-                lambda fl, b=wbits, w=node.weight: l1_error(w, QFormat(b, fl)),
-                candidates(node.weight, wbits),
+        ins = node.inputs
+        cur, cur_fmt, cur_range = vals[ins[0]], fmts[ins[0]], ranges[ins[0]]
+        if isinstance(node, ir.Conv | ir.Linear):
+            la, out = _quantize_weighted(
+                node,
+                cur,
+                cur_fmt,
+                cur_range,
+                entry,
+                widths,
+                static_w,
+                static_a,
+                target,
+                error,
+                before_relu,
             )
-        w_fmt = QFormat(wbits, wfl)
-        w = quantize(node.weight, w_fmt)
-        b = quantize_bias(node.bias, cur_fmt.fl + wfl, where)
-        acc_range = _acc_bound(w, b, *cur_range)
-        la = QLayer(
-            node,
-            cur_fmt,
-            cur_fmt,
-            cur_range,
-            cur_range,
-            w_fmt=w_fmt,
-            w=w,
-            b=b,
-            acc_range=acc_range,
-            acc_bits=signed_width(*acc_range),
-        )
-        acc = golden.accumulate(la, cur)
-        # output
-        oov = entry.get("output", Override())
-        obits = oov.bits or widths.act
-        y = target(i)
-        relu = _followed_by_relu(graph, i)
-        acc_fl = cur_fmt.fl + wfl
+        elif isinstance(node, ir.Add | ir.Concat):
+            in_fmts = tuple(fmts[i] for i in ins)
+            xs = [vals[i] for i in ins]
+            oov = entry.get("output", Override())
+            obits = oov.bits or widths.act
+            probe = QLayer(node, cur_fmt, cur_fmt, cur_range, cur_range, in_fmts=in_fmts)
 
-        def out_err(fl, acc=acc, y=y, relu=relu, acc_fl=acc_fl, obits=obits):
-            q = requantize(acc, acc_fl - fl, obits).astype(np.float64)
-            if relu:
-                q = np.maximum(q, 0)
-            return float(np.abs(y - np.ldexp(q, -fl)).sum())
+            def merged(fl, probe=probe, xs=xs, obits=obits):
+                probe.out_fmt = QFormat(obits, fl)
+                return golden.step(probe, *xs)
 
-        if oov.fl is not None:
-            ofl = oov.fl
-        elif static_a is not None:
-            ofl = static_a
+            if oov.fl is not None:
+                ofl = oov.fl
+            elif static_a is not None:
+                ofl = static_a
+            else:
+                y = target(node.name)
+                ofl = best_fl(
+                    lambda fl, n=node.name: error(n, merged(fl), fl), candidates(y, obits)
+                )
+            out_fmt = QFormat(obits, ofl)
+            out = merged(ofl)
+            in_ranges = tuple(ranges[i] for i in ins)
+            aligned = [
+                _aligned_range(r, f, out_fmt) for r, f in zip(in_ranges, in_fmts, strict=True)
+            ]
+            la = QLayer(
+                node,
+                cur_fmt,
+                out_fmt,
+                cur_range,
+                _merge_range(node, aligned, out_fmt),
+                in_fmts=in_fmts,
+                in_ranges=in_ranges,
+            )
+            la.stats = _out_stats(node.name, out, out_fmt, target, before_relu)
         else:
-            ofl = best_fl(out_err, candidates(y, obits))
-        la.out_fmt = QFormat(obits, ofl)
-        la.out_range = (la.out_fmt.qmin, la.out_fmt.qmax)
-        cur = requantize(acc, la.shift, obits).astype(np.int64)
-        fixed_out = dequantize(np.maximum(cur, 0) if relu else cur, ofl)
-        la.stats = {
-            "weight_sqnr_db": sqnr_db(node.weight, dequantize(w, wfl)),
-            "output_sqnr_db": sqnr_db(y, fixed_out),
-            "saturated_weights": int(np.sum((w == w_fmt.qmin) | (w == w_fmt.qmax))),
-            "saturated_outputs_pct": float(
-                100.0 * np.mean((cur == la.out_fmt.qmax) | (cur == la.out_fmt.qmin))
-            ),
-        }
-        cur_fmt, cur_range = la.out_fmt, la.out_range
+            la = _passthrough(node, cur_fmt, cur_range)
+            out = golden.step(la, cur)
+        vals[node.name], fmts[node.name], ranges[node.name] = out, la.out_fmt, la.out_range
+        for j in last_use.get(k, ()):
+            del vals[j]  # read by no later layer
         layers.append(la)
     return QModel(graph, input_fmt, layers, scheme=scheme, provenance=dict(provenance or {}))
+
+
+def _out_stats(name, out, fmt: QFormat, target, before_relu) -> dict:
+    fixed = dequantize(np.maximum(out, 0) if name in before_relu else out, fmt.fl)
+    return {
+        "output_sqnr_db": sqnr_db(target(name), fixed),
+        "saturated_outputs_pct": float(100.0 * np.mean((out == fmt.qmax) | (out == fmt.qmin))),
+    }
+
+
+def _quantize_weighted(
+    node, cur, cur_fmt, cur_range, entry, widths, static_w, static_a, target, error, before_relu
+):
+    """A conv/linear layer: its weight format, integer weights and bias, accumulator bound
+    and output format (greedy, against ``target``). Returns the layer and its output."""
+    where = node.where()
+    wov = entry.get("weight", Override())
+    wbits = wov.bits or widths.weight_bits(node)
+    if wov.fl is not None:
+        wfl = wov.fl
+    elif static_w is not None:
+        wfl = static_w
+    else:
+        wfl = best_fl(
+            lambda fl, b=wbits, w=node.weight: l1_error(w, QFormat(b, fl)),
+            candidates(node.weight, wbits),
+        )
+    w_fmt = QFormat(wbits, wfl)
+    w = quantize(node.weight, w_fmt)
+    b = quantize_bias(node.bias, cur_fmt.fl + wfl, where)
+    acc_range = _acc_bound(w, b, *cur_range)
+    la = QLayer(
+        node,
+        cur_fmt,
+        cur_fmt,
+        cur_range,
+        cur_range,
+        w_fmt=w_fmt,
+        w=w,
+        b=b,
+        acc_range=acc_range,
+        acc_bits=signed_width(*acc_range),
+    )
+    acc = golden.accumulate(la, cur)
+    oov = entry.get("output", Override())
+    obits = oov.bits or widths.act
+    acc_fl = cur_fmt.fl + wfl
+    if oov.fl is not None:
+        ofl = oov.fl
+    elif static_a is not None:
+        ofl = static_a
+    else:
+        ofl = best_fl(
+            lambda fl: error(node.name, requantize(acc, acc_fl - fl, obits), fl),
+            candidates(target(node.name), obits),
+        )
+    la.out_fmt = QFormat(obits, ofl)
+    la.out_range = (la.out_fmt.qmin, la.out_fmt.qmax)
+    out = requantize(acc, la.shift, obits).astype(np.int64)
+    stats = _out_stats(node.name, out, la.out_fmt, target, before_relu)
+    la.stats = {
+        "weight_sqnr_db": sqnr_db(node.weight, dequantize(w, wfl)),
+        "output_sqnr_db": stats["output_sqnr_db"],
+        "saturated_weights": int(np.sum((w == w_fmt.qmin) | (w == w_fmt.qmax))),
+        "saturated_outputs_pct": stats["saturated_outputs_pct"],
+    }
+    return la, out
 
 
 def _static_fls(graph: ir.Graph, x_calib, widths: Widths, target) -> tuple[int, int]:
     """One fl for all weights, one for all activations (input and conv/linear outputs)."""
     wl = [(n.weight, widths.weight_bits(n)) for n in graph.weighted()]
-    acts = [x_calib] + [target(i) for i, n in enumerate(graph.nodes) if n.has_weights]
+    acts = [x_calib] + [target(n.name) for n in graph.nodes if n.has_weights or n.arity is None]
     abits = widths.act
 
     def w_err(fl):

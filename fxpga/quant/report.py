@@ -31,6 +31,8 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def layer_table(qm: QModel) -> str:
+    """One row per tensor: the input, then every layer's output (add and concat included).
+    A graph that branches gets an "inputs" column naming what each layer reads."""
     header = [
         "layer",
         "op",
@@ -67,7 +69,7 @@ def layer_table(qm: QModel) -> str:
                     "-",
                     str(la.out_fmt.fl),
                     "-",
-                    "-",
+                    _db(la.stats.get("output_sqnr_db")),
                     "-",
                 ]
             )
@@ -85,6 +87,11 @@ def layer_table(qm: QModel) -> str:
                 str(la.acc_bits),
             ]
         )
+    if not qm.graph.is_chain:
+        header.insert(2, "inputs")
+        rows[0].insert(2, "-")
+        for row, la in zip(rows[1:], qm.layers, strict=True):
+            row.insert(2, ",".join(la.node.inputs))
     return table(rows, header)
 
 
