@@ -27,7 +27,9 @@ def test_digits16_is_digits_upscaled(digits):
 
 
 def test_unknown_dataset():
-    with pytest.raises(FxpgaError, match="unknown dataset 'mnist': use digits or digits16"):
+    with pytest.raises(
+        FxpgaError, match="unknown dataset .mnist.: use digits, digits16, noise:CxHxW"
+    ):
         data.load("mnist")
 
 
@@ -159,3 +161,38 @@ def test_quantize_is_the_same_on_any_thread_count(digits, tmp_path):
     assert a == b
     with np.load(str(got[0]) + ".npz") as za, np.load(str(got[1]) + ".npz") as zb:
         assert za.files == zb.files and all(np.array_equal(za[k], zb[k]) for k in za.files)
+
+
+@pytest.mark.parametrize("name", zoo.HARDWARE_ONLY)
+def test_hardware_only_models_are_seeded_alike_everywhere(name):
+    """The MLPerf Tiny models' weights and BN statistics are drawn from numpy's frozen
+    RandomState stream; the digest pins them, so every machine quantizes the same model."""
+    from fxpga.quant import mlperf_tiny
+
+    model, ds_name = zoo.builtin(name)
+    assert ds_name == "noise:" + "x".join(map(str, mlperf_tiny.MODELS[name][0].input_shape))
+    state = model.state_dict()
+    assert zoo.state_digest(state) == zoo.SEEDED_SHA256[name]
+    bn = [k for k in state if k.endswith("running_var")]
+    assert bn and all(0.5 <= float(state[k].min()) and float(state[k].max()) <= 2 for k in bn)
+    assert zoo.state_digest(zoo.seeded_state(model, zoo.SEEDED_SEED + 1)) != zoo.SEEDED_SHA256[name]
+
+
+def test_hardware_only_models_are_not_trained(monkeypatch):
+    with pytest.raises(FxpgaError, match="'ds-cnn' is a hardware-only benchmark .* no data set"):
+        zoo.train("ds-cnn")
+    monkeypatch.setattr(
+        zoo, "seeded_state", lambda m, seed=0: {k: v * 2 for k, v in m.state_dict().items()}
+    )
+    with pytest.raises(FxpgaError, match="'fc-ae': the seeded weights differ"):
+        zoo.builtin("fc-ae")
+
+
+def test_noise_data_is_seeded_and_unlabelled():
+    a, b = data.load("noise:3x8x8"), data.load("noise:3x8x8")
+    assert a.sample_shape == (3, 8, 8) and not a.labelled
+    assert np.array_equal(a.x_calib, b.x_calib) and -1 <= a.x_test.min() < a.x_test.max() < 1
+    assert data.load("noise:640").sample_shape == (640,)
+    for bad in ("noise:3x", "noise:1x2x3x4", "noise:0x8"):
+        with pytest.raises(FxpgaError, match="noise"):
+            data.load(bad)

@@ -83,6 +83,10 @@ def load_graph(spec: str, weights: str | None):
     from ..quant import frontend, zoo
 
     prov = {"model": spec}
+    if spec in zoo.HARDWARE_ONLY:
+        model, ds_name = zoo.builtin(spec, weights=Path(weights) if weights else None)
+        prov["weights"] = {"seeded": zoo.SEEDED_SEED, "sha256": zoo.SEEDED_SHA256[spec]}
+        return model, ds_name, prov
     if spec in zoo.BUILTIN:
         if weights:
             model, ds_name = zoo.builtin(spec, weights=Path(weights))
@@ -107,7 +111,7 @@ def load_graph(spec: str, weights: str | None):
         return frontend.load_factory(spec, weights), None, prov
     raise FxpgaError(
         f"cannot interpret model '{spec}': expected a built-in name "
-        f"({', '.join(zoo.BUILTIN)}), path/file.py:factory, or an export .pt2"
+        f"({', '.join(zoo.BUILTIN_NAMES)}), path/file.py:factory, or an export .pt2"
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,32 @@ def digits16() -> Dataset:
 
 
 BUNDLED = {"digits": digits, "digits16": digits16}
+
+NOISE_SEED = 0
+NOISE_CALIB, NOISE_TEST = 256, 64
+
+
+def noise(shape: tuple[int, ...]) -> Dataset:
+    """Unlabelled uniform random inputs in [-1, 1) of per-sample ``shape``: the data of the
+    hardware-only benchmarks (seeded, the same on every machine)."""
+    from ..limits import MAX_TENSOR_ELEMENTS
+
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+        raise FxpgaError(
+            f"noise: samples of shape {shape} hold more than {MAX_TENSOR_ELEMENTS:,} values"
+        )
+    rng = np.random.RandomState(NOISE_SEED)
+    x = (2 * rng.random_sample((NOISE_CALIB + NOISE_TEST, *shape)) - 1).astype(np.float32)
+    name = "noise:" + "x".join(map(str, shape))
+    note = "random inputs: a hardware benchmark, the output quality means nothing about accuracy"
+    return Dataset(name, x[:NOISE_CALIB], x[NOISE_CALIB:], None, note=note)
+
+
+def _noise_spec(spec: str) -> tuple[int, ...] | None:
+    m = re.fullmatch(r"noise:(\d+(?:x\d+){0,2})", spec)
+    if spec.startswith("noise:") and not m:
+        raise FxpgaError(f"dataset '{spec}': expected noise:F or noise:CxHxW, e.g. noise:3x32x32")
+    return tuple(int(d) for d in m.group(1).split("x")) if m else None
 
 
 def load_npz(path: str | Path) -> Dataset:
@@ -214,8 +241,14 @@ def _check_x(p: Path, k: str, x: np.ndarray):
 def load(spec: str) -> Dataset:
     if spec in BUNDLED:
         return BUNDLED[spec]()
+    shape = _noise_spec(spec)
+    if shape is not None:
+        if min(shape) < 1:
+            raise FxpgaError(f"dataset '{spec}': every dimension must be at least 1")
+        return noise(shape)
     if spec.endswith(".npz") or Path(spec).exists():
         return load_npz(spec)
     raise FxpgaError(
-        f"unknown dataset '{spec}': use {' or '.join(BUNDLED)}, or a .npz file with x and y"
+        f"unknown dataset '{spec}': use {', '.join(BUNDLED)}, noise:CxHxW (random inputs), "
+        f"or a .npz file with x and y"
     )

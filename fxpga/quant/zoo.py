@@ -3,6 +3,17 @@
 ``digits-cnn``: conv-bn-relu-pool ×2, fc-relu, fc on scikit-learn's 8×8 digits (92k MACs).
 ``digits-vgg``: a VGG-style net (3×3 convs in pairs, 16-16 / 32-32 / 64 channels, each stage
 ending in a 2×2 max pool, then fc-relu, fc) on the same digits upscaled to 16×16 (1.8M MACs).
+``digits-resnet``: a small ResNet on the 16×16 digits: a stem conv, then three residual stacks
+(16, 32, 64 filters, the last two stride 2 with a 1×1 projection on the skip), global average
+pooling, fc (1.2M MACs): residual adds.
+``digits-dsnet``: a DS-CNN/MobileNet-style net on the 16×16 digits: a stem conv, four
+depthwise-separable blocks (depthwise 3×3-BN-ReLU, pointwise 1×1-BN-ReLU; 32, 64, 64, 128
+channels, strides 1, 2, 1, 2), global average pooling, fc (0.5M MACs).
+
+The MLPerf Tiny reference models (``mlperf_tiny``: resnet8, ds-cnn, mobilenet-v1-0.25, fc-ae)
+are built in too, as hardware-only benchmarks: their weights and BatchNorm statistics are
+seeded random numbers (``seeded_state``), made the same on every machine, and their data is
+random inputs (the ``noise`` data set), so their accuracy means nothing.
 
 Training is not bit-reproducible across CPUs and thread counts, so the weights are data: each
 model's state_dict lives in ``models/NAME.npz`` (loaded without pickle) beside a manifest,
@@ -28,7 +39,7 @@ import torch.nn as nn
 
 from ..errors import FxpgaError
 from ..progress import bar as progress_bar
-from . import data
+from . import data, mlperf_tiny
 
 SEED = 1234
 
@@ -80,8 +91,77 @@ class DigitsVGG(nn.Module):
         return self.fc2(self.drop(torch.relu(self.fc1(x))))
 
 
+class _Stack(nn.Module):
+    """Two conv3×3-BN (ReLU between), added to the input or its 1×1 projection, then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + self.skip(x))
+
+
+class DigitsResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(1, 16))
+        self.stacks = nn.Sequential(_Stack(16, 16, 1), _Stack(16, 32, 2), _Stack(32, 64, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)  # 4x4 -> 1x1
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.stacks(self.stem(x))), 1))
+
+
+def _separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cin, 3, stride, padding=1, groups=cin, bias=False),
+        nn.BatchNorm2d(cin),
+        nn.ReLU(),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
+
+
+class DigitsDSNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn(1, 32),
+            *_separable(32, 32, 1),
+            *_separable(32, 64, 2),  # 16x16 -> 8x8
+            *_separable(64, 64, 1),
+            *_separable(64, 128, 2),  # -> 4x4
+            nn.AvgPool2d(4),
+        )
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.flatten(self.features(x), 1)))
+
+
 # name: (class, dataset, training epochs)
-BUILTIN = {"digits-cnn": (DigitsCNN, "digits", 60), "digits-vgg": (DigitsVGG, "digits16", 40)}
+BUILTIN = {
+    "digits-cnn": (DigitsCNN, "digits", 60),
+    "digits-vgg": (DigitsVGG, "digits16", 40),
+    "digits-resnet": (DigitsResNet, "digits16", 40),
+    "digits-dsnet": (DigitsDSNet, "digits16", 40),
+}
+# hardware-only: seeded random weights, random inputs (mlperf_tiny.MODELS)
+HARDWARE_ONLY = tuple(mlperf_tiny.MODELS)
+BUILTIN_NAMES = (*BUILTIN, *HARDWARE_ONLY)
 
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -154,9 +234,66 @@ def _fit(model, ds, epochs: int, shift: int, desc: str, progress: bool) -> nn.Mo
     return model.eval()
 
 
-def _check_name(name: str):
-    if name not in BUILTIN:
-        raise FxpgaError(f"unknown built-in model '{name}' (have: {', '.join(BUILTIN)})")
+def _check_name(name: str, trained: bool = True):
+    if trained and name in HARDWARE_ONLY:
+        raise FxpgaError(
+            f"'{name}' is a hardware-only benchmark with seeded random weights: it has "
+            f"no data set here to train on"
+        )
+    if name not in BUILTIN_NAMES:
+        raise FxpgaError(f"unknown built-in model '{name}' (have: {', '.join(BUILTIN_NAMES)})")
+
+
+SEEDED_SEED = 2016  # the seed of the hardware-only models' weights
+# what seeded_state gives for each (state_digest): a check that every machine makes the same
+SEEDED_SHA256 = {
+    "resnet8": "c7938689aa29d2ea649dd322cf4191fb52a5e7b3c10d9824b090d9382e7a112c",
+    "ds-cnn": "f216fbe89271ff01d857a9c8040889cab9ecda691add09e5ee1503fa862ed046",
+    "mobilenet-v1-0.25": "2fbd967ef285d6b5d964d0fd371f430d9437bcf47cd1b769be167a92f59f74f2",
+    "fc-ae": "29b51d28f9c268befeddd5a4ffc811e915b79aca20d768ddfe2919c9dbeef81f",
+}
+
+
+def seeded_state(model: nn.Module, seed: int = SEEDED_SEED) -> dict[str, torch.Tensor]:
+    """Random weights and BatchNorm statistics for ``model``, the same on every machine:
+    ``numpy.random.RandomState`` (a frozen stream) draws uniforms, which are scaled exactly.
+
+    Weights are uniform in ±√(6 / fan_in) (He), biases and BN shifts in ±0.1, BN scales in
+    [0.5, 1.5], running means in ±0.1 and variances in [0.5, 2]."""
+    rng = np.random.RandomState(seed)
+    state = {}
+    for key, t in model.state_dict().items():
+        if not t.is_floating_point():
+            state[key] = t.clone()
+            continue
+        u = rng.random_sample(t.shape)  # [0, 1), exact doubles from integers
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf == "weight" and t.dim() > 1:
+            bound = float(np.sqrt(6.0 / (t[0].numel())))
+            v = (2 * u - 1) * bound
+        elif leaf in ("weight", "running_var"):  # BN scale, variance
+            v = 0.5 + u if leaf == "weight" else 0.5 + 1.5 * u
+        else:  # biases, BN shifts, running means
+            v = (2 * u - 1) * 0.1
+        state[key] = torch.from_numpy(v.astype(np.float32))
+    return state
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(state[k].numpy()).tobytes())
+    return h.hexdigest()
+
+
+def dataset_of(name: str) -> str:
+    """The data set a built-in model is quantized and evaluated on."""
+    _check_name(name, trained=False)
+    if name in HARDWARE_ONLY:
+        shape = mlperf_tiny.MODELS[name][0].input_shape
+        return "noise:" + "x".join(map(str, shape))
+    return BUILTIN[name][1]
 
 
 def manifest(name: str) -> dict:
@@ -199,7 +336,19 @@ def builtin(name: str, weights: Path | None = None) -> tuple[nn.Module, str]:
     Its shipped weights (checked against their manifest's sha256), or ``weights``: an ``.npz``
     that ``fxpga train`` wrote. Nothing is trained.
     """
-    _check_name(name)
+    _check_name(name, trained=False)
+    if name in HARDWARE_ONLY:
+        if weights is not None:
+            raise FxpgaError(f"'{name}' is a hardware-only benchmark: its weights are seeded")
+        model = mlperf_tiny.MODELS[name][0]()
+        state = seeded_state(model)
+        if state_digest(state) != SEEDED_SHA256[name]:
+            raise FxpgaError(
+                f"'{name}': the seeded weights differ from the ones fxpga was released with "
+                f"(numpy's RandomState stream changed?)"
+            )
+        model.load_state_dict(state, strict=True)
+        return model.eval(), dataset_of(name)
     cls, ds_name, _ = BUILTIN[name]
     model = cls()
     if weights is None:
