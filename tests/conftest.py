@@ -48,3 +48,32 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def torchvision_models():
+    """``torchvision.models``, for model definitions written elsewhere.
+
+    The torchvision wheels on PyPI are CUDA builds: their C extension needs libtorch_cuda, which
+    the CPU torch lacks, and the package then fails to import where it registers fake kernels
+    for two of that extension's ops (``nms``, ``qnms``). The models themselves are plain torch,
+    so those two op schemas are declared here (never run) and the import goes through."""
+    import warnings
+
+    import torch
+
+    try:
+        import torchvision
+    except RuntimeError:
+        import sys
+
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchvision
+        torchvision._fxpga_op_schemas = lib  # keep the definitions alive
+    return torchvision.models

@@ -26,8 +26,8 @@ input pads 0 before and 1 after): those layers are an explicit ``nn.ZeroPad2d`` 
 unpadded conv, as a TF export through ONNX (``pads [0,0,1,1]``) gives them. The Keras models
 end in a softmax; these end at the logits (the argmax is the same).
 
-``MODELS`` is not yet among the built-in models. ds-cnn, mobilenet-v1-0.25 and fc-ae are
-chains and import; resnet8's residual adds do not yet, and the engine runs none of them yet.
+All four import and quantize; they are built-in models (``zoo.HARDWARE_ONLY``) with seeded
+weights (``zoo.seeded_state``). The engine runs none of them yet.
 """
 
 from __future__ import annotations
