@@ -32,8 +32,8 @@ def test_mobilenet_v2(torchvision_models):
 
 
 def test_resnet18(torchvision_models, monkeypatch):
-    """Its 11.7M weights (BN folded) are more than any board holds: refused in one line; with that bound
-    lifted, it goes through."""
+    """Its 11.7M weights (BN folded) are more than any board holds: refused in one line;
+    with that bound lifted, it goes through."""
     torch.manual_seed(0)
     model = torchvision_models.resnet18(weights=None).eval()
     with pytest.raises(FxpgaError, match=r"11,684,712 weights and biases, more than"):
