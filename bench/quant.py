@@ -23,7 +23,7 @@ from results import machine, markdown_table, update_section, write_image  # noqa
 from fxpga.quant import data, frontend, golden, quantizer, sweep, zoo  # noqa: E402
 from fxpga.report import plots  # noqa: E402
 
-MODELS = ("digits-cnn", "digits-vgg")
+MODELS = ("digits-cnn", "digits-vgg", "digits-resnet", "digits-dsnet")
 
 
 def best_of(fn, repeat=5):
@@ -33,12 +33,6 @@ def best_of(fn, repeat=5):
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
-
-
-def model_macs(qm) -> int:
-    from fxpga.hw import compiler
-
-    return compiler.compile_model(qm, compiler.EngineConfig.for_model(qm, 8)).total_macs
 
 
 def main() -> int:
@@ -52,9 +46,11 @@ def main() -> int:
         floats[name] = quantizer.float_accuracy(g, mds.x_test, mds.y_test)
         results[name] = sweep.table(g, mds, progress=True)
         curves[name] = sweep.bits_curve(g, mds, progress=True)
-        q8 = quantizer.quantize_model(g, mds.x_calib[:256], quantizer.Widths(8))
+        adds = sum(n.op == "add" for n in g.nodes)
+        dw = sum(getattr(n, "groups", 1) > 1 for n in g.nodes)
+        extra = (f", {adds} residual adds" if adds else "") + (f", {dw} depthwise" if dw else "")
         about.append(
-            f"{name}: {len(g.weighted())} conv/fc layers, {model_macs(q8):,} MACs, "
+            f"{name}: {len(g.weighted())} conv/fc layers{extra}, {g.macs():,} MACs, "
             f"{'x'.join(map(str, mds.sample_shape))} input ({ds_name}), "
             f"{len(mds.y_test)} test images"
         )

@@ -41,7 +41,7 @@ def test_digits_vgg_maps_onto_the_engine():
     assert quantizer.float_accuracy(graph, ds.x_test, ds.y_test) >= 0.97
     qm = quantizer.quantize_model(graph, ds.x_calib[:64], quantizer.Widths(8))
     prog = compiler.compile_model(qm, compiler.EngineConfig.for_model(qm, 8))
-    assert prog.total_macs == 1_823_360 and len(prog.ops) == 7
+    assert prog.total_macs == graph.macs() == 1_823_360 and len(prog.ops) == 7
 
 
 @pytest.mark.parametrize("name", list(zoo.BUILTIN))
@@ -196,3 +196,14 @@ def test_noise_data_is_seeded_and_unlabelled():
     for bad in ("noise:3x", "noise:1x2x3x4", "noise:0x8"):
         with pytest.raises(FxpgaError, match="noise"):
             data.load(bad)
+
+
+def test_mac_counts_agree_with_torch_hooks():
+    """``Graph.macs`` (depthwise and residual graphs included) against the hook count in
+    mlperf_tiny, which sees torch's modules, not the IR."""
+    from fxpga.quant import mlperf_tiny
+
+    for name in ("digits-resnet", "digits-dsnet", "resnet8", "ds-cnn"):
+        model, ds_name = zoo.builtin(name)
+        shape = data.load(ds_name).sample_shape
+        assert frontend.from_module(model, shape).macs() == mlperf_tiny.macs(model, shape), name

@@ -382,6 +382,15 @@ class Graph:
                 out[i].append(n)
         return out
 
+    def macs(self) -> int:
+        """Multiply-accumulates of one inference: every conv and linear weight times the
+        output positions it is used at."""
+        total = 0
+        for n in self.weighted():
+            positions = int(np.prod(n.out_shape[1:])) if isinstance(n, Conv) else 1
+            total += n.weight.size * positions
+        return total
+
     def last_use(self) -> dict[int, list[str]]:
         """Node index → the tensors it is the last reader of (the output is never freed)."""
         last = {i: k for k, n in enumerate(self.nodes) for i in n.inputs}

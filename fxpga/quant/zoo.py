@@ -5,10 +5,10 @@
 ending in a 2×2 max pool, then fc-relu, fc) on the same digits upscaled to 16×16 (1.8M MACs).
 ``digits-resnet``: a small ResNet on the 16×16 digits: a stem conv, then three residual stacks
 (16, 32, 64 filters, the last two stride 2 with a 1×1 projection on the skip), global average
-pooling, fc (1.2M MACs): residual adds.
+pooling, fc (3.1M MACs): residual adds.
 ``digits-dsnet``: a DS-CNN/MobileNet-style net on the 16×16 digits: a stem conv, four
 depthwise-separable blocks (depthwise 3×3-BN-ReLU, pointwise 1×1-BN-ReLU; 32, 64, 64, 128
-channels, strides 1, 2, 1, 2), global average pooling, fc (0.5M MACs).
+channels, strides 1, 2, 1, 2), global average pooling, fc (1.0M MACs).
 
 The MLPerf Tiny reference models (``mlperf_tiny``: resnet8, ds-cnn, mobilenet-v1-0.25, fc-ae)
 are built in too, as hardware-only benchmarks: their weights and BatchNorm statistics are
