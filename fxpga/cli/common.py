@@ -78,11 +78,29 @@ def sha256_of(path: str | Path) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
-def load_graph(spec: str, weights: str | None):
-    """MODEL → (nn.Module or ir.Graph, default dataset name or None, provenance dict)."""
-    from ..quant import frontend, zoo
+def input_shape(v: str) -> tuple[int, ...]:
+    """An argparse type: a per-sample shape ``C,H,W`` or ``F`` (the bounds are checked where
+    the model is loaded)."""
+    try:
+        dims = tuple(int(d) for d in v.split(","))
+    except ValueError:
+        dims = ()
+    if not 1 <= len(dims) <= 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W or F (positive integers), got {v!r}")
+    return dims
+
+
+input_shape.__name__ = "shape"
+
+
+def load_graph(spec: str, weights: str | None, shape: tuple[int, ...] | None = None):
+    """MODEL → (nn.Module or ir.Graph, default dataset name or None, provenance dict);
+    ``shape``: the per-sample input shape of an .onnx model whose input is dynamic."""
+    from ..quant import frontend, onnx_import, zoo
 
     prov = {"model": spec}
+    if shape is not None and not spec.endswith(".onnx"):
+        raise FxpgaError("--input-shape applies to an .onnx model only")
     if spec in zoo.HARDWARE_ONLY:
         model, ds_name = zoo.builtin(spec, weights=Path(weights) if weights else None)
         prov["weights"] = {"seeded": zoo.SEEDED_SEED, "sha256": zoo.SEEDED_SHA256[spec]}
@@ -103,6 +121,11 @@ def load_graph(spec: str, weights: str | None):
             raise FxpgaError(f"{spec}: no such file")
         prov["file_sha256"] = sha256_of(p)
         return frontend.from_export(p), None, prov
+    if spec.endswith(".onnx"):
+        if weights:
+            raise FxpgaError("--weights does not apply to an .onnx model (it holds its weights)")
+        prov["file_sha256"] = sha256_of(spec)
+        return onnx_import.from_onnx(spec, shape), None, prov
     path, sep, attr = spec.rpartition(":")
     if sep and path.endswith(".py") and attr:
         if weights:
@@ -111,7 +134,7 @@ def load_graph(spec: str, weights: str | None):
         return frontend.load_factory(spec, weights), None, prov
     raise FxpgaError(
         f"cannot interpret model '{spec}': expected a built-in name "
-        f"({', '.join(zoo.BUILTIN_NAMES)}), path/file.py:factory, or an export .pt2"
+        f"({', '.join(zoo.BUILTIN_NAMES)}), path/file.py:factory, an export .pt2, or an .onnx"
     )
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FxpgaError
-from .common import bits, check_output, graph_digest, images, info, load_graph
+from .common import bits, check_output, graph_digest, images, info, input_shape, load_graph
 
 
 def add(sub, common):
+    from ..quant import zoo
+
     q = sub.add_parser(
         "quantize",
         parents=[common],
@@ -21,7 +23,14 @@ def add(sub, common):
     q.add_argument(
         "model",
         metavar="MODEL",
-        help="built-in name (digits-cnn, digits-vgg), path/file.py:factory, or a torch.export .pt2",
+        help=f"built-in name ({', '.join(zoo.BUILTIN_NAMES)}), path/file.py:factory, a "
+        "torch.export .pt2, or an ONNX .onnx",
+    )
+    q.add_argument(
+        "--input-shape",
+        type=input_shape,
+        metavar="C,H,W",
+        help="per-sample input shape of an .onnx model whose input dimensions are dynamic",
     )
     q.add_argument(
         "--data",
@@ -69,10 +78,13 @@ def run(args) -> int:
     if args.config:
         config = quantizer.Config.from_json(artifact.read_json(args.config), args.config)
     widths = quantizer.Widths(args.bits, args.conv_bits, args.fc_bits)
-    model, default_ds, prov = load_graph(args.model, args.weights)
+    model, default_ds, prov = load_graph(args.model, args.weights, args.input_shape)
     ds_spec = args.data or default_ds
     if ds_spec is None:
-        raise FxpgaError(f"--data is required for model '{args.model}' (digits or file.npz)")
+        raise FxpgaError(
+            f"--data is required for model '{args.model}' (digits, digits16, noise:CxHxW or "
+            f"file.npz)"
+        )
     ds = data.load(ds_spec)
     if isinstance(model, nn.Module):
         graph = frontend.from_module(model, ds.sample_shape)

@@ -42,6 +42,13 @@ def conv_acc(
     block ``g`` only (``w``: (O, C / groups, KH, KW))."""
     win = _windows(x, w.shape[2:], stride, padding, 0)  # (N, C, OH, OW, KH, KW)
     ci, co = w.shape[1], w.shape[0] // groups
+    if groups > 1 and ci == 1:  # depthwise: output g·co + j reads input channel g alone
+        n, c, oh, ow = win.shape[:4]
+        if co == 1:
+            acc = np.einsum("nchwij,cij->nchw", win, w[:, 0])
+        else:
+            acc = np.einsum("nchwij,cmij->ncmhw", win, w.reshape(c, co, *w.shape[2:]))
+        return acc.reshape(n, c * co, oh, ow) + b.reshape(1, -1, 1, 1)
     parts = [
         np.tensordot(
             win[:, g * ci : (g + 1) * ci], w[g * co : (g + 1) * co], axes=([1, 4, 5], [1, 2, 3])
