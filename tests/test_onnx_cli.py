@@ -144,3 +144,33 @@ def test_broken_onnx_files_through_the_cli(three_ways, tmp_path, capsys):
     assert_one_line_error(code, err, "--input-shape applies to an .onnx model only")
     code, _, err = run(capsys, "quantize", "m.onnx", "--input-shape", "1,x,8", "-o", "x.fxq")
     assert_one_line_error(code, err, "expected C,H,W or F", expect=2)
+
+
+BAD_TORCH = {
+    "dilation": ("nn.Conv2d(1, 2, 3, dilation=2)", "x", "dilation=(2, 2) is not supported"),
+    "padding mode": (
+        "nn.Conv2d(1, 2, 3, padding=1, padding_mode='reflect')",
+        "x",
+        "padding_mode='reflect'",
+    ),
+    "ceil_mode": ("nn.MaxPool2d(3, 2, ceil_mode=True)", "x", "ceil_mode=True is not supported"),
+    "concat axis": ("nn.Conv2d(1, 1, 1)", "torch.cat([x, x], dim=3)", "along dim=3"),
+    "leaky relu": ("nn.LeakyReLU(0.1)", "x", "LeakyReLU"),
+}
+
+
+@pytest.mark.parametrize("what", BAD_TORCH)
+def test_bad_torch_layers_through_the_cli(tmp_path, capsys, what):
+    layer, out_expr, why = BAD_TORCH[what]
+    src = (
+        "import torch\nimport torch.nn as nn\n\n\nclass M(nn.Module):\n"
+        f"    def __init__(self):\n        super().__init__()\n        self.layer = {layer}\n\n"
+        f"    def forward(self, x):\n        x = self.layer(x)\n        return {out_expr}\n\n\n"
+        "def make():\n    return M()\n"
+    )
+    (tmp_path / "m.py").write_text(src)
+    out = tmp_path / "o.fxq"
+    argv = ["quantize", f"{tmp_path / 'm.py'}:make", "--data", "digits", "-o", str(out), "-q"]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, why)
+    assert "node '" in err and not out.exists()
