@@ -182,3 +182,39 @@ def test_chromium_renders_every_image(html_report):
     assert len(images) == 3
     for alt, complete, width, height in images:
         assert complete and width >= 600 and height >= 200, (alt, width, height)
+
+
+def test_report_of_a_branching_graph(tmp_path):
+    """A residual net: every layer in the table with its inputs, the add's output profiled,
+    and no cycle table, with the reason, while the engine cannot run it."""
+    import torch
+    import torch.nn as nn
+
+    from fxpga.quant import data, frontend, quantizer
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.a(x))
+            return self.fc(torch.flatten(torch.relu(x + self.b(x)), 1))
+
+    torch.manual_seed(0)
+    ds = data.load("digits")
+    g = frontend.from_module(Net().eval(), ds.sample_shape)
+    qm = quantizer.quantize_model(g, ds.x_calib[:64])
+    qm.provenance.update({"dataset": "digits", "model": "net"})
+    rep = report.make(qm, "net", ds)
+    layers = next(s for s in rep.sections if s.title == "Layers")
+    header, rows = layers.tables[0]
+    assert header[:3] == ["layer", "op", "inputs"]
+    assert [r[0] for r in rows] == [la.name for la in qm.layers]
+    add = next(r for r in rows if r[1] == "add")
+    assert add[2] == "relu, b" and add[5] == repr(qm["add"].out_fmt) and add[7] != "-"
+    profiled = [r[-1].layer for r in report.tensors(qm, ds.x_calib[:8])]
+    assert profiled == ["input", "a", "b", "add", "fc"]
+    engine = next(s for s in rep.sections if s.title == "Engine cycles")
+    assert "No cycle table: layer 'add'" in engine.paragraphs[0] and not engine.tables

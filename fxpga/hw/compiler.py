@@ -558,10 +558,9 @@ def _make_op(
     return op
 
 
-def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
-    """Lay the model out for ``config``; a model that does not fit is a one-line error."""
-    cfg = config or EngineConfig()
-    for la in qm.layers:  # what the engine cannot run yet, before anything is laid out
+def check_ops(qm: QModel):
+    """A one-line error naming the first layer the engine cannot run yet."""
+    for la in qm.layers:
         if la.node.op not in ENGINE_OPS:
             raise FxpgaError(
                 f"{la.node.where()}: the engine does not run {la.node.op} layers yet "
@@ -572,6 +571,14 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
                 f"{la.node.where()}: the engine does not run grouped or depthwise convolution "
                 f"(groups={la.node.groups}) yet"
             )
+    if not qm.graph.is_chain:  # every op it runs reads one tensor: a DAG needs add or concat
+        raise FxpgaError("the engine runs chains of layers only")
+
+
+def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
+    """Lay the model out for ``config``; a model that does not fit is a one-line error."""
+    cfg = config or EngineConfig()
+    check_ops(qm)  # what the engine cannot run yet, before anything is laid out
     lanes = cfg.lanes
     where = "compile"
     ops: list[Op] = []

@@ -221,11 +221,11 @@ def quantize_bias(b: np.ndarray, fl: int, where: str) -> np.ndarray:
     return q.astype(np.int64)
 
 
-def _relu_reader(graph: ir.Graph, readers: dict) -> set[str]:
+def read_by_relu_only(graph: ir.Graph) -> set[str]:
     """Tensors whose only reader is a ReLU: their error is measured after it."""
     return {
         name
-        for name, rs in readers.items()
+        for name, rs in graph.consumers().items()
         if name != ir.INPUT and len(rs) == 1 and isinstance(rs[0], ir.ReLU)
     }
 
@@ -294,8 +294,7 @@ def quantize_model(
     x_calib = np.asarray(x_calib, dtype=np.float64)
     config.check(graph)
     ref = graph.float_forward(x_calib, keep=True)
-    readers = graph.consumers()
-    before_relu = _relu_reader(graph, readers)
+    before_relu = read_by_relu_only(graph)
 
     # the float value a tensor is compared with: its output, after a ReLU that alone reads it
     def target(name: str) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FxpgaError
-from ..quant import ir, quantizer, sweep
+from ..quant import quantizer, sweep
 from ..quant.data import Dataset
 from ..quant.qmodel import QModel
 from ..quant.report import host_tail_line
@@ -57,27 +57,23 @@ def _db(v) -> str:
     return "-" if v is None else ("inf" if v == float("inf") else f"{v:.1f}")
 
 
-def _relu_after(graph: ir.Graph, i: int) -> bool:
-    return i + 1 < len(graph.nodes) and isinstance(graph.nodes[i + 1], ir.ReLU)
-
-
 def tensors(qm: QModel, x_calib: np.ndarray) -> list[list[plots.Tensor]]:
-    """Rows of the profile: the input, then per conv/linear its weights and its output on
-    ``x_calib`` in float (after a directly following ReLU, as the quantizer compares it)."""
+    """Rows of the profile: the input, then per conv/linear its weights and its output, and
+    per add/concat its output, on ``x_calib`` in float (after a ReLU that alone reads it, as
+    the quantizer compares it)."""
     ref = qm.graph.float_forward(x_calib, keep=True)
+    relu_only = quantizer.read_by_relu_only(qm.graph)
     rows = [[plots.Tensor("input", "input", np.asarray(x_calib), qm.input_fmt)]]
-    for i, la in enumerate(qm.layers):
-        if la.w_fmt is None:
-            continue
+    for la in qm.layers:
+        if la.w_fmt is None and la.node.arity is not None:
+            continue  # keeps its input's format
         y = ref[la.name]
-        if _relu_after(qm.graph, i):
+        if la.name in relu_only:
             y = np.maximum(y, 0)
-        rows.append(
-            [
-                plots.Tensor(la.name, "weights", la.node.weight, la.w_fmt),
-                plots.Tensor(la.name, "output", y, la.out_fmt),
-            ]
-        )
+        row = [plots.Tensor(la.name, "output", y, la.out_fmt)]
+        if la.w_fmt is not None:
+            row.insert(0, plots.Tensor(la.name, "weights", la.node.weight, la.w_fmt))
+        rows.append(row)
     return rows
 
 
@@ -116,30 +112,34 @@ def _layers(qm: QModel) -> Section:
     ]
     rows = []
     for la in qm.layers:
-        if la.w_fmt is None:
-            continue
         s = la.stats
         rows.append(
             [
                 la.name,
                 la.op,
                 "x".join(map(str, la.node.out_shape)),
-                repr(la.w_fmt),
+                repr(la.w_fmt) if la.w_fmt else "-",
                 repr(la.out_fmt),
                 _db(s.get("weight_sqnr_db")),
                 _db(s.get("output_sqnr_db")),
-                str(la.acc_bits),
-                f"{s.get('saturated_outputs_pct', 0):.2f}",
+                str(la.acc_bits) if la.acc_bits else "-",
+                f"{s['saturated_outputs_pct']:.2f}" if "saturated_outputs_pct" in s else "-",
             ]
         )
-    return Section(
-        "Layers",
-        [
-            "Qn.f: n-bit two's complement with f fractional bits (value = int × 2^-f). SQNR "
-            "against the float model on the calibration images, as measured when quantizing."
-        ],
-        [(header, rows)],
-    )
+    paras = [
+        "Every tensor: the output of each layer. Qn.f: n-bit two's complement with f "
+        "fractional bits (value = int × 2^-f). SQNR against the float model on the calibration "
+        "images, as measured when quantizing; layers without one keep their input's format."
+    ]
+    if not qm.graph.is_chain:
+        header.insert(2, "inputs")
+        for row, la in zip(rows, qm.layers, strict=True):
+            row.insert(2, ", ".join(la.node.inputs))
+        paras.append(
+            "The graph branches: add and concat align each input to their output format "
+            "(a rounding shift, then saturation; docs/numerics.md)."
+        )
+    return Section("Layers", paras, [(header, rows)])
 
 
 def _profile(qm: QModel, x_calib: np.ndarray) -> Section:
@@ -219,6 +219,10 @@ def _engine(qm: QModel, lanes: int, build: dict | None) -> tuple[Section, object
         cfg = boards.board(build["board"]).engine_config(qm, build["lanes"])
     else:
         cfg = compiler.EngineConfig.for_model(qm, lanes)
+        try:
+            compiler.check_ops(qm)
+        except FxpgaError as e:
+            return Section("Engine cycles", [f"No cycle table: {e}."]), None
     prog = compiler.compile_model(qm, cfg)
     if build and build.get("cycles") != prog.total_cycles:
         raise FxpgaError(
