@@ -11,9 +11,9 @@ from fxpga.quant.qformat import (
     QFormat,
     avg_round,
     avg_round_by_multiply,
-    reciprocal,
     fl_fit,
     quantize,
+    reciprocal,
     requantize,
     signed_width,
 )
