@@ -80,15 +80,17 @@ def test_compile_missing_model(tmp_path, capsys):
 
 
 def test_ops_the_engine_lacks_are_named(tmp_path, capsys):
-    """A quantized ReLU6 (an exact clamp in the golden model) is refused by the compiler in
-    one line that names the layer and the op, before anything is written."""
+    """A depthwise conv (exact in the golden model) is refused by the compiler in one line
+    that names the layer and the op, before anything is written."""
     import torch
     import torch.nn as nn
 
     from fxpga.quant import frontend, quantizer
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU6(), nn.Flatten(), nn.Linear(8, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.ReLU6(), nn.Conv2d(2, 2, 1, groups=2), nn.Flatten(), nn.Linear(8, 3)
+    ).eval()
     g = frontend.from_module(model, (1, 4, 4))
     x = np.random.default_rng(0).standard_normal((16, 1, 4, 4))
     qm = quantizer.quantize_model(g, x, quantizer.Widths(8))
@@ -97,5 +99,5 @@ def test_ops_the_engine_lacks_are_named(tmp_path, capsys):
     out = tmp_path / "e"
     code, _, err = run(capsys, "compile", str(tmp_path / "r6.fxq"), "-o", str(out), "-q")
     assert code == 1 and len(err.strip().splitlines()) == 1, err
-    assert "layer '1': the engine does not run clip layers yet" in err
+    assert "layer '2': the engine does not run grouped or depthwise convolution (groups=2)" in err
     assert not out.exists()

@@ -2,6 +2,7 @@
 bit-exact against the golden model, cycle counts against the compiler's estimate."""
 
 import dataclasses
+import math
 import random
 
 import numpy as np
@@ -69,25 +70,34 @@ def ref_taps(d: dict, lanes: int, items: int):
     return out
 
 
+ACTIVATIONS = (nn.ReLU, nn.ReLU, nn.ReLU6, lambda: nn.Hardtanh(-0.5, 1.0))
+
+
 def random_net(rng: random.Random, pools=True):
-    """A small random supported chain, with its input shape."""
+    """A small random supported chain, with its input shape: convs (some after an asymmetric
+    zero pad, as TF's 'SAME' exports), ReLU or clips (ReLU6, Hardtanh), pools, a linear."""
     c, h, w = rng.randint(1, 3), rng.randint(3, 7), rng.randint(3, 7)
     shape, mods = (c, h, w), []
     for _ in range(rng.randint(1, 2)):
         co, k = rng.randint(1, 6), rng.choice([1, 2, 3])
         p, s = rng.randint(0, k // 2), rng.choice([1, 1, 2])
+        pads = tuple(rng.randint(0, 1) for _ in range(4))  # left, right, top, bottom
+        ph, pw = h + pads[2] + pads[3], w + pads[0] + pads[1]  # padded, if it fits
+        if rng.random() < 0.3 and c * ph * pw <= 300 and min(ph, pw) + 2 * p >= k:
+            mods.append(nn.ZeroPad2d(pads))
+            h, w = ph, pw
         if h + 2 * p < k or w + 2 * p < k:
             continue
         mods.append(nn.Conv2d(c, co, k, stride=s, padding=p, bias=rng.random() < 0.7))
         c, h, w = co, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         if rng.random() < 0.6:
-            mods.append(nn.ReLU())
+            mods.append(rng.choice(ACTIVATIONS)())
         if pools and h >= 2 and w >= 2 and rng.random() < 0.6:
             ps, pp = rng.choice([1, 2]), rng.randint(0, 1)
             mods.append(rng.choice([nn.MaxPool2d, nn.AvgPool2d])(2, ps, pp))
             h, w = (h + 2 * pp - 2) // ps + 1, (w + 2 * pp - 2) // ps + 1
             if rng.random() < 0.3:
-                mods.append(nn.ReLU())
+                mods.append(rng.choice(ACTIVATIONS)())
     mods.append(nn.Flatten())
     mods.append(nn.Linear(c * h * w, rng.randint(1, 7)))
     return nn.Sequential(*mods), shape
@@ -617,3 +627,41 @@ def test_program_model_matches_golden(digits_q8, digits, lanes):
     want = golden.run_int(digits_q8, xi)
     for i in range(50):
         np.testing.assert_array_equal(compiler.run_program(prog, xi[i]), want[i].reshape(-1))
+
+
+def test_pads_and_clips_fuse_into_the_ops_around_them():
+    """TF's asymmetric 'SAME' pad becomes the next conv's padding (top/left offsets; bottom
+    and right come from reading past the edge); a clip is the requantizer's saturation where
+    it commutes there (before a pool, or after a max pool) and an identity op's after an
+    average pool; a pad not followed by a conv is refused."""
+    model = nn.Sequential(
+        nn.ZeroPad2d((0, 1, 2, 1)),  # left, right, top, bottom
+        nn.Conv2d(2, 3, 3, stride=2),
+        nn.ReLU6(),
+        nn.MaxPool2d(2, 1),
+        nn.Hardtanh(-0.25, 0.5),
+        nn.Conv2d(3, 4, 2),
+        nn.AvgPool2d(2, 1),
+        nn.ReLU6(),
+        nn.Flatten(),
+        nn.Linear(8, 3),  # 2x9x8 → pad 2x12x9 → conv 3x5x4 → pool 3x4x3 → 4x3x2 → 4x2x1
+    )
+    qm, x = quantized(model, (2, 9, 8), 4)
+    prog = compiler.compile_model(qm, EngineConfig(lanes=3))
+    assert [op.fused for op in prog.ops] == [
+        ["0", "1", "2", "3", "4"],
+        ["5", "6"],
+        ["7", "8"],  # the ReLU6 after the average pool: an identity op (and the flatten)
+        ["9"],
+    ]
+    first = prog.ops[0]
+    assert (first.H, first.W, first.PH, first.PW) == (9, 8, 2, 0)
+    fmt = qm["1"].out_fmt  # ReLU6, then Hardtanh(-0.25, 0.5) after the max pool: [0, 0.5]
+    assert first.bounds == (0, min(fmt.qmax, math.floor(0.5 * 2**fmt.fl)))
+    assert prog.ops[2].name == "7:identity" and prog.ops[2].bounds[0] == 0
+    check_engine(qm, x, lanes=3, n=2, gaps=random.Random(4))
+
+    bad = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 5 * 5, 2))
+    qm, _ = quantized(bad, (2, 8, 8), 1)
+    with pytest.raises(FxpgaError, match=r"layer '0'.*runs a pad only directly before a conv"):
+        compiler.compile_model(qm, EngineConfig(lanes=2))

@@ -71,7 +71,7 @@ def test_digits_on_icarus(digits_q8, digits):
 def test_random_networks_on_verilator(lanes, post_lanes, tmp_path):
     """One Verilator model per engine configuration; each network is loaded at run time."""
     cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes)
-    depths = {"fmap_depth": 512, "wmem_depth": 512, "bmem_depth": 64, "max_ops": 6}
+    depths = {"fmap_depth": 512, "wmem_depth": 1024, "bmem_depth": 64, "max_ops": 6}
     text = runner.engine_verilog(None, cfg, **depths)
     build_dir = runner.build(None, "verilator", verilog=text)
     for seed in range(4):

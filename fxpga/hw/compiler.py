@@ -49,10 +49,12 @@ from ..limits import (
     check_range,
 )
 from ..quant import ir
-from ..quant.qformat import QFormat, signed_width
+from ..quant.qformat import QFormat, clip_bounds, signed_width
 from ..quant.qmodel import QLayer, QModel
 
-ENGINE_OPS = ("conv", "linear", "relu", "maxpool", "avgpool", "flatten")  # the ops it runs
+# the ops it runs: a pad only right before a conv (its zeros are that conv's padding), a clip
+# as the saturation bounds of the op it ends up in
+ENGINE_OPS = ("conv", "linear", "relu", "clip", "pad", "maxpool", "avgpool", "flatten")
 MAX_LEFT_SHIFT = 7  # requantization may scale up by at most 2^7 (fl_out - fl_in - fl_w <= 7)
 
 _DEPTH = (1, MAX_MEMORY_DEPTH, "the configuration port's index field is 20 bits")
@@ -227,6 +229,7 @@ class Op:
     relu_pre: int = 0
     relu_post: int = 0
     shift: int = 0
+    sat: tuple[int, int] | None = None  # saturation bounds, tighter than out_fmt's for a clip
     out_fmt: QFormat | None = None
     in_fmt: QFormat | None = None
     w_base: int = 0
@@ -240,6 +243,11 @@ class Op:
     @property
     def CKK(self) -> int:
         return self.C * self.KH * self.KW
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """What requantized values saturate to: the output format's range, or a clip's."""
+        return self.sat or (self.out_fmt.qmin, self.out_fmt.qmax)
 
     @property
     def POH(self) -> int:
@@ -278,7 +286,7 @@ class Op:
             "PSH": self.PSH, "PSW": self.PSW, "PSH_SH": self.PSH * self.SH,
             "PSW_SW": self.PSW * self.SW, "PSW_SWC": self.PSW * self.SW * C,
             "PSH_SHWC": self.PSH * self.SH * W * C,
-            "shift": self.shift, "qmin": self.out_fmt.qmin, "qmax": self.out_fmt.qmax,
+            "shift": self.shift, "qmin": self.bounds[0], "qmax": self.bounds[1],
             "relu_pre": self.relu_pre, "relu_post": self.relu_post, "pool_avg": self.pool_avg,
             "avg_shift": int(math.log2(self.PKH * self.PKW)) if self.pool_avg else 0,
         }  # fmt: skip
@@ -423,48 +431,81 @@ class Program:
         return self.total_macs / (self.config.lanes * c) if c else 0.0
 
 
-def _fuse(qm: QModel) -> list[tuple[QLayer | None, list[QLayer]]]:
-    """Split the layer chain into (mac layer or None for identity, [fused followers])."""
-    groups: list[tuple[QLayer | None, list[QLayer]]] = []
+@dataclass
+class _Group:
+    """One engine op's layers: the conv/linear (None: a 1x1 identity), a pad before it, and
+    the post-processing layers fused after it."""
+
+    mac: QLayer | None
+    follow: list[QLayer]
+    pad: QLayer | None = None
+
+
+def _fuse(qm: QModel) -> list[_Group]:
+    """Split the layer chain into engine ops.
+
+    After a conv/linear an op takes ``[ReLU] [pool] [ReLU]``; a clip wherever its clamp can be
+    the requantizer's saturation (before the pool, or after a max pool, with which it
+    commutes; not after an average); a pad only directly before a conv, whose padding it
+    becomes. Anything else starts an identity op."""
+    groups: list[_Group] = []
     state = None  # what the current op can still absorb: "pre", "pool", "post", None
+    avg = False  # the current op averages
+    pad = None
     for la in qm.layers:
         n = la.node
+        if pad is not None and not isinstance(n, ir.Conv):
+            raise FxpgaError(
+                f"{pad.node.where()}: the engine runs a pad only directly before a conv (as its "
+                f"padding); this one is followed by a {n.op}"
+            )
+        if isinstance(n, ir.Pad):
+            pad = la
+            continue
         if n.has_weights:
-            groups.append((la, []))
-            state = "pre"
+            groups.append(_Group(la, [], pad))
+            state, avg, pad = "pre", False, None
             continue
         if isinstance(n, ir.Flatten):
             if groups:
-                groups[-1][1].append(la)
+                groups[-1].follow.append(la)
             else:
-                groups.append((None, [la]))
+                groups.append(_Group(None, [la]))
                 state = "pre"
             continue
-        ok = (isinstance(n, ir.ReLU) and state in ("pre", "post")) or (
-            isinstance(n, ir.MaxPool | ir.AvgPool) and state in ("pre", "pool")
+        ok = (
+            (isinstance(n, ir.ReLU) and state in ("pre", "post"))
+            or (isinstance(n, ir.MaxPool | ir.AvgPool) and state in ("pre", "pool"))
+            or (isinstance(n, ir.Clip) and bool(groups) and not avg)
         )
         if not ok:
-            groups.append((None, []))
-            state = "pre"
-        groups[-1][1].append(la)
+            groups.append(_Group(None, []))
+            state, avg = "pre", False
+        groups[-1].follow.append(la)
         if isinstance(n, ir.ReLU):
             state = "pool" if state == "pre" else None
-        else:
-            state = "post"
+        elif isinstance(n, ir.MaxPool | ir.AvgPool):
+            state, avg = "post", isinstance(n, ir.AvgPool)
+        # a clip leaves the state as it was: it is the saturation, not a stage
+    if pad is not None:
+        raise FxpgaError(f"{pad.node.where()}: the engine runs a pad only directly before a conv")
     return groups
 
 
-def _make_op(
-    mac: QLayer | None, follow: list[QLayer], in_fmt: QFormat, in_shape, where: str, idx: int
-) -> Op:
+def _make_op(group: _Group, in_fmt: QFormat, in_shape, where: str, idx: int) -> Op:
+    mac, follow = group.mac, group.follow
     if mac is not None:
         n = mac.node
         if isinstance(n, ir.Conv):
             C, H, W = n.in_shape
             O, _, KH, KW = n.weight.shape
             SH, SW = n.stride
-            PH, PW = n.padding
-            _, OH, OW = n.out_shape
+            PH, PW = n.padding  # top and left: bottom and right zeros come from reading past
+            _, OH, OW = n.out_shape  # the map's edge, and the output size says how far
+            if group.pad is not None:  # a pad before it: its zeros are the conv's padding
+                left, _, top, _ = group.pad.node.pads
+                C, H, W = group.pad.node.in_shape
+                PH, PW = PH + top, PW + left
             w = mac.w
         else:
             (C,) = n.in_shape
@@ -474,7 +515,7 @@ def _make_op(
             w = mac.w.reshape(O, C, 1, 1)
         op = Op(
             n.name,
-            [n.name],
+            [group.pad.name, n.name] if group.pad else [n.name],
             idx % 2,
             C,
             H,
@@ -531,7 +572,11 @@ def _make_op(
     for la in follow:
         n = la.node
         op.fused.append(n.name)
-        if isinstance(n, ir.ReLU):
+        if isinstance(n, ir.Clip):  # its clamp is the saturation (it commutes to there)
+            qlo, qhi = clip_bounds(la.in_fmt, n.lo, n.hi)
+            lo, hi = op.bounds
+            op.sat = (max(lo, qlo), min(hi, qhi))
+        elif isinstance(n, ir.ReLU):
             if seen_pool:
                 op.relu_post = 1
             else:
@@ -585,11 +630,12 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     fmt, shape = qm.input_fmt, qm.graph.input_shape
     stored = tuple(shape) if len(shape) == 3 else (shape[0], 1, 1)  # as the engine holds it
     in_stored = stored
-    for mac, follow in _fuse(qm):
+    for group in _fuse(qm):
+        mac, follow = group.mac, group.follow
         if mac is None and all(isinstance(la.node, ir.Flatten) for la in follow):
             shape = follow[-1].node.out_shape  # a leading flatten moves no data
             continue
-        op = _make_op(mac, follow, fmt, shape, where, len(ops))
+        op = _make_op(group, fmt, shape, where, len(ops))
         if op.H * op.W == 1 and stored[1] * stored[2] > 1:
             # a linear layer after a flatten reads the HWC-stored map in address order:
             # address (p·C0 + c0) holds torch feature c0·H0·W0 + p
@@ -712,12 +758,16 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
             taps = np.array(prog.wmem[lane][base : base + op.CKK])
             w[o] = taps.reshape(op.KH, op.KW, op.C).transpose(2, 0, 1)
             b[o] = prog.bmem[op.b_base + g * lanes + lane]
-        acc = conv_acc(xin[None], w, b, (op.SH, op.SW), (op.PH, op.PW))
-        y = requantize(acc, op.shift, op.out_fmt.bits)
+        # zeros: PH / PW before (top, left), as many after as the output size reads
+        below = max(0, (op.OH - 1) * op.SH + op.KH - op.H - op.PH)
+        right = max(0, (op.OW - 1) * op.SW + op.KW - op.W - op.PW)
+        xin = np.pad(xin, ((0, 0), (op.PH, below), (op.PW, right)))
+        acc = conv_acc(xin[None], w, b, (op.SH, op.SW), (0, 0))[:, :, : op.OH, : op.OW]
+        y = np.clip(requantize(acc, op.shift, op.out_fmt.bits), *op.bounds)
         if op.relu_pre:
             y = np.maximum(y, 0)
         pad = ((0, 0), (0, 0), (op.PPH, op.PPH), (op.PPW, op.PPW))
-        y = np.pad(y, pad, constant_values=0 if op.pool_avg else op.out_fmt.qmin)
+        y = np.pad(y, pad, constant_values=0 if op.pool_avg else op.bounds[0])
         win = np.lib.stride_tricks.sliding_window_view(y, (op.PKH, op.PKW), axis=(2, 3))
         win = win[:, :, :: op.PSH, :: op.PSW]
         if op.pool_avg:
