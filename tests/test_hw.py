@@ -665,3 +665,49 @@ def test_pads_and_clips_fuse_into_the_ops_around_them():
     qm, _ = quantized(bad, (2, 8, 8), 1)
     with pytest.raises(FxpgaError, match=r"layer '0'.*runs a pad only directly before a conv"):
         compiler.compile_model(qm, EngineConfig(lanes=2))
+
+
+def any_window_net():
+    """Average pools of 3x3 (stride 2, padded: counted zeros) and a global 5x3, beside a max
+    pool; with its input shape."""
+    model = nn.Sequential(
+        nn.Conv2d(2, 5, 3, padding=1),
+        nn.AvgPool2d(3, 2, 1),  # 10x7 → 5x4
+        nn.ReLU(),
+        nn.Conv2d(5, 4, 1),
+        nn.MaxPool2d((1, 2), (1, 1)),  # → 5x3
+        nn.Conv2d(4, 6, 1),
+        nn.AvgPool2d((5, 3)),  # global
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+    return model, (2, 10, 7)
+
+
+@pytest.mark.parametrize("lanes,post_lanes", [(1, 1), (3, 1), (8, 2)])
+def test_average_over_any_window_with_avg_divide(lanes, post_lanes):
+    """EngineConfig.avg_divide: 3x3 (stride 2, padded: counted zeros), a power of two, and a
+    global 5x3 average, each a multiply by the window's reciprocal, bit-exact and
+    cycle-exact; without it a 3x3 window is refused, naming the option."""
+    qm, x = quantized(*any_window_net(), 9)
+    with pytest.raises(FxpgaError, match=r"3x3 = 9 elements; .*EngineConfig.avg_divide"):
+        compiler.compile_model(qm, EngineConfig(lanes=lanes))
+    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes, avg_divide=True)
+    assert EngineConfig.for_model(qm, lanes).avg_divide  # what the model needs, by default
+    prog = check_engine(qm, x, lanes, n=2, gaps=random.Random(lanes), config=cfg)
+    assert [d["avg_mul"] > 0 for d in prog.descriptors] == [True] * len(prog.ops)
+
+
+def test_avg_divide_fields_are_exact_over_every_sum():
+    """The engine's divide (compiler.avg_divide_fields) against avg_round, for every pool sum
+    a window of k values of data_bits can reach."""
+    from fxpga.quant.qformat import avg_round
+
+    for bits in (2, 4, 8, 12):
+        S = compiler.avg_divide_shift(bits)
+        for k in (1, 2, 3, 9, 15, 64, 125, 255, 256):
+            f = compiler.avg_divide_fields(k, bits)
+            sums = np.arange(k * -(1 << (bits - 1)), k * ((1 << (bits - 1)) - 1) + 1, dtype=object)
+            got = ((2 * sums + f["avg_off"]) * f["avg_mul"] >> S) - (1 << (bits - 1))
+            assert np.array_equal(got, avg_round(sums, k)), (bits, k)
+            assert f["avg_mul"] <= 1 << 30 and f["avg_off"] < 1 << 23  # 32- and 24-bit fields

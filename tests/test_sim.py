@@ -19,7 +19,7 @@ from fxpga.quant import artifact, golden
 from fxpga.sim import runner, simulate, tools
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_hw import quantized, random_net  # noqa: E402
+from test_hw import any_window_net, quantized, random_net  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
@@ -273,3 +273,15 @@ def test_cli_simulate_board_config_and_conflict(digits_q8, tmp_path, capsys):
     )
     _, err = capsys.readouterr()
     assert code == 1 and "give --lanes or --board, not both" in err
+
+
+def test_average_over_any_window_on_verilator(tmp_path):
+    """The divider of EngineConfig.avg_divide through Verilator: bit- and cycle-exact."""
+    qm, x = quantized(*any_window_net(), 9)
+    cfg = EngineConfig.for_model(qm, 8, post_lanes=2)
+    assert cfg.avg_divide
+    prog = compiler.compile_model(qm, cfg)
+    build_dir = runner.build(prog, "verilator")
+    r = run_against_golden(qm, prog, x[:4], build_dir, tmp_path / "run", seed=3)
+    assert all(r.match), r.got
+    assert r.cycles == [prog.total_cycles] * 4

@@ -11,7 +11,7 @@ most 16 words to flip-flops. Logic (LUTs) is not predicted: nextpnr reports it.
 from __future__ import annotations
 
 from ..errors import FxpgaError
-from ..hw.compiler import DESC_FIELDS, Program
+from ..hw.compiler import Program, desc_fields
 from ..hw.desc import HEADER_WORDS
 from ..hw.weights import SPRAM_COUNT, SPRAM_DEPTH
 from .protocol import value_bytes
@@ -40,7 +40,7 @@ def memories(prog: Program) -> list[tuple[str, int, int, int]]:
     out = [
         ("feature maps", 2 * W, -(-prog.fmap_depth // W), cfg.data_bits),
         ("biases", W, -(-prog.bmem_depth // W), cfg.acc_bits),
-        ("program", 1, HEADER_WORDS + len(DESC_FIELDS) * len(prog.ops), 32),
+        ("program", 1, HEADER_WORDS + len(desc_fields(cfg)) * len(prog.ops), 32),
         ("host input buffer", 1, prog.in_size * vbytes, 8),
         ("host output buffer", 1, prog.out_size * vbytes, 8),
     ]

@@ -110,6 +110,10 @@ class EngineConfig:
     # program words (header, descriptors) wait a cycle in a register after the program memory
     # (its block RAM output is slow): each descriptor fetch is a cycle longer (ECP5 fmax)
     program_read_reg: bool = False
+    # average pooling over any window (3x3, DS-CNN's 25x5), exact: a multiplier per post-
+    # processing lane divides by the window size; two more descriptor words. Off: windows of
+    # 2^k values only (the divide is a shift)
+    avg_divide: bool = False
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -124,6 +128,7 @@ class EngineConfig:
                 "fmap_write_reg",
                 "weight_out_reg",
                 "program_read_reg",
+                "avg_divide",
             ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
@@ -149,6 +154,11 @@ class EngineConfig:
                 "EngineConfig.weight_out_reg needs block-RAM weights and operand_regs >= 1 "
                 "(the memories' output register replaces the first operand register)"
             )
+        if self.avg_divide and self.data_bits > MAX_DIVIDE_DATA_BITS:
+            raise FxpgaError(
+                f"EngineConfig.avg_divide needs data_bits <= {MAX_DIVIDE_DATA_BITS} (its "
+                f"reciprocals fill a 32-bit program word), not {self.data_bits}"
+            )
         if self.post_lanes is None:  # the fewest that keep a window's post-processing <= 8
             p = 1
             while self.lanes // p > 8 and self.lanes % (2 * p) == 0:
@@ -172,7 +182,8 @@ class EngineConfig:
     @classmethod
     def for_model(cls, qm: QModel, lanes: int = 8, **overrides) -> EngineConfig:
         """The narrowest widths ``qm`` needs (at least 8-bit data/weights and a 16-bit
-        accumulator, rounded up to a multiple of 4); ``overrides`` win."""
+        accumulator, rounded up to a multiple of 4), and ``avg_divide`` where it averages
+        over a window that is not a power of two; ``overrides`` win."""
         data = max([qm.input_fmt.bits] + [la.out_fmt.bits for la in qm.layers])
         weight = max([la.w_fmt.bits for la in qm.layers if la.w_fmt] + [2])
         acc = max(qm.max_acc_bits, data + 2)
@@ -181,6 +192,10 @@ class EngineConfig:
             "data_bits": max(8, data),
             "weight_bits": max(8, weight),
             "acc_bits": min(MAX_ACC_BITS, max(16, -(-acc // 4) * 4)),
+            "avg_divide": any(
+                isinstance(la.node, ir.AvgPool) and (k := math.prod(la.node.kernel)) & (k - 1)
+                for la in qm.layers
+            ),
         }
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
@@ -198,6 +213,29 @@ DESC_FIELDS = (
     "SH", "SW", "SWC", "SHWC", "PSH", "PSW", "PSH_SH", "PSW_SW", "PSW_SWC", "PSH_SHWC",
     "shift", "qmin", "qmax", "relu_pre", "relu_post", "pool_avg", "avg_shift",
 )  # fmt: skip
+# with EngineConfig.avg_divide: an average pool divides by its window's k as a multiply by
+# avg_mul = ceil(2^S / 2k) and a shift by S (avg_divide_shift), after adding avg_off
+AVG_FIELDS = ("avg_mul", "avg_off")
+MAX_DIVIDE_DATA_BITS = 12  # avg_mul < 2^(data_bits + 18) must fit a 32-bit program word
+
+
+def desc_fields(cfg: EngineConfig) -> tuple[str, ...]:
+    """The descriptor's fields on an engine built with ``cfg``, in program order."""
+    return DESC_FIELDS + (AVG_FIELDS if cfg.avg_divide else ())
+
+
+def avg_divide_shift(data_bits: int) -> int:
+    """``S``: ``(n · ceil(2^S / 2k)) >> S == n // 2k`` for every ``n < 2^(data_bits + 10)``
+    and window ``k ≤ 256`` (``qformat.reciprocal``: ``N + ceil(log2 2k)``, 2k ≤ 512)."""
+    return data_bits + 10 + 9
+
+
+def avg_divide_fields(k: int, data_bits: int) -> dict[str, int]:
+    """``avg_mul``, ``avg_off`` of an average over ``k`` values of ``data_bits``: the pool sum
+    ``Σ`` becomes ``n = 2Σ + avg_off = 2(Σ + k·2^(D−1)) + k ≥ 0``, and
+    ``((n · avg_mul) >> S) − 2^(D−1) = floor((2Σ + k) / 2k)``, the golden model's average."""
+    S = avg_divide_shift(data_bits)
+    return {"avg_mul": -(-(1 << S) // (2 * k)), "avg_off": k * ((1 << data_bits) + 1)}
 
 
 @dataclass
@@ -268,7 +306,12 @@ class Op:
     def out_size(self) -> int:
         return self.O * self.POH * self.POW
 
-    def descriptor(self, lanes: int, post_lanes: int = 1) -> dict[str, int]:
+    def descriptor(
+        self, lanes: int, post_lanes: int = 1, divide_bits: int | None = None
+    ) -> dict[str, int]:
+        """The descriptor words; ``divide_bits``: the engine divides averages by multiplying
+        (``EngineConfig.avg_divide``) on ``divide_bits``-bit data, and the fields for that
+        follow."""
         G = self.groups(lanes)
         C, W = self.C, self.W
         iy0 = -self.PPH * self.SH - self.PH
@@ -288,10 +331,19 @@ class Op:
             "PSH_SHWC": self.PSH * self.SH * W * C,
             "shift": self.shift, "qmin": self.bounds[0], "qmax": self.bounds[1],
             "relu_pre": self.relu_pre, "relu_post": self.relu_post, "pool_avg": self.pool_avg,
-            "avg_shift": int(math.log2(self.PKH * self.PKW)) if self.pool_avg else 0,
+            "avg_shift": self.avg_shift,
         }  # fmt: skip
         assert tuple(d) == DESC_FIELDS
+        if divide_bits is not None:
+            k = self.PKH * self.PKW if self.pool_avg else 1
+            d |= avg_divide_fields(k, divide_bits)
         return d
+
+    @property
+    def avg_shift(self) -> int:
+        """log2 of an average pool's window, when it is a power of two (else 0: divided)."""
+        k = self.PKH * self.PKW
+        return k.bit_length() - 1 if self.pool_avg and not k & (k - 1) else 0
 
     def window_positions(self):
         """(valid, count) of conv-output positions visited, per group (pool loops included)."""
@@ -334,7 +386,7 @@ def tap_to_acc(cfg: EngineConfig) -> int:
 def fetch_words(cfg: EngineConfig) -> int:
     """``NF``, the descriptor words, plus the cycle ``program_read_reg`` adds to a fetch: a
     descriptor fetch is busy ``fetch_words + 1`` cycles."""
-    return len(DESC_FIELDS) + int(cfg.program_read_reg)
+    return len(desc_fields(cfg)) + int(cfg.program_read_reg)
 
 
 def program_cycles(ops: list[Op], cfg: EngineConfig) -> list[int]:
@@ -408,7 +460,9 @@ class Program:
 
     @property
     def descriptors(self) -> list[dict[str, int]]:
-        return [op.descriptor(self.config.lanes, self.config.post_lanes) for op in self.ops]
+        cfg = self.config
+        bits = cfg.data_bits if cfg.avg_divide else None
+        return [op.descriptor(cfg.lanes, cfg.post_lanes, bits) for op in self.ops]
 
     def to_engine(self, x: np.ndarray) -> np.ndarray:
         """(N, ...) samples in C-order → (N, in_size) in the engine's HWC order."""
@@ -492,7 +546,9 @@ def _fuse(qm: QModel) -> list[_Group]:
     return groups
 
 
-def _make_op(group: _Group, in_fmt: QFormat, in_shape, where: str, idx: int) -> Op:
+def _make_op(
+    group: _Group, in_fmt: QFormat, in_shape, where: str, idx: int, divide: bool = False
+) -> Op:
     mac, follow = group.mac, group.follow
     if mac is not None:
         n = mac.node
@@ -588,10 +644,11 @@ def _make_op(group: _Group, in_fmt: QFormat, in_shape, where: str, idx: int) -> 
             op.PPH, op.PPW = n.padding
             if isinstance(n, ir.AvgPool):
                 k = op.PKH * op.PKW
-                if k & (k - 1):
+                if k & (k - 1) and not divide:
                     raise FxpgaError(
                         f"{where}: layer '{n.name}': avg-pool over {op.PKH}x{op.PKW} = {k} "
-                        f"elements; the engine divides by powers of two only"
+                        f"elements; this engine divides by powers of two only (build it with "
+                        f"EngineConfig.avg_divide for any window)"
                     )
                 if k > MAX_AVG_POOL:
                     raise FxpgaError(
@@ -635,7 +692,7 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         if mac is None and all(isinstance(la.node, ir.Flatten) for la in follow):
             shape = follow[-1].node.out_shape  # a leading flatten moves no data
             continue
-        op = _make_op(group, fmt, shape, where, len(ops))
+        op = _make_op(group, fmt, shape, where, len(ops), cfg.avg_divide)
         if op.H * op.W == 1 and stored[1] * stored[2] > 1:
             # a linear layer after a flatten reads the HWC-stored map in address order:
             # address (p·C0 + c0) holds torch feature c0·H0·W0 + p

@@ -13,7 +13,7 @@ from amaranth import signed
 from amaranth.lib import data
 
 from ..errors import FxpgaError
-from .compiler import DESC_FIELDS
+from .compiler import AVG_FIELDS, DESC_FIELDS
 
 HEADER_WORDS = 4  # n_ops, in_size, out_size, out_buf
 MAX_FIELD_BITS = 32
@@ -25,17 +25,24 @@ COORD_FIELDS = frozenset(
 )
 SMALL_FIELDS = {
     "in_buf": 2, "relu_pre": 2, "relu_post": 2, "pool_avg": 2, "shift": 8, "avg_shift": 6,
+    "avg_mul": 32, "avg_off": 24,  # compiler.avg_divide_fields: <= 2^30, < 2^21
 }  # fmt: skip
 
 
-def field_widths(field_bits: int, coord_bits: int | None = None) -> dict[str, int]:
+def field_widths(
+    field_bits: int, coord_bits: int | None = None, divide: bool = False
+) -> dict[str, int]:
+    """Each field's width; ``divide``: the engine has ``EngineConfig.avg_divide``'s fields."""
     cb = coord_bits or field_bits
-    return {n: SMALL_FIELDS.get(n, cb if n in COORD_FIELDS else field_bits) for n in DESC_FIELDS}
+    names = DESC_FIELDS + (AVG_FIELDS if divide else ())
+    return {n: SMALL_FIELDS.get(n, cb if n in COORD_FIELDS else field_bits) for n in names}
 
 
-def descriptor_layout(field_bits: int, coord_bits: int | None = None) -> data.StructLayout:
+def descriptor_layout(
+    field_bits: int, coord_bits: int | None = None, divide: bool = False
+) -> data.StructLayout:
     return data.StructLayout(
-        {n: signed(w) for n, w in field_widths(field_bits, coord_bits).items()}
+        {n: signed(w) for n, w in field_widths(field_bits, coord_bits, divide).items()}
     )
 
 

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from ..limits import check_range
 from . import compiler
 from .buffers import FeatureBuffer
-from .compiler import DESC_FIELDS, EngineConfig, Program
+from .compiler import EngineConfig, Program, desc_fields
 from .desc import (
     HEADER_WORDS,
     check_fits,
@@ -51,11 +51,11 @@ def program_words(
             prog.config, prog.fmap_depth, prog.wmem_depth, prog.bmem_depth
         )
         coord_bits = coord_bits_for(prog.descriptors)
-    widths = field_widths(field_bits, coord_bits)
+    widths = field_widths(field_bits, coord_bits, prog.config.avg_divide)
     words = [len(prog.ops), prog.in_size, prog.out_size, prog.out_buf]
     for i, d in enumerate(prog.descriptors):
         check_fits(d, widths, f"op {i} ({prog.ops[i].name})")
-        words += [d[k] & 0xFFFFFFFF for k in DESC_FIELDS]
+        words += [d[k] & 0xFFFFFFFF for k in widths]
     return words
 
 
@@ -104,7 +104,7 @@ class Engine(wiring.Component):
         self.max_ops = max_ops or cfg.max_ops or (len(p.ops) if p else 16)
         for k in ("fmap_depth", "wmem_depth", "bmem_depth", "max_ops"):  # before any memory
             check_range(f"Engine {k}", getattr(self, k), *compiler.CONFIG_BOUNDS[k])
-        self.prog_depth = HEADER_WORDS + len(DESC_FIELDS) * self.max_ops
+        self.prog_depth = HEADER_WORDS + len(desc_fields(cfg)) * self.max_ops
         self.field_bits = engine_field_bits(cfg, self.fmap_depth, self.wmem_depth, self.bmem_depth)
         # coordinates sized to the baked program; a run-time program may need the full width
         self.coord_bits = (
@@ -184,7 +184,7 @@ class Engine(wiring.Component):
         ]
 
         # ---- datapath
-        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB)
+        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB, cfg.avg_divide)
         m.submodules.mac = mac = MACArray(
             lanes,
             D,
@@ -205,8 +205,9 @@ class Engine(wiring.Component):
             CB,
             copies=cfg.broadcast_copies,
             snapshots=not cfg.acc_clear,
+            divide=cfg.avg_divide,
         )
-        desc = Signal(descriptor_layout(FB, CB))
+        desc = Signal(descriptor_layout(FB, CB, cfg.avg_divide))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
 
         in_buf = desc.in_buf[0]
@@ -288,8 +289,8 @@ class Engine(wiring.Component):
 
         # descriptor prefetcher: reads the NF words at `pf_base` (the next op's descriptor, kept
         # incrementally: no multiplier) into `nxt` while an op runs; busy NF + lag cycles
-        nf = len(DESC_FIELDS)
-        nxt = Signal(descriptor_layout(FB, CB)) if cfg.prefetch else desc
+        nf = len(desc_fields(cfg))
+        nxt = Signal(descriptor_layout(FB, CB, cfg.avg_divide)) if cfg.prefetch else desc
         pf_start, pf_busy = Signal(), Signal()
         start = Signal()  # taps.start from a flip-flop: high exactly while in START
         in_ready, out_valid = Signal(), Signal()  # the same for LOAD and OUT_SEND
@@ -306,7 +307,7 @@ class Engine(wiring.Component):
             with m.If(pf_cnt == nf + lag - 1):
                 m.d.sync += pf_busy.eq(0)
         with m.If(pf_busy), m.Switch(pf_cnt):  # word k arrives while pf_cnt = k + lag
-            for k, (name, width) in enumerate(field_widths(FB, CB).items()):
+            for k, (name, width) in enumerate(field_widths(FB, CB, cfg.avg_divide).items()):
                 with m.Case(k + lag):
                     m.d.sync += nxt[name].eq(pdata[:width])
         m.d.comb += prd.addr.eq(pf_addr)

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import FxpgaError
-from .compiler import DESC_FIELDS, Program
+from .compiler import Program, desc_fields
 from .engine import Engine, program_words
 
 
@@ -85,11 +85,11 @@ def program_json(prog: Program, model_sha: str | None = None) -> dict:
                 "fused": op.fused,
                 "cycles": cyc,
                 "macs": op.macs,
-                "descriptor": op.descriptor(prog.config.lanes, prog.config.post_lanes),
+                "descriptor": d,
             }
-            for op, cyc in zip(prog.ops, prog.estimate, strict=True)
+            for op, cyc, d in zip(prog.ops, prog.estimate, prog.descriptors, strict=True)
         ],
-        "descriptor_fields": list(DESC_FIELDS),
+        "descriptor_fields": list(desc_fields(prog.config)),
         "total_cycles": prog.total_cycles,
         "total_macs": prog.total_macs,
     }

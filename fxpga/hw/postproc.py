@@ -32,8 +32,10 @@ class PostProcessor(wiring.Component):
     7. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
     8. pool: the first window of a pool output loads the lane's pool register, the others
        take the max or add; a window in pool padding contributes nothing;
-    9. avg pool: ``+ 2^(k−1)``;
-    10. avg pool: ``>> k``; then ReLU if ``relu_post``;
+    9. avg pool: ``+ 2^(k−1)``; with ``divide`` (``EngineConfig.avg_divide``, any window):
+       ``n = 2·sum + avg_off`` (non-negative);
+    10. avg pool: ``>> k``; with ``divide``: ``((n · avg_mul) >> S) − 2^(D−1)``, the exact
+       rounded average (``compiler.avg_divide_fields``); then ReLU if ``relu_post``;
     11. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
        out_addr + j·post_lanes``) where ``l < nvalid`` and it was the pool's last window.
 
@@ -60,9 +62,10 @@ class PostProcessor(wiring.Component):
         coord_bits: int | None = None,
         copies: int = 1,
         snapshots: bool = True,
+        divide: bool = False,
     ):
         assert lanes % post_lanes == 0
-        self.snapshots = snapshots
+        self.snapshots, self.divide = snapshots, divide
         self.copies = min(copies, lanes // post_lanes)
         self.field_bits = FB = field_bits
         self.lanes, self.data_bits, self.acc_bits = lanes, data_bits, acc_bits
@@ -74,7 +77,7 @@ class PostProcessor(wiring.Component):
         self.meta_layout = meta
         super().__init__(
             {
-                "desc": In(descriptor_layout(FB, coord_bits)),
+                "desc": In(descriptor_layout(FB, coord_bits, divide)),
                 "capture": In(1),
                 "capture_next": In(1),
                 "meta": In(meta),
@@ -295,11 +298,15 @@ class PostProcessor(wiring.Component):
                 m.d.sync += [pacc[j][i].eq(pacc[j + 1][i]) for j in range(n - 1)]
                 m.d.sync += pacc[n - 1][i].eq(new)
 
-        # stages 9-10: avg pool's rounding shift (k = 0 for max pool), relu_post
+        # stages 9-10: avg pool's rounding shift (k = 0 for max pool), or its divide; relu_post
         stage()
-        s9 = lanes_of("s9_val", signed(P + 1), lambda i: s8[i] + half)
-        it = stage()
-        pooled = [s9[i] >> ctl[i].k for i in range(W)]
+        if self.divide:
+            s9, pooled = self._divide(m, d, s8, ctl, lanes_of, P, D)
+            it = stage()
+        else:
+            s9 = lanes_of("s9_val", signed(P + 1), lambda i: s8[i] + half)
+            it = stage()
+            pooled = [s9[i] >> ctl[i].k for i in range(W)]
         s10 = lanes_of(
             "s10_val",
             signed(D),
@@ -314,3 +321,19 @@ class PostProcessor(wiring.Component):
             m.d.comb += [self.wr_en[i].eq(s10_en[i]), self.wr_data[i].eq(s10[i])]
         m.d.comb += self.busy.eq(active | Cat(st.v for st in stages).any())
         return m
+
+    def _divide(self, m, d, s8, ctl, lanes_of, P, D):
+        """Stages 9-10 of an engine that divides: ``n = 2·s8 + avg_off`` (a max pool's value
+        passes), then ``((n · avg_mul) >> S) − 2^(D−1)``: one multiplier per lane."""
+        from .compiler import avg_divide_shift
+
+        S = avg_divide_shift(D)
+        avg, mul, off = Signal(), Signal(unsigned(S)), Signal(unsigned(P + 2))
+        m.d.sync += [avg.eq(d.pool_avg), mul.eq(d.avg_mul), off.eq(d.avg_off)]
+        s9 = lanes_of("s9_val", signed(P + 3), lambda i: Mux(avg, (s8[i] << 1) + off, s8[i]))
+        pooled = []
+        for i in range(self.post_lanes):
+            q = Signal(signed(P + 3 + S + 1), name=f"s10_prod{i}")
+            m.d.comb += q.eq(s9[i] * mul)
+            pooled.append(Mux(avg, (q >> S) - (1 << (D - 1)), s9[i]))
+        return s9, pooled

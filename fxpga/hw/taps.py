@@ -60,6 +60,7 @@ class TapGenerator(wiring.Component):
         items: int | None = None,
         field_bits: int = 24,
         coord_bits: int | None = None,
+        divide: bool = False,  # the descriptor has EngineConfig.avg_divide's fields (unused)
     ):
         self.lanes = lanes
         self.items = items or lanes
@@ -67,7 +68,7 @@ class TapGenerator(wiring.Component):
         self.coord_bits = coord_bits or field_bits
         super().__init__(
             {
-                "desc": In(descriptor_layout(field_bits, self.coord_bits)),
+                "desc": In(descriptor_layout(field_bits, self.coord_bits, divide)),
                 "start": In(1),
                 "busy": Out(1),
                 "done": Out(1),
