@@ -43,6 +43,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/quant.py
+	$(PY) bench/fit.py
 	$(PY) bench/engine.py
 	$(PY) bench/sim.py
 	$(PY) bench/boards.py
