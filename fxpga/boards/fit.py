@@ -11,7 +11,7 @@ most 16 words to flip-flops. Logic (LUTs) is not predicted: nextpnr reports it.
 from __future__ import annotations
 
 from ..errors import FxpgaError
-from ..hw.compiler import Program, desc_fields
+from ..hw.compiler import Program, avg_divide_shift, desc_fields
 from ..hw.desc import HEADER_WORDS
 from ..hw.weights import SPRAM_COUNT, SPRAM_DEPTH
 from .protocol import value_bytes
@@ -57,7 +57,12 @@ def estimate(prog: Program, family: str) -> dict[str, tuple[int, str]]:
     est = {BRAM_CELL[family]: (sum(k for _, k in parts), ", ".join(used))}
     dw = DSP_WIDTH[family]
     per_lane = -(-cfg.data_bits // dw) * -(-cfg.weight_bits // dw)
-    est[DSP_CELL[family]] = (cfg.lanes * per_lane, f"{cfg.lanes} lanes × {per_lane}")
+    n, why = cfg.lanes * per_lane, f"{cfg.lanes} lanes × {per_lane}"
+    if cfg.avg_divide:  # postproc's divider: (data_bits + 11) × avg_divide_shift bits per lane
+        per_post = -(-(cfg.data_bits + 11) // dw) * -(-avg_divide_shift(cfg.data_bits) // dw)
+        n += cfg.post_lanes * per_post
+        why += f", the average divider {cfg.post_lanes} × {per_post}"
+    est[DSP_CELL[family]] = (n, why)
     if cfg.weight_store == "spram":
         est["ICESTORM_SPRAM"] = (-(-cfg.lanes // 2), f"weights of {cfg.lanes} lanes, 2 per SPRAM")
     return est
