@@ -113,3 +113,15 @@ def test_weight_output_registers_are_the_block_rams_on_ecp5(depth, blocks):
     cells = yosys_cells(banks, "ecp5", platform=ecp5_platform)
     # flip-flops: only the read selects of the blocks past the first (2 cycles, 1 bit)
     assert cells.get("TRELLIS_FF", 0) == (0 if blocks == 1 else 2)
+
+
+@pytest.mark.parametrize(
+    ("family", "cell", "per_lane"), [("ecp5", "MULT18X18D", 2), ("ice40", "SB_MAC16", 4)]
+)
+def test_the_average_divider_maps_as_fit_counts_it(family, cell, per_lane):
+    """The post-processor's divider (EngineConfig.avg_divide) takes as many multipliers per
+    post-processing lane as boards.fit counts, and none without it."""
+
+    for divide, want in ((False, 0), (True, 2 * per_lane)):
+        pp = PostProcessor(8, 8, 24, 6, post_lanes=2, field_bits=16, divide=divide)
+        assert yosys_cells(pp, family, "pp").get(cell, 0) == want

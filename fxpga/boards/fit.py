@@ -58,8 +58,8 @@ def estimate(prog: Program, family: str) -> dict[str, tuple[int, str]]:
     dw = DSP_WIDTH[family]
     per_lane = -(-cfg.data_bits // dw) * -(-cfg.weight_bits // dw)
     n, why = cfg.lanes * per_lane, f"{cfg.lanes} lanes × {per_lane}"
-    if cfg.avg_divide:  # postproc's divider: (data_bits + 11) × avg_divide_shift bits per lane
-        per_post = -(-(cfg.data_bits + 11) // dw) * -(-avg_divide_shift(cfg.data_bits) // dw)
+    if cfg.avg_divide:  # postproc's divider per lane: n < 2^(data_bits + 10) × avg_mul (S bits)
+        per_post = -(-(cfg.data_bits + 10) // dw) * -(-avg_divide_shift(cfg.data_bits) // dw)
         n += cfg.post_lanes * per_post
         why += f", the average divider {cfg.post_lanes} × {per_post}"
     est[DSP_CELL[family]] = (n, why)
