@@ -711,3 +711,38 @@ def test_avg_divide_fields_are_exact_over_every_sum():
             got = ((2 * sums + f["avg_off"]) * f["avg_mul"] >> S) - (1 << (bits - 1))
             assert np.array_equal(got, avg_round(sums, k)), (bits, k)
             assert f["avg_mul"] <= 1 << 30 and f["avg_off"] < 1 << 23  # 32- and 24-bit fields
+
+
+def grouped_net():
+    """Depthwise (stride 2, asymmetric pad, ReLU6), a channel multiplier of 2, a grouped
+    conv, a 1x1, pools: with its input shape."""
+    model = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.ZeroPad2d((0, 1, 0, 1)),
+        nn.Conv2d(6, 6, 3, stride=2, groups=6),  # depthwise: 8x7 (padded) → 3x3
+        nn.ReLU6(),
+        nn.Conv2d(6, 12, 3, padding=1, groups=6),  # a channel multiplier of 2
+        nn.Conv2d(12, 8, 1, groups=4),  # grouped: 3 in, 2 out per group
+        nn.MaxPool2d(2, 1),
+        nn.Conv2d(8, 8, 2, groups=8, bias=False),  # depthwise after a pool: 2x2 → 1x1
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+    return model, (2, 7, 6)
+
+
+@pytest.mark.parametrize("lanes,post_lanes", [(1, 1), (3, 1), (4, 2), (16, 2)])
+def test_grouped_and_depthwise_convs_with_depthwise(lanes, post_lanes):
+    """EngineConfig.depthwise: each group of lanes output channels is an op reading its
+    window of input channels; bit- and cycle-exact; MACs count real products only; without
+    the option the compiler names it."""
+    qm, x = quantized(*grouped_net(), 12)
+    with pytest.raises(FxpgaError, match=r"layer '3': grouped convolution \(groups=6\)"):
+        compiler.compile_model(qm, EngineConfig(lanes=lanes))
+    assert EngineConfig.for_model(qm, lanes).depthwise
+    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes, depthwise=True)
+    prog = check_engine(qm, x, lanes, n=2, gaps=random.Random(lanes), config=cfg)
+    dw = [op for op in prog.ops if op.name.startswith("3[")]
+    assert len(dw) == -(-6 // lanes) and sum(op.macs for op in dw) == 6 * 3 * 3 * 9
+    assert [op.o0 for op in dw] == list(range(0, 6, lanes))

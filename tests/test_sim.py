@@ -285,3 +285,20 @@ def test_average_over_any_window_on_verilator(tmp_path):
     r = run_against_golden(qm, prog, x[:4], build_dir, tmp_path / "run", seed=3)
     assert all(r.match), r.got
     assert r.cycles == [prog.total_cycles] * 4
+
+
+@pytest.mark.parametrize("name", ["ds-cnn", "digits-dsnet"])
+def test_depthwise_models_on_verilator(name, tmp_path):
+    """MLPerf Tiny's DS-CNN (TF 'SAME' pad, depthwise-separable blocks, a 25x5 average) and
+    the digits depthwise net, at 8 lanes on Verilator: bit- and cycle-exact."""
+    from fxpga.quant import data, frontend, quantizer, zoo
+
+    model, ds_name = zoo.builtin(name)
+    ds = data.load(ds_name)
+    qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(64))
+    prog = compiler.compile_model(qm, EngineConfig.for_model(qm, 8))
+    assert prog.config.depthwise and prog.config.avg_divide == (name == "ds-cnn")
+    build_dir = runner.build(prog, "verilator")
+    r = run_against_golden(qm, prog, ds.x_test[:2], build_dir, tmp_path / "run", seed=5)
+    assert all(r.match), r.got
+    assert r.cycles == [prog.total_cycles] * 2

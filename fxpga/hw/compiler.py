@@ -28,6 +28,7 @@ costs ``lanes / post_lanes``; each op adds a few cycles of sequencing and a drai
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -114,6 +115,11 @@ class EngineConfig:
     # processing lane divides by the window size; two more descriptor words. Off: windows of
     # 2^k values only (the divide is a shift)
     avg_divide: bool = False
+    # grouped and depthwise convolution: one op per group of `lanes` output channels, each
+    # reading its window of input channels (a descriptor word says how far the address jumps
+    # to the next pixel). Lane l's weights are zero outside its own channels, so a depthwise
+    # layer keeps one lane in `lanes` busy: correct, not yet fast
+    depthwise: bool = False
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -129,6 +135,7 @@ class EngineConfig:
                 "weight_out_reg",
                 "program_read_reg",
                 "avg_divide",
+                "depthwise",
             ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
@@ -196,6 +203,7 @@ class EngineConfig:
                 isinstance(la.node, ir.AvgPool) and (k := math.prod(la.node.kernel)) & (k - 1)
                 for la in qm.layers
             ),
+            "depthwise": any(getattr(la.node, "groups", 1) > 1 for la in qm.layers),
         }
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
@@ -221,7 +229,11 @@ MAX_DIVIDE_DATA_BITS = 12  # avg_mul < 2^(data_bits + 18) must fit a 32-bit prog
 
 def desc_fields(cfg: EngineConfig) -> tuple[str, ...]:
     """The descriptor's fields on an engine built with ``cfg``, in program order."""
-    return DESC_FIELDS + (AVG_FIELDS if cfg.avg_divide else ())
+    return (
+        DESC_FIELDS
+        + (("kx_inc",) if cfg.depthwise else ())
+        + (AVG_FIELDS if cfg.avg_divide else ())
+    )
 
 
 def avg_divide_shift(data_bits: int) -> int:
@@ -277,6 +289,16 @@ class Op:
     acc_bits: int = 0
     macs: int = 0
     out_shape: tuple = ()
+    # one group of a grouped conv: it reads input channels c0 … c0 + C − 1 of a map with CP
+    # channels and writes output channels o0 … o0 + O − 1 of a map with OP channels
+    CP: int | None = None
+    OP: int | None = None
+    c0: int = 0
+    o0: int = 0
+
+    def __post_init__(self):
+        self.CP = self.CP or self.C
+        self.OP = self.OP or self.O
 
     @property
     def CKK(self) -> int:
@@ -300,31 +322,36 @@ class Op:
 
     @property
     def in_size(self) -> int:
-        return self.C * self.H * self.W
+        return self.CP * self.H * self.W
 
     @property
     def out_size(self) -> int:
-        return self.O * self.POH * self.POW
+        return self.OP * self.POH * self.POW
 
     def descriptor(
-        self, lanes: int, post_lanes: int = 1, divide_bits: int | None = None
+        self,
+        lanes: int,
+        post_lanes: int = 1,
+        divide_bits: int | None = None,
+        depthwise: bool = False,
     ) -> dict[str, int]:
-        """The descriptor words; ``divide_bits``: the engine divides averages by multiplying
-        (``EngineConfig.avg_divide``) on ``divide_bits``-bit data, and the fields for that
-        follow."""
+        """The descriptor words; ``depthwise``: the engine reads channel windows
+        (``EngineConfig.depthwise``: ``kx_inc``); ``divide_bits``: it divides averages by
+        multiplying (``EngineConfig.avg_divide``) on ``divide_bits``-bit data."""
         G = self.groups(lanes)
-        C, W = self.C, self.W
+        C, W = self.CP, self.W
         iy0 = -self.PPH * self.SH - self.PH
         ix0 = -self.PPW * self.SW - self.PW
         d = {
-            "in_buf": self.in_buf, "c_max": C - 1, "H": self.H, "W": W, "kx_max": self.KW - 1,
+            "in_buf": self.in_buf, "c_max": self.C - 1, "H": self.H, "W": W,
+            "kx_max": self.KW - 1,
             "CKK": self.CKK, "lead": max(0, lanes // post_lanes - self.CKK), "WC": W * C,
             "OH": self.OH, "OW": self.OW, "dy_max": self.PKH - 1, "dx_max": self.PKW - 1,
-            "py_max": self.POH - 1, "px_max": self.POW - 1, "g_max": G - 1, "O": self.O,
-            "O_last": self.O - (G - 1) * lanes, "out_base": 0, "w_base": self.w_base,
+            "py_max": self.POH - 1, "px_max": self.POW - 1, "g_max": G - 1, "O": self.OP,
+            "O_last": self.O - (G - 1) * lanes, "out_base": self.o0, "w_base": self.w_base,
             "b_base": self.b_base // post_lanes,
             "oy0": -self.PPH, "ox0": -self.PPW, "iy0": iy0, "ix0": ix0, "xc0": ix0 * C,
-            "ra0": iy0 * W * C,
+            "ra0": iy0 * W * C + self.c0,
             "SH": self.SH, "SW": self.SW, "SWC": self.SW * C, "SHWC": self.SH * W * C,
             "PSH": self.PSH, "PSW": self.PSW, "PSH_SH": self.PSH * self.SH,
             "PSW_SW": self.PSW * self.SW, "PSW_SWC": self.PSW * self.SW * C,
@@ -334,6 +361,10 @@ class Op:
             "avg_shift": self.avg_shift,
         }  # fmt: skip
         assert tuple(d) == DESC_FIELDS
+        if depthwise:
+            d["kx_inc"] = C - self.C + 1  # from the last channel read to the next pixel's first
+        elif self.C != C:
+            raise FxpgaError(f"op '{self.name}' reads a channel window: it needs depthwise")
         if divide_bits is not None:
             k = self.PKH * self.PKW if self.pool_avg else 1
             d |= avg_divide_fields(k, divide_bits)
@@ -462,7 +493,7 @@ class Program:
     def descriptors(self) -> list[dict[str, int]]:
         cfg = self.config
         bits = cfg.data_bits if cfg.avg_divide else None
-        return [op.descriptor(cfg.lanes, cfg.post_lanes, bits) for op in self.ops]
+        return [op.descriptor(cfg.lanes, cfg.post_lanes, bits, cfg.depthwise) for op in self.ops]
 
     def to_engine(self, x: np.ndarray) -> np.ndarray:
         """(N, ...) samples in C-order → (N, in_size) in the engine's HWC order."""
@@ -546,9 +577,17 @@ def _fuse(qm: QModel) -> list[_Group]:
     return groups
 
 
-def _make_op(
-    group: _Group, in_fmt: QFormat, in_shape, where: str, idx: int, divide: bool = False
-) -> Op:
+def _make_ops(
+    group: _Group,
+    in_fmt: QFormat,
+    in_shape,
+    where: str,
+    buf: int,
+    cfg: EngineConfig,
+) -> list[Op]:
+    """The engine ops of one fused group: one op, or one per ``lanes`` output channels of a
+    grouped conv. ``buf``: the buffer they read."""
+    divide, depthwise, lanes = cfg.avg_divide, cfg.depthwise, cfg.lanes
     mac, follow = group.mac, group.follow
     if mac is not None:
         n = mac.node
@@ -572,7 +611,7 @@ def _make_op(
         op = Op(
             n.name,
             [group.pad.name, n.name] if group.pad else [n.name],
-            idx % 2,
+            buf,
             C,
             H,
             W,
@@ -604,7 +643,7 @@ def _make_op(
         op = Op(
             f"{follow[0].name}:identity",
             [],
-            idx % 2,
+            buf,
             C,
             H,
             W,
@@ -657,7 +696,45 @@ def _make_op(
                     )
                 op.pool_avg = 1
     op.macs = op.O * op.OH * op.OW * op.CKK
-    return op
+    if mac is not None and getattr(mac.node, "groups", 1) > 1:
+        if not depthwise:
+            raise FxpgaError(
+                f"{where}: layer '{mac.name}': grouped convolution (groups={mac.node.groups}) "
+                f"needs an engine built with EngineConfig.depthwise"
+            )
+        return _split_groups(op, mac.node.groups, lanes)
+    return [op]
+
+
+def _split_groups(op: Op, groups: int, lanes: int) -> list[Op]:
+    """A grouped conv as one op per ``lanes`` output channels: each reads the window of input
+    channels its outputs need, with each output's weights at its own group's channels of the
+    window and zeros elsewhere. MACs count the real products only."""
+    og, cg = op.O // groups, op.C // groups
+    ops = []
+    for lo in range(0, op.O, lanes):
+        hi = min(op.O, lo + lanes)
+        c_lo, c_hi = (lo // og) * cg, ((hi - 1) // og + 1) * cg
+        w = np.zeros((hi - lo, c_hi - c_lo, op.KH, op.KW), dtype=np.int64)
+        for o in range(lo, hi):
+            c = (o // og) * cg - c_lo
+            w[o - lo, c : c + cg] = op.weights[o]
+        part = dataclasses.replace(
+            op,
+            name=f"{op.name}[{lo}:{hi}]",
+            fused=list(op.fused),
+            C=c_hi - c_lo,
+            O=hi - lo,
+            CP=op.CP,
+            OP=op.OP,
+            c0=c_lo,
+            o0=lo,
+            weights=w,
+            bias=op.bias[lo:hi],
+        )
+        part.macs = (hi - lo) * op.OH * op.OW * cg * op.KH * op.KW
+        ops.append(part)
+    return ops
 
 
 def check_ops(qm: QModel):
@@ -667,11 +744,6 @@ def check_ops(qm: QModel):
             raise FxpgaError(
                 f"{la.node.where()}: the engine does not run {la.node.op} layers yet "
                 f"(it runs {', '.join(ENGINE_OPS)})"
-            )
-        if getattr(la.node, "groups", 1) != 1:
-            raise FxpgaError(
-                f"{la.node.where()}: the engine does not run grouped or depthwise convolution "
-                f"(groups={la.node.groups}) yet"
             )
     if not qm.graph.is_chain:  # every op it runs reads one tensor: a DAG needs add or concat
         raise FxpgaError("the engine runs chains of layers only")
@@ -687,22 +759,25 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     fmt, shape = qm.input_fmt, qm.graph.input_shape
     stored = tuple(shape) if len(shape) == 3 else (shape[0], 1, 1)  # as the engine holds it
     in_stored = stored
+    buf = 0  # the buffer the next layer reads (ping-pong: its output goes to the other)
     for group in _fuse(qm):
         mac, follow = group.mac, group.follow
         if mac is None and all(isinstance(la.node, ir.Flatten) for la in follow):
             shape = follow[-1].node.out_shape  # a leading flatten moves no data
             continue
-        op = _make_op(group, fmt, shape, where, len(ops), cfg.avg_divide)
+        made = _make_ops(group, fmt, shape, where, buf, cfg)
+        op = made[0]
         if op.H * op.W == 1 and stored[1] * stored[2] > 1:
             # a linear layer after a flatten reads the HWC-stored map in address order:
             # address (p·C0 + c0) holds torch feature c0·H0·W0 + p
             c0, h0, w0 = stored
             idx = np.arange(c0 * h0 * w0).reshape(c0, h0 * w0).T.reshape(-1)
             op.weights = op.weights[:, idx]
-        ops.append(op)
+        ops += made
         last = follow[-1] if follow else mac
         fmt, shape = last.out_fmt, last.node.out_shape
-        stored = (op.O, op.POH, op.POW)
+        stored = (op.OP, op.POH, op.POW)
+        buf = 1 - buf
     # widths
     need_data = max([qm.input_fmt.bits] + [op.out_fmt.bits for op in ops])
     need_w = max(signed_width(int(op.weights.min()), int(op.weights.max())) for op in ops)
@@ -735,9 +810,9 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         b_off += op.groups(lanes) * lanes
     sizes = [[], []]
     sizes[0].append(ops[0].in_size)
-    for i, op in enumerate(ops):
-        sizes[i % 2].append(op.in_size)
-        sizes[(i + 1) % 2].append(op.out_size)
+    for op in ops:
+        sizes[op.in_buf].append(op.in_size)
+        sizes[1 - op.in_buf].append(op.out_size)
     fmap_need = max(max(s) for s in sizes if s)
     # (what, entries needed, the engine's, the most an engine has: checked before allocating)
     for what, need, have, most in (
@@ -777,7 +852,7 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         ops,
         ops[0].in_size,
         last.out_size,
-        len(ops) % 2,
+        1 - last.in_buf,
         cfg.fmap_depth or fmap_need,
         wmem,
         bmem,
@@ -805,8 +880,8 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
     x = prog.to_engine(np.asarray(x_int, dtype=np.int64).reshape(1, -1))[0]
     buf[0][: x.size] = x
     for op in prog.ops:
-        hwc = buf[op.in_buf][: op.in_size].reshape(op.H, op.W, op.C)
-        xin = hwc.transpose(2, 0, 1)
+        hwc = buf[op.in_buf][: op.in_size].reshape(op.H, op.W, op.CP)
+        xin = hwc[:, :, op.c0 : op.c0 + op.C].transpose(2, 0, 1)
         w = np.zeros((op.O, op.C, op.KH, op.KW), dtype=np.int64)
         b = np.zeros(op.O, dtype=np.int64)
         for o in range(op.O):
@@ -833,6 +908,6 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
             y = win.max(axis=(4, 5))
         if op.relu_post:
             y = np.maximum(y, 0)
-        out = buf[1 - op.in_buf]
-        out[: op.out_size] = y[0].transpose(1, 2, 0).reshape(-1)  # CHW → HWC
+        out = buf[1 - op.in_buf][: op.out_size].reshape(op.POH, op.POW, op.OP)
+        out[:, :, op.o0 : op.o0 + op.O] = y[0].transpose(1, 2, 0)  # CHW → HWC, its channels
     return prog.from_engine(buf[prog.out_buf][None, : prog.out_size])[0]

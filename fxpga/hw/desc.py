@@ -13,7 +13,7 @@ from amaranth import signed
 from amaranth.lib import data
 
 from ..errors import FxpgaError
-from .compiler import AVG_FIELDS, DESC_FIELDS
+from .compiler import DESC_FIELDS
 
 HEADER_WORDS = 4  # n_ops, in_size, out_size, out_buf
 MAX_FIELD_BITS = 32
@@ -30,19 +30,18 @@ SMALL_FIELDS = {
 
 
 def field_widths(
-    field_bits: int, coord_bits: int | None = None, divide: bool = False
+    field_bits: int, coord_bits: int | None = None, names: tuple[str, ...] = DESC_FIELDS
 ) -> dict[str, int]:
-    """Each field's width; ``divide``: the engine has ``EngineConfig.avg_divide``'s fields."""
+    """Each field's width; ``names``: the engine's fields (``compiler.desc_fields``)."""
     cb = coord_bits or field_bits
-    names = DESC_FIELDS + (AVG_FIELDS if divide else ())
     return {n: SMALL_FIELDS.get(n, cb if n in COORD_FIELDS else field_bits) for n in names}
 
 
 def descriptor_layout(
-    field_bits: int, coord_bits: int | None = None, divide: bool = False
+    field_bits: int, coord_bits: int | None = None, names: tuple[str, ...] = DESC_FIELDS
 ) -> data.StructLayout:
     return data.StructLayout(
-        {n: signed(w) for n, w in field_widths(field_bits, coord_bits, divide).items()}
+        {n: signed(w) for n, w in field_widths(field_bits, coord_bits, names).items()}
     )
 
 

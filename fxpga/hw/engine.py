@@ -51,7 +51,7 @@ def program_words(
             prog.config, prog.fmap_depth, prog.wmem_depth, prog.bmem_depth
         )
         coord_bits = coord_bits_for(prog.descriptors)
-    widths = field_widths(field_bits, coord_bits, prog.config.avg_divide)
+    widths = field_widths(field_bits, coord_bits, desc_fields(prog.config))
     words = [len(prog.ops), prog.in_size, prog.out_size, prog.out_buf]
     for i, d in enumerate(prog.descriptors):
         check_fits(d, widths, f"op {i} ({prog.ops[i].name})")
@@ -184,7 +184,8 @@ class Engine(wiring.Component):
         ]
 
         # ---- datapath
-        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB, cfg.avg_divide)
+        names = desc_fields(cfg)
+        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB, names)
         m.submodules.mac = mac = MACArray(
             lanes,
             D,
@@ -206,8 +207,9 @@ class Engine(wiring.Component):
             copies=cfg.broadcast_copies,
             snapshots=not cfg.acc_clear,
             divide=cfg.avg_divide,
+            fields=names,
         )
-        desc = Signal(descriptor_layout(FB, CB, cfg.avg_divide))
+        desc = Signal(descriptor_layout(FB, CB, names))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
 
         in_buf = desc.in_buf[0]
@@ -290,7 +292,7 @@ class Engine(wiring.Component):
         # descriptor prefetcher: reads the NF words at `pf_base` (the next op's descriptor, kept
         # incrementally: no multiplier) into `nxt` while an op runs; busy NF + lag cycles
         nf = len(desc_fields(cfg))
-        nxt = Signal(descriptor_layout(FB, CB, cfg.avg_divide)) if cfg.prefetch else desc
+        nxt = Signal(descriptor_layout(FB, CB, names)) if cfg.prefetch else desc
         pf_start, pf_busy = Signal(), Signal()
         start = Signal()  # taps.start from a flip-flop: high exactly while in START
         in_ready, out_valid = Signal(), Signal()  # the same for LOAD and OUT_SEND
@@ -307,7 +309,7 @@ class Engine(wiring.Component):
             with m.If(pf_cnt == nf + lag - 1):
                 m.d.sync += pf_busy.eq(0)
         with m.If(pf_busy), m.Switch(pf_cnt):  # word k arrives while pf_cnt = k + lag
-            for k, (name, width) in enumerate(field_widths(FB, CB, cfg.avg_divide).items()):
+            for k, (name, width) in enumerate(field_widths(FB, CB, names).items()):
                 with m.Case(k + lag):
                     m.d.sync += nxt[name].eq(pdata[:width])
         m.d.comb += prd.addr.eq(pf_addr)

@@ -11,6 +11,12 @@ from .desc import descriptor_layout
 from .fanout import register_copies, share
 
 
+def _fields(divide: bool) -> tuple[str, ...]:
+    from .compiler import AVG_FIELDS, DESC_FIELDS
+
+    return DESC_FIELDS + (AVG_FIELDS if divide else ())
+
+
 class PostProcessor(wiring.Component):
     """Turns the MAC array's accumulators into output feature-map writes, ``post_lanes`` lanes
     (one *item*) per cycle, ``items = lanes / post_lanes`` cycles per window.
@@ -63,6 +69,7 @@ class PostProcessor(wiring.Component):
         copies: int = 1,
         snapshots: bool = True,
         divide: bool = False,
+        fields: tuple[str, ...] | None = None,  # the descriptor's (compiler.desc_fields)
     ):
         assert lanes % post_lanes == 0
         self.snapshots, self.divide = snapshots, divide
@@ -77,7 +84,7 @@ class PostProcessor(wiring.Component):
         self.meta_layout = meta
         super().__init__(
             {
-                "desc": In(descriptor_layout(FB, coord_bits, divide)),
+                "desc": In(descriptor_layout(FB, coord_bits, fields or _fields(divide))),
                 "capture": In(1),
                 "capture_next": In(1),
                 "meta": In(meta),

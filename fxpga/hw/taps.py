@@ -8,6 +8,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .compiler import DESC_FIELDS
 from .desc import descriptor_layout
 
 
@@ -60,15 +61,16 @@ class TapGenerator(wiring.Component):
         items: int | None = None,
         field_bits: int = 24,
         coord_bits: int | None = None,
-        divide: bool = False,  # the descriptor has EngineConfig.avg_divide's fields (unused)
+        fields: tuple[str, ...] | None = None,  # the descriptor's (compiler.desc_fields)
     ):
         self.lanes = lanes
+        self.fields = fields or DESC_FIELDS
         self.items = items or lanes
         self.field_bits = field_bits
         self.coord_bits = coord_bits or field_bits
         super().__init__(
             {
-                "desc": In(descriptor_layout(field_bits, self.coord_bits, divide)),
+                "desc": In(descriptor_layout(field_bits, self.coord_bits, self.fields)),
                 "start": In(1),
                 "busy": Out(1),
                 "done": Out(1),
@@ -172,8 +174,9 @@ class TapGenerator(wiring.Component):
             m.d.sync += [left.eq(left - 1), last.eq(left == 2), w.eq(w + 1)]
             with m.If(~c.last):
                 m.d.sync += [*c.step, a.eq(a + 1)]
-            with m.Elif(~kx.last):
-                m.d.sync += [*c.restart, *kx.step, ix.eq(ix + 1), a.eq(a + 1)]
+            with m.Elif(~kx.last):  # the next pixel: + kx_inc skips the channels not read
+                step = d.kx_inc if "kx_inc" in self.fields else 1
+                m.d.sync += [*c.restart, *kx.step, ix.eq(ix + 1), a.eq(a + step)]
             with m.Else():  # next kernel row
                 m.d.sync += [
                     *c.restart, *kx.restart, ix.eq(w_ix0), iy.eq(iy + 1),
