@@ -73,3 +73,20 @@ def test_the_average_divider_counts_its_multipliers():
     prog = compile_model(qm, EngineConfig(lanes=8, post_lanes=2, avg_divide=True))
     assert estimate(prog, "ecp5")["MULT18X18D"][0] == 8 + 2 * 2
     assert estimate(prog, "ice40")["ICESTORM_DSP"][0] == 8 + 2 * 4
+
+
+def test_boards_narrow_the_post_processing_to_hold_the_divider():
+    """An engine with the average divider on a board whose multipliers cannot also hold
+    one divider per post-processing lane takes fewer post-processing lanes (DS-CNN: its
+    25x5 average on the OrangeCrab's 28 and the ULX3S's 156 MULT18X18D)."""
+    from fxpga.quant import data, frontend, quantizer, zoo
+
+    model, ds_name = zoo.builtin("ds-cnn")
+    ds = data.load(ds_name)
+    qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(16))
+    for name, lanes, post in (("orangecrab-25f", 24, 2), ("ulx3s-85f", 128, 8)):
+        b = boards.board(name)
+        cfg = b.engine_config(qm)
+        assert (cfg.lanes, cfg.post_lanes, cfg.avg_divide, cfg.depthwise) == (lanes, post, 1, 1)
+        est = estimate(compile_model(qm, cfg), b.family)
+        assert est["MULT18X18D"][0] <= b.available["MULT18X18D"] < lanes + 2 * post * 2

@@ -732,17 +732,25 @@ def grouped_net():
     return model, (2, 7, 6)
 
 
-@pytest.mark.parametrize("lanes,post_lanes", [(1, 1), (3, 1), (4, 2), (16, 2)])
-def test_grouped_and_depthwise_convs_with_depthwise(lanes, post_lanes):
+ECP5_REGS = {"operand_regs": 1, "weight_out_reg": True, "broadcast_copies": 2, "acc_clear": True}
+
+
+@pytest.mark.parametrize(
+    "lanes,post_lanes,extra",
+    [(1, 1, {}), (3, 1, {}), (4, 2, {}), (16, 2, {}), (8, 2, ECP5_REGS)],
+)
+def test_grouped_and_depthwise_convs_with_depthwise(lanes, post_lanes, extra):
     """EngineConfig.depthwise: each group of lanes output channels is an op reading its
-    window of input channels; bit- and cycle-exact; MACs count real products only; without
-    the option the compiler names it."""
+    window of input channels; a depthwise op keeps a kernel per lane and masks the other
+    lanes' weights at each tap (with the ECP5 boards' operand registers too); bit- and
+    cycle-exact; MACs count real products only; without the option the compiler names it."""
     qm, x = quantized(*grouped_net(), 12)
     with pytest.raises(FxpgaError, match=r"layer '3': grouped convolution \(groups=6\)"):
         compiler.compile_model(qm, EngineConfig(lanes=lanes))
     assert EngineConfig.for_model(qm, lanes).depthwise
-    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes, depthwise=True)
+    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes, depthwise=True, **extra)
     prog = check_engine(qm, x, lanes, n=2, gaps=random.Random(lanes), config=cfg)
     dw = [op for op in prog.ops if op.name.startswith("3[")]
+    assert all(op.dw and op.lane_weights == 9 for op in dw)
     assert len(dw) == -(-6 // lanes) and sum(op.macs for op in dw) == 6 * 3 * 3 * 9
     assert [op.o0 for op in dw] == list(range(0, 6, lanes))

@@ -7,6 +7,7 @@ nextpnr's JSON report back: resources used vs available and the achieved fmax.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from ..hw.compiler import EngineConfig, Program, compile_model
 from ..limits import MAX_FREQ_MHZ, MAX_SEED, MIN_FREQ_MHZ, check_range
 from ..quant.qmodel import QModel
 from .clocks import PLL, PLLDomain, pll_for
-from .fit import check_fit
+from .fit import DSP_CELL, check_fit, divider_multipliers
 from .protocol import check_sizes
 from .top import BoardTop
 
@@ -57,7 +58,21 @@ class Board:
     nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
-        """The engine this board builds for ``qm`` (``lanes`` overrides the default)."""
+        """The engine this board builds for ``qm`` (``lanes`` overrides the default). With an
+        average divider (``avg_divide``: a multiplier per post-processing lane) it takes
+        fewer post-processing lanes where the board's multipliers would not hold them all."""
+        cfg = self._engine_config(qm, lanes)
+        if cfg.avg_divide:
+            have = self.available.get(DSP_CELL[self.family], 0) - cfg.lanes
+            per = divider_multipliers(cfg.data_bits, self.family)
+            p = cfg.post_lanes
+            while p > 1 and p * per > have:
+                p //= 2
+            if p != cfg.post_lanes:
+                cfg = dataclasses.replace(cfg, post_lanes=p)
+        return cfg
+
+    def _engine_config(self, qm: QModel, lanes: int | None) -> EngineConfig:
         return EngineConfig.for_model(
             qm,
             lanes or self.lanes,

@@ -58,14 +58,22 @@ def estimate(prog: Program, family: str) -> dict[str, tuple[int, str]]:
     dw = DSP_WIDTH[family]
     per_lane = -(-cfg.data_bits // dw) * -(-cfg.weight_bits // dw)
     n, why = cfg.lanes * per_lane, f"{cfg.lanes} lanes × {per_lane}"
-    if cfg.avg_divide:  # postproc's divider per lane: n < 2^(data_bits + 10) × avg_mul (S bits)
-        per_post = -(-(cfg.data_bits + 10) // dw) * -(-avg_divide_shift(cfg.data_bits) // dw)
+    if cfg.avg_divide:
+        per_post = divider_multipliers(cfg.data_bits, family)
         n += cfg.post_lanes * per_post
         why += f", the average divider {cfg.post_lanes} × {per_post}"
     est[DSP_CELL[family]] = (n, why)
     if cfg.weight_store == "spram":
         est["ICESTORM_SPRAM"] = (-(-cfg.lanes // 2), f"weights of {cfg.lanes} lanes, 2 per SPRAM")
     return est
+
+
+def divider_multipliers(data_bits: int, family: str) -> int:
+    """Multipliers of the average divider (``EngineConfig.avg_divide``) per post-processing
+    lane: ``n < 2^(data_bits + 10)`` times ``avg_mul`` (``avg_divide_shift`` bits), as yosys
+    tiles it (tests/test_synth.py)."""
+    dw = DSP_WIDTH[family]
+    return -(-(data_bits + 10) // dw) * -(-avg_divide_shift(data_bits) // dw)
 
 
 def check_fit(prog: Program, board: str, family: str, available: dict[str, int]) -> dict:

@@ -231,7 +231,7 @@ def desc_fields(cfg: EngineConfig) -> tuple[str, ...]:
     """The descriptor's fields on an engine built with ``cfg``, in program order."""
     return (
         DESC_FIELDS
-        + (("kx_inc",) if cfg.depthwise else ())
+        + (("kx_inc", "dw") if cfg.depthwise else ())
         + (AVG_FIELDS if cfg.avg_divide else ())
     )
 
@@ -295,6 +295,9 @@ class Op:
     OP: int | None = None
     c0: int = 0
     o0: int = 0
+    # a depthwise op (one input channel per output, C = O): each lane keeps only its own
+    # channel's KH x KW weights, and the engine zeroes the other lanes' weights at each tap
+    dw: int = 0
 
     def __post_init__(self):
         self.CP = self.CP or self.C
@@ -303,6 +306,11 @@ class Op:
     @property
     def CKK(self) -> int:
         return self.C * self.KH * self.KW
+
+    @property
+    def lane_weights(self) -> int:
+        """Weights each lane keeps per group: its taps, or a depthwise op's kernel."""
+        return self.KH * self.KW if self.dw else self.CKK
 
     @property
     def bounds(self) -> tuple[int, int]:
@@ -363,7 +371,8 @@ class Op:
         assert tuple(d) == DESC_FIELDS
         if depthwise:
             d["kx_inc"] = C - self.C + 1  # from the last channel read to the next pixel's first
-        elif self.C != C:
+            d["dw"] = self.dw
+        elif self.C != C or self.dw:
             raise FxpgaError(f"op '{self.name}' reads a channel window: it needs depthwise")
         if divide_bits is not None:
             k = self.PKH * self.PKW if self.pool_avg else 1
@@ -733,6 +742,7 @@ def _split_groups(op: Op, groups: int, lanes: int) -> list[Op]:
             bias=op.bias[lo:hi],
         )
         part.macs = (hi - lo) * op.OH * op.OW * cg * op.KH * op.KW
+        part.dw = int(cg == 1 and og == 1)
         ops.append(part)
     return ops
 
@@ -806,7 +816,7 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     w_off = b_off = 0
     for op in ops:
         op.w_base, op.b_base = w_off, b_off
-        w_off += op.groups(lanes) * op.CKK
+        w_off += op.groups(lanes) * op.lane_weights
         b_off += op.groups(lanes) * lanes
     sizes = [[], []]
     sizes[0].append(ops[0].in_size)
@@ -842,9 +852,12 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     for op in ops:
         for o in range(op.O):
             g, lane = divmod(o, lanes)
-            base = op.w_base + g * op.CKK
-            taps = op.weights[o].transpose(1, 2, 0).reshape(-1)  # (ky, kx, c) order
-            wmem[lane][base : base + op.CKK] = [int(v) for v in taps]
+            base = op.w_base + g * op.lane_weights
+            if op.dw:  # its own channel's kernel, (ky, kx) order
+                taps = op.weights[o, o].reshape(-1)
+            else:
+                taps = op.weights[o].transpose(1, 2, 0).reshape(-1)  # (ky, kx, c) order
+            wmem[lane][base : base + op.lane_weights] = [int(v) for v in taps]
             bmem[op.b_base + g * lanes + lane] = int(op.bias[o])
     last = ops[-1]
     prog = Program(
@@ -886,9 +899,12 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
         b = np.zeros(op.O, dtype=np.int64)
         for o in range(op.O):
             g, lane = divmod(o, lanes)
-            base = op.w_base + g * op.CKK
-            taps = np.array(prog.wmem[lane][base : base + op.CKK])
-            w[o] = taps.reshape(op.KH, op.KW, op.C).transpose(2, 0, 1)
+            base = op.w_base + g * op.lane_weights
+            taps = np.array(prog.wmem[lane][base : base + op.lane_weights])
+            if op.dw:
+                w[o, o] = taps.reshape(op.KH, op.KW)
+            else:
+                w[o] = taps.reshape(op.KH, op.KW, op.C).transpose(2, 0, 1)
             b[o] = prog.bmem[op.b_base + g * lanes + lane]
         # zeros: PH / PW before (top, left), as many after as the output size reads
         below = max(0, (op.OH - 1) * op.SH + op.KH - op.H - op.PH)

@@ -219,8 +219,20 @@ class Engine(wiring.Component):
         in_data = Mux(in_buf, fmap[1].rd_data, fmap[0].rd_data)
         m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(in_data)]
         m.d.comb += weights.rd_addr.eq(tap.w_addr)
+        # a depthwise op's tap feeds only lane `sel`: the others' weights read as 0 (the mask
+        # follows the tap as long as the weight read takes)
+        masked, sel = tap.masked, tap.sel
+        if cfg.depthwise:
+            delay = 1 + int(cfg.broadcast_copies > 1) + int(cfg.weight_out_reg)
+            for k in range(delay):
+                mq, sq = Signal(name=f"mask_d{k + 1}"), Signal.like(sel, name=f"sel_d{k + 1}")
+                m.d.sync += [mq.eq(masked), sq.eq(sel)]
+                masked, sel = mq, sq
         for lane in range(lanes):
-            m.d.comb += mac.w[lane].eq(weights.rd_data[lane])
+            w_lane = weights.rd_data[lane]
+            if cfg.depthwise:
+                w_lane = Mux(masked & (sel != lane), 0, w_lane)
+            m.d.comb += mac.w[lane].eq(w_lane)
 
         # window metadata travels tap_to_acc cycles to meet its accumulators: `last` down a
         # delay line; the metadata too when windows can follow each other closer than that,

@@ -25,6 +25,9 @@ def tap_layout(lanes: int, field_bits: int = 24) -> data.StructLayout:
             "out_addr": unsigned(field_bits),  # output element of lane 0 for this pool output
             "b_addr": unsigned(field_bits),  # bias row (post_lanes biases) of lane 0, this group
             "nvalid": unsigned(field_bits),  # lanes holding real output channels in this group
+            # a depthwise op's tap: only lane `sel` (the channel read) has a weight for it
+            "masked": 1,
+            "sel": unsigned(max(1, (lanes - 1).bit_length())),
         }
     )
 
@@ -124,6 +127,8 @@ class TapGenerator(wiring.Component):
         w_ix0, iy, ix = regs("w_ix0", "iy", "ix", shape=P)
         a, row, w, left = regs("a", "row", "w", "left")
         c, kx = counter("c", d.c_max), counter("kx", d.kx_max, P)
+        dw = "dw" in self.fields  # depthwise ops: a weight per pixel of the kernel, per lane
+        ci = Signal(range(max(2, lanes)), name="ci", reset_less=True)  # the channel read
         lead_cnt = Signal(range(items + 1), reset_less=True)
         in_lead = Signal(reset_less=True)  # the window's idle cycles are not over
         last = Signal(reset_less=True)  # this cycle emits the window's last tap
@@ -158,7 +163,7 @@ class TapGenerator(wiring.Component):
                 w_out.eq(out_addr), w_b.eq(bbase),
                 w_nvalid.eq(Mux(g.last, d.O_last, lanes)),
                 iy.eq(iy0), ix.eq(ix0), w_ix0.eq(ix0),
-                a.eq(ra0 + xc0), row.eq(ra0 + xc0), w.eq(wg), *c.restart, *kx.restart,
+                a.eq(ra0 + xc0), row.eq(ra0 + xc0), w.eq(wg), *c.restart, *kx.restart, ci.eq(0),
                 lead_cnt.eq(Mux(pad, items - 1, d.lead)),
                 in_lead.eq(Mux(pad, items > 1, lead_nz)),
                 left.eq(Mux(pad, 1, d.CKK)),
@@ -171,16 +176,18 @@ class TapGenerator(wiring.Component):
             with m.If(lead_cnt == 1):
                 m.d.sync += in_lead.eq(0)
         with m.Elif(emitting):
-            m.d.sync += [left.eq(left - 1), last.eq(left == 2), w.eq(w + 1)]
+            m.d.sync += [left.eq(left - 1), last.eq(left == 2)]
+            # a depthwise op's weight address moves with the kernel pixel, not the channel
+            m.d.sync += w.eq(Mux(d.dw[0] & ~c.last, w, w + 1) if dw else w + 1)
             with m.If(~c.last):
-                m.d.sync += [*c.step, a.eq(a + 1)]
+                m.d.sync += [*c.step, a.eq(a + 1), ci.eq(ci + 1)]
             with m.Elif(~kx.last):  # the next pixel: + kx_inc skips the channels not read
                 step = d.kx_inc if "kx_inc" in self.fields else 1
-                m.d.sync += [*c.restart, *kx.step, ix.eq(ix + 1), a.eq(a + step)]
+                m.d.sync += [*c.restart, *kx.step, ix.eq(ix + 1), a.eq(a + step), ci.eq(0)]
             with m.Else():  # next kernel row
                 m.d.sync += [
                     *c.restart, *kx.restart, ix.eq(w_ix0), iy.eq(iy + 1),
-                    row.eq(row + d.WC), a.eq(row + d.WC),
+                    row.eq(row + d.WC), a.eq(row + d.WC), ci.eq(0),
                 ]  # fmt: skip
 
         # ---- the tap register
@@ -198,6 +205,8 @@ class TapGenerator(wiring.Component):
             tap.out_addr.eq(w_out),
             tap.b_addr.eq(w_b),
             tap.nvalid.eq(w_nvalid),
+            tap.masked.eq(d.dw[0] if dw else 0),
+            tap.sel.eq(ci),
             out_valid.eq(walking),
             finished.eq(win_end & ~pending),
             self.done.eq(finished),
