@@ -287,6 +287,27 @@ def test_average_over_any_window_on_verilator(tmp_path):
     assert r.cycles == [prog.total_cycles] * 4
 
 
+def test_ds_cnn_as_the_orangecrab_builds_it(tmp_path):
+    """DS-CNN on the OrangeCrab's engine elaborated for ECP5 (its MULT18X18D and DP16KD
+    models, the divider's split partial products, depthwise masks behind the weight output
+    registers), 24 lanes, 2 post-processing lanes: bit- and cycle-exact on Verilator."""
+    from fxpga.boards import build as boards
+    from fxpga.quant import data, frontend, quantizer, zoo
+
+    model, ds_name = zoo.builtin("ds-cnn")
+    ds = data.load(ds_name)
+    qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(64))
+    prog = compiler.compile_model(qm, boards.board("orangecrab-25f").engine_config(qm))
+    cfg = prog.config
+    assert (cfg.lanes, cfg.post_lanes, cfg.avg_divide, cfg.depthwise) == (24, 2, True, True)
+    text = runner.engine_verilog(prog, platform=SimpleNamespace(family="ecp5"))
+    assert "MULT18X18D #(" in text
+    build_dir = runner.build(None, "verilator", verilog=text, extra_sources=(ECP5_MODELS,))
+    r = run_against_golden(qm, prog, ds.x_test[:2], build_dir, tmp_path, seed=7)
+    assert r.match == [True, True]
+    assert r.cycles == [prog.total_cycles] * 2
+
+
 @pytest.mark.parametrize("name", ["ds-cnn", "digits-dsnet"])
 def test_depthwise_models_on_verilator(name, tmp_path):
     """MLPerf Tiny's DS-CNN (TF 'SAME' pad, depthwise-separable blocks, a 25x5 average) and

@@ -415,7 +415,8 @@ def run_cycles(op: Op, cfg: EngineConfig) -> int:
 
 def drain_cycles(cfg: EngineConfig) -> int:
     """Cycles the sequencer waits after the last window for the final writes to land."""
-    return tap_to_acc(cfg) + POST_LATENCY + cfg.items - 1 + int(cfg.fmap_write_reg)
+    post = POST_LATENCY + int(cfg.avg_divide)  # the divider's product has a stage of its own
+    return tap_to_acc(cfg) + post + cfg.items - 1 + int(cfg.fmap_write_reg)
 
 
 def tap_to_acc(cfg: EngineConfig) -> int:

@@ -45,7 +45,8 @@ class PostProcessor(wiring.Component):
     11. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
        out_addr + j·post_lanes``) where ``l < nvalid`` and it was the pool's last window.
 
-    **Latency**: item ``j``'s writes happen in cycle ``capture + 11 + j`` (``LATENCY`` = 11).
+    **Latency**: item ``j``'s writes happen in cycle ``capture + 11 + j`` (``LATENCY`` = 11;
+    12 with ``divide``, whose product has a stage of its own).
     **Throughput**: one window per ``items`` cycles; ``capture`` must not come more often
     (the ``TapGenerator`` guarantees it). Exactly matches ``golden.step`` for conv/linear
     followed by the fused element-wise layers.
@@ -73,6 +74,7 @@ class PostProcessor(wiring.Component):
     ):
         assert lanes % post_lanes == 0
         self.snapshots, self.divide = snapshots, divide
+        self.latency = self.LATENCY + int(divide)  # the divider's product has a stage of its own
         self.copies = min(copies, lanes // post_lanes)
         self.field_bits = FB = field_bits
         self.lanes, self.data_bits, self.acc_bits = lanes, data_bits, acc_bits
@@ -119,7 +121,7 @@ class PostProcessor(wiring.Component):
         item_layout = data.StructLayout(
             {"v": 1, "padwin": 1, "first": 1, "plast": 1, "ok": W, "addr": unsigned(FB)}
         )
-        stages = [Signal(item_layout, name=f"s{k}") for k in range(1, self.LATENCY)]
+        stages = [Signal(item_layout, name=f"s{k}") for k in range(1, self.latency)]
 
         # per-op constants, registered off the data path: those that select in the shifters,
         # compares and ReLUs in a copy per lane of the item (on ECP5, fanout.register_copies;
@@ -308,8 +310,7 @@ class PostProcessor(wiring.Component):
         # stages 9-10: avg pool's rounding shift (k = 0 for max pool), or its divide; relu_post
         stage()
         if self.divide:
-            s9, pooled = self._divide(m, d, s8, ctl, lanes_of, P, D)
-            it = stage()
+            it, pooled = self._divide(m, d, s8, lanes_of, stage, P, D, platform)
         else:
             s9 = lanes_of("s9_val", signed(P + 1), lambda i: s8[i] + half)
             it = stage()
@@ -329,18 +330,29 @@ class PostProcessor(wiring.Component):
         m.d.comb += self.busy.eq(active | Cat(st.v for st in stages).any())
         return m
 
-    def _divide(self, m, d, s8, ctl, lanes_of, P, D):
-        """Stages 9-10 of an engine that divides: ``n = 2·s8 + avg_off`` (a max pool's value
-        passes), then ``((n · avg_mul) >> S) − 2^(D−1)``: one multiplier per lane."""
+    def _divide(self, m, d, s8, lanes_of, stage, P, D, platform):
+        """Stages 9-11 of an engine that divides: ``n = 2·s8 + avg_off`` (a max pool's value
+        passes beside it), the product ``n · avg_mul`` registered (on ECP5 as two partial
+        products, ``avg_mul``'s low 18 bits and the rest: the MULT18X18Ds alone in their
+        stage, their sum in the next), then its bits ``S … S + D − 1``, which are
+        ``floor(n / 2k) ∈ [0, 2^D)``; inverting the top one subtracts ``2^(D−1)``.
+        Returns the last stage's item and the pooled values."""
         from .compiler import avg_divide_shift
 
-        S = avg_divide_shift(D)
+        S, N = avg_divide_shift(D), D + 10  # n < 2^N
+        SPLIT = 18 if getattr(platform, "family", None) == "ecp5" else S  # MULT18X18D width
         avg, mul, off = Signal(), Signal(unsigned(S)), Signal(unsigned(P + 2))
         m.d.sync += [avg.eq(d.pool_avg), mul.eq(d.avg_mul), off.eq(d.avg_off)]
         s9 = lanes_of("s9_val", signed(P + 3), lambda i: Mux(avg, (s8[i] << 1) + off, s8[i]))
-        pooled = []
-        for i in range(self.post_lanes):
-            q = Signal(signed(P + 3 + S + 1), name=f"s10_prod{i}")
-            m.d.comb += q.eq(s9[i] * mul)
-            pooled.append(Mux(avg, (q >> S) - (1 << (D - 1)), s9[i]))
-        return s9, pooled
+        stage()
+        lo = lanes_of("s10_lo", unsigned(N + SPLIT), lambda i: s9[i][:N] * mul[:SPLIT])
+        hi = lanes_of("s10_hi", unsigned(N + S - SPLIT), lambda i: s9[i][:N] * mul[SPLIT:])
+        # (without the split `hi` is an empty product: zero, and no multiplier)
+        kept = lanes_of("s10_max", signed(P + 3), lambda i: s9[i])
+        it = stage()
+        out = []
+        for i in range(len(s9)):
+            q = Signal(unsigned(N + S + 1), name=f"s11_prod{i}")
+            m.d.comb += q.eq(lo[i] + (hi[i] << SPLIT))
+            out.append(Mux(avg, Cat(q[S : S + D - 1], ~q[S + D - 1]).as_signed(), kept[i]))
+        return it, out
