@@ -129,3 +129,20 @@ def test_fewest_lanes_as_fast(digits_q8, name, fewest):
     assert fast.total_cycles == prog.total_cycles
     slower = compile_model(digits_q8, spec.engine_config(digits_q8, fewest // 2))
     assert slower.total_cycles > prog.total_cycles
+
+
+def test_orangecrab_ds_cnn_bitstream(tmp_path, capsys):
+    """MLPerf Tiny's DS-CNN (seeded weights) on the OrangeCrab's default engine: depthwise
+    ops, the average divider in 2 post-processing lanes beside 24 MAC lanes (all 28
+    MULT18X18D), timing met at 120 MHz, and its latency per inference reported."""
+    fxq = tmp_path / "ds.fxq"
+    assert main(["quantize", "ds-cnn", "--calib", "64", "-o", str(fxq), "-q"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "oc"
+    code = main(["build", str(fxq), "--board", "orangecrab-25f", "-o", str(out), "-q"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert (out / "fxpga.bit").stat().st_size > 100_000
+    rep = json.loads((out / "build_report.json").read_text())
+    assert rep["lanes"] == 24 and rep["used"]["MULT18X18D"] == 28
+    assert rep["fmax_mhz"] >= 120 and "predicted latency" in stdout
