@@ -44,6 +44,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/quant.py
 	$(PY) bench/fit.py
+	$(PY) bench/mlperf.py
 	$(PY) bench/engine.py
 	$(PY) bench/sim.py
 	$(PY) bench/boards.py

@@ -83,7 +83,7 @@ def main() -> int:
         name, board = spec.split(":")
         model, ds_name = zoo.builtin(name)
         ds = data.load(ds_name)
-        qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib())
+        qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(None))
         b = boards.board(board)
         clock = b.freq_hz / 1e6
         try:

@@ -73,9 +73,10 @@ def ref_taps(d: dict, lanes: int, items: int):
 ACTIVATIONS = (nn.ReLU, nn.ReLU, nn.ReLU6, lambda: nn.Hardtanh(-0.5, 1.0))
 
 
-def random_net(rng: random.Random, pools=True):
+def random_net(rng: random.Random, pools=True, groups=False):
     """A small random supported chain, with its input shape: convs (some after an asymmetric
-    zero pad, as TF's 'SAME' exports), ReLU or clips (ReLU6, Hardtanh), pools, a linear."""
+    zero pad, as TF's 'SAME' exports; with ``groups`` some grouped or depthwise), ReLU or
+    clips (ReLU6, Hardtanh), pools, a linear."""
     c, h, w = rng.randint(1, 3), rng.randint(3, 7), rng.randint(3, 7)
     shape, mods = (c, h, w), []
     for _ in range(rng.randint(1, 2)):
@@ -88,7 +89,12 @@ def random_net(rng: random.Random, pools=True):
             h, w = ph, pw
         if h + 2 * p < k or w + 2 * p < k:
             continue
-        mods.append(nn.Conv2d(c, co, k, stride=s, padding=p, bias=rng.random() < 0.7))
+        g = 1
+        if groups and rng.random() < 0.5:  # depthwise (co a multiple of c) or grouped
+            if rng.random() < 0.5:
+                co = c * rng.randint(1, 2)
+            g = rng.choice([d for d in range(2, c + 1) if c % d == 0 and co % d == 0] or [1])
+        mods.append(nn.Conv2d(c, co, k, stride=s, padding=p, groups=g, bias=rng.random() < 0.7))
         c, h, w = co, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         if rng.random() < 0.6:
             mods.append(rng.choice(ACTIVATIONS)())
@@ -504,10 +510,10 @@ def test_digits_cnn_bit_exact_wide_post_processor(digits_q8, digits):
 @pytest.mark.parametrize("seed", range(4))
 def test_random_networks_bit_exact(lanes, post_lanes, seed):
     rng = random.Random(1000 * lanes + seed)
-    model, shape = random_net(rng)
+    model, shape = random_net(rng, groups=True)
     bits = rng.choice([4, 6, 8])
     qm, x = quantized(model, shape, seed, bits=bits, wbits=rng.choice([3, bits]))
-    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes)
+    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes, depthwise=True)
     check_engine(qm, x, lanes, n=2, gaps=random.Random(seed), config=cfg)
 
 

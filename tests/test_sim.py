@@ -70,17 +70,17 @@ def test_digits_on_icarus(digits_q8, digits):
 @pytest.mark.parametrize("lanes,post_lanes", [(1, 1), (3, 1), (8, 1), (8, 2)])
 def test_random_networks_on_verilator(lanes, post_lanes, tmp_path):
     """One Verilator model per engine configuration; each network is loaded at run time."""
-    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes)
-    depths = {"fmap_depth": 512, "wmem_depth": 1024, "bmem_depth": 64, "max_ops": 6}
+    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes, depthwise=True)
+    depths = {"fmap_depth": 512, "wmem_depth": 4096, "bmem_depth": 64, "max_ops": 16}
     text = runner.engine_verilog(None, cfg, **depths)
     build_dir = runner.build(None, "verilator", verilog=text)
     for seed in range(4):
         rng = random.Random(7000 + 100 * lanes + seed)
-        model, shape = random_net(rng)
+        model, shape = random_net(rng, groups=True)
         bits = rng.choice([4, 6, 8])
         qm, x = quantized(model, shape, seed, bits=bits, wbits=rng.choice([3, bits]))
         prog = compiler.compile_model(
-            qm, EngineConfig(lanes=lanes, post_lanes=post_lanes, **depths)
+            qm, EngineConfig(lanes=lanes, post_lanes=post_lanes, depthwise=True, **depths)
         )
         r = run_against_golden(
             qm, prog, x[:3], build_dir, tmp_path / f"s{seed}", seed=seed, load=True
