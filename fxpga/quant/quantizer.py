@@ -183,6 +183,16 @@ def candidates(x: np.ndarray, bits: int) -> range:
     return range(f - SEARCH_BELOW, f + bits + 1)
 
 
+def choose_fl(given: int | None, static: int | None, err_of, x: np.ndarray, bits: int) -> int:
+    """A tensor's fl: as ``--config`` gives it, else the static scheme's, else the greedy
+    argmin of ``err_of`` over the candidates for values like ``x``."""
+    if given is not None:
+        return given
+    if static is not None:
+        return static
+    return best_fl(err_of, candidates(x, bits))
+
+
 def best_fl(err_of, cands) -> int:
     """argmin over candidate fl; ties go to the smaller fl (less saturation)."""
     best, best_err = None, math.inf
@@ -313,14 +323,9 @@ def quantize_model(
     # input format
     ov = config.input or Override()
     in_bits = ov.bits or widths.act
-    if ov.fl is not None:
-        in_fl = ov.fl
-    elif static_a is not None:
-        in_fl = static_a
-    else:
-        in_fl = best_fl(
-            lambda fl: l1_error(x_calib, QFormat(in_bits, fl)), candidates(x_calib, in_bits)
-        )
+    in_fl = choose_fl(
+        ov.fl, static_a, lambda fl: l1_error(x_calib, QFormat(in_bits, fl)), x_calib, in_bits
+    )
     input_fmt = QFormat(in_bits, in_fl)
     # every live tensor's integers, format and integer range, by name
     vals = {ir.INPUT: quantize(x_calib, input_fmt)}
@@ -360,15 +365,13 @@ def quantize_model(
                 probe.out_fmt = QFormat(obits, fl)
                 return golden.step(probe, *xs)
 
-            if oov.fl is not None:
-                ofl = oov.fl
-            elif static_a is not None:
-                ofl = static_a
-            else:
-                y = target(node.name)
-                ofl = best_fl(
-                    lambda fl, n=node.name: error(n, merged(fl), fl), candidates(y, obits)
-                )
+            ofl = choose_fl(
+                oov.fl,
+                static_a,
+                lambda fl, n=node.name: error(n, merged(fl), fl),
+                target(node.name),
+                obits,
+            )
             out_fmt = QFormat(obits, ofl)
             out = merged(ofl)
             in_ranges = tuple(ranges[i] for i in ins)
@@ -411,15 +414,13 @@ def _quantize_weighted(
     where = node.where()
     wov = entry.get("weight", Override())
     wbits = wov.bits or widths.weight_bits(node)
-    if wov.fl is not None:
-        wfl = wov.fl
-    elif static_w is not None:
-        wfl = static_w
-    else:
-        wfl = best_fl(
-            lambda fl, b=wbits, w=node.weight: l1_error(w, QFormat(b, fl)),
-            candidates(node.weight, wbits),
-        )
+    wfl = choose_fl(
+        wov.fl,
+        static_w,
+        lambda fl: l1_error(node.weight, QFormat(wbits, fl)),
+        node.weight,
+        wbits,
+    )
     w_fmt = QFormat(wbits, wfl)
     w = quantize(node.weight, w_fmt)
     b = quantize_bias(node.bias, cur_fmt.fl + wfl, where)
@@ -440,15 +441,13 @@ def _quantize_weighted(
     oov = entry.get("output", Override())
     obits = oov.bits or widths.act
     acc_fl = cur_fmt.fl + wfl
-    if oov.fl is not None:
-        ofl = oov.fl
-    elif static_a is not None:
-        ofl = static_a
-    else:
-        ofl = best_fl(
-            lambda fl: error(node.name, requantize(acc, acc_fl - fl, obits), fl),
-            candidates(target(node.name), obits),
-        )
+    ofl = choose_fl(
+        oov.fl,
+        static_a,
+        lambda fl: error(node.name, requantize(acc, acc_fl - fl, obits), fl),
+        target(node.name),
+        obits,
+    )
     la.out_fmt = QFormat(obits, ofl)
     la.out_range = (la.out_fmt.qmin, la.out_fmt.qmax)
     out = requantize(acc, la.shift, obits).astype(np.int64)
