@@ -308,18 +308,21 @@ def test_ds_cnn_as_the_orangecrab_builds_it(tmp_path):
     assert r.cycles == [prog.total_cycles] * 2
 
 
-@pytest.mark.parametrize("name", ["ds-cnn", "digits-dsnet"])
-def test_depthwise_models_on_verilator(name, tmp_path):
-    """MLPerf Tiny's DS-CNN (TF 'SAME' pad, depthwise-separable blocks, a 25x5 average) and
-    the digits depthwise net, at 8 lanes on Verilator: bit- and cycle-exact."""
+@pytest.mark.parametrize(
+    ("name", "images"), [("ds-cnn", 2), ("digits-dsnet", 2), ("mobilenet-v1-0.25", 1), ("fc-ae", 2)]
+)
+def test_models_on_verilator(name, images, tmp_path):
+    """MLPerf Tiny's DS-CNN (TF 'SAME' pad, depthwise-separable blocks, a 25x5 average),
+    MobileNetV1-0.25 (3x96x96, 13 depthwise-separable blocks, a 3x3 average), the FC
+    autoencoder and the digits depthwise net, at 8 lanes on Verilator: bit- and
+    cycle-exact."""
     from fxpga.quant import data, frontend, quantizer, zoo
 
     model, ds_name = zoo.builtin(name)
     ds = data.load(ds_name)
     qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(64))
     prog = compiler.compile_model(qm, EngineConfig.for_model(qm, 8))
-    assert prog.config.depthwise and prog.config.avg_divide == (name == "ds-cnn")
     build_dir = runner.build(prog, "verilator")
-    r = run_against_golden(qm, prog, ds.x_test[:2], build_dir, tmp_path / "run", seed=5)
+    r = run_against_golden(qm, prog, ds.x_test[:images], build_dir, tmp_path / "run", seed=5)
     assert all(r.match), r.got
-    assert r.cycles == [prog.total_cycles] * 2
+    assert r.cycles == [prog.total_cycles] * images
