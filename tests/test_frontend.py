@@ -505,8 +505,12 @@ def test_depthwise_and_grouped_conv_fold_and_match_torch(tmp_path):
     back = artifact.load(tmp_path / "s.fxq")
     assert back.layers[0].node.groups == 4 and back.layers[4].node.groups == 3
     np.testing.assert_array_equal(golden.run(back, x.numpy()), golden.run(qm, x.numpy()))
-    with pytest.raises(FxpgaError, match=r"depthwise convolution \(groups=4\) yet"):
-        compiler.compile_model(qm)
+    with pytest.raises(FxpgaError, match=r"'dw': grouped convolution \(groups=4\) needs an"):
+        compiler.compile_model(qm)  # an engine without EngineConfig.depthwise
+    prog = compiler.compile_model(qm, compiler.EngineConfig.for_model(qm, 4))
+    xi = golden.quantize_input(qm, x.numpy()[:1])
+    want = golden.run_int(qm, xi)[0].reshape(-1)
+    np.testing.assert_array_equal(compiler.run_program(prog, xi[0]).reshape(-1), want)
 
 
 class Pads(nn.Module):
