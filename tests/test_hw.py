@@ -655,7 +655,7 @@ def test_pads_and_clips_fuse_into_the_ops_around_them():
     qm, x = quantized(model, (2, 9, 8), 4)
     prog = compiler.compile_model(qm, EngineConfig(lanes=3))
     assert [op.fused for op in prog.ops] == [
-        ["0", "1", "2", "3", "4"],
+        ["1", "0", "2", "3", "4"],  # the conv first, then the pad before it
         ["5", "6"],
         ["7", "8"],  # the ReLU6 after the average pool: an identity op (and the flatten)
         ["9"],

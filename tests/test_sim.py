@@ -326,3 +326,18 @@ def test_models_on_verilator(name, images, tmp_path):
     r = run_against_golden(qm, prog, ds.x_test[:images], build_dir, tmp_path / "run", seed=5)
     assert all(r.match), r.got
     assert r.cycles == [prog.total_cycles] * images
+
+
+def test_a_mismatch_in_a_depthwise_layer_is_located(tmp_path):
+    """A corrupt weight in one group of a depthwise layer (one op per lanes channels, after
+    an asymmetric pad): the re-run compares whole layers, so it names that layer's last op."""
+    from test_hw import grouped_net
+
+    qm, x = quantized(*grouped_net(), 12)
+    prog = compiler.compile_model(qm, EngineConfig.for_model(qm, 4))
+    first = next(op for op in prog.ops if op.name == "3[0:4]")
+    assert first.fused[:2] == ["3", "2"] and not first.completes_layer
+    prog.wmem[1][first.w_base + 4] ^= 0x10  # lane 1's centre tap
+    rep = simulate.simulate(qm, prog, x[:2], None, "verilator", out_dir=tmp_path, progress=False)
+    assert rep.mismatches
+    assert rep.first_bad_layer.startswith(f"op {prog.ops.index(first) + 1}: 3[4:6]")

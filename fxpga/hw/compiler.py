@@ -8,8 +8,9 @@ per value instead of 1. "No pool" is a 1×1 max-pool with stride 1.
 
 Memory layout (all addresses in elements):
 - feature maps are stored **HWC** (channel fastest: ``(y·W + x)·C + c``) and ping-pong
-  between buffers 0 and 1; op ``i`` reads buffer ``i % 2`` and writes ``(i + 1) % 2``; the
-  input arrives in buffer 0 at address 0 (``Program.to_engine`` reorders a CHW sample). The
+  between buffers 0 and 1: layer ``i`` reads buffer ``i % 2`` and writes ``(i + 1) % 2``
+  (every op of a grouped conv split into ops reads and writes the same two; each writes its
+  channels at ``out_base`` of a map with ``OP`` channels); the input arrives in buffer 0 at address 0 (``Program.to_engine`` reorders a CHW sample). The
   ``post_lanes`` channels a post-processor writes in one cycle are then consecutive
   addresses, which land in distinct banks (a buffer is ``post_lanes`` banks, bank = address
   mod ``post_lanes``). A flatten moves no data: the linear layer after it gets its weight
@@ -295,6 +296,7 @@ class Op:
     OP: int | None = None
     c0: int = 0
     o0: int = 0
+    out_layer: str = ""  # the IR layer whose output (or part of it) this op writes
     # a depthwise op (one input channel per output, C = O): each lane keeps only its own
     # channel's KH x KW weights, and the engine zeroes the other lanes' weights at each tap
     dw: int = 0
@@ -302,6 +304,12 @@ class Op:
     def __post_init__(self):
         self.CP = self.CP or self.C
         self.OP = self.OP or self.O
+        self.out_layer = self.out_layer or (self.fused[-1] if self.fused else self.name)
+
+    @property
+    def completes_layer(self) -> bool:
+        """The layer's output is whole once this op has run (the last of a split layer)."""
+        return self.o0 + self.O == self.OP
 
     @property
     def CKK(self) -> int:
@@ -620,7 +628,7 @@ def _make_ops(
             w = mac.w.reshape(O, C, 1, 1)
         op = Op(
             n.name,
-            [group.pad.name, n.name] if group.pad else [n.name],
+            [n.name, group.pad.name] if group.pad else [n.name],  # itself first
             buf,
             C,
             H,
@@ -706,6 +714,7 @@ def _make_ops(
                     )
                 op.pool_avg = 1
     op.macs = op.O * op.OH * op.OW * op.CKK
+    op.out_layer = follow[-1].name if follow else mac.name
     if mac is not None and getattr(mac.node, "groups", 1) > 1:
         if not depthwise:
             raise FxpgaError(

@@ -130,10 +130,12 @@ def _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info):
     out_dir = Path(out_dir) if out_dir else runner.new_workdir(None, "mismatch-")
     out_dir.mkdir(parents=True, exist_ok=True)
     inter = golden.run_int(qm, xi[i : i + 1], keep=True)
-    steps = []
+    steps, checked = [], []  # after each op that completes its layer's output
     for k, op in enumerate(prog.ops):
-        name = op.fused[-1] if op.fused else op.name
-        ref = to_engine_order(inter[name].reshape(1, -1), (op.O, op.POH, op.POW))[0]
+        if not op.completes_layer:
+            continue  # one group of a grouped conv: its layer's output is not whole yet
+        checked.append(k)
+        ref = to_engine_order(inter[op.out_layer].reshape(1, -1), (op.OP, op.POH, op.POW))[0]
         steps.append(
             {
                 "cfg": runner.truncated_header(prog, k),
@@ -157,7 +159,7 @@ def _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info):
         steps=steps,
         waves=True,
     )
-    for k, ok in enumerate(r.match):
+    for k, ok in zip(checked, r.match, strict=True):
         if not ok:
             op = prog.ops[k]
             fused = f" (with {', '.join(op.fused[1:])})" if len(op.fused) > 1 else ""
