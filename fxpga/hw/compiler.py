@@ -10,9 +10,10 @@ Memory layout (all addresses in elements):
 - feature maps are stored **HWC** (channel fastest: ``(y·W + x)·C + c``) and ping-pong
   between buffers 0 and 1: layer ``i`` reads buffer ``i % 2`` and writes ``(i + 1) % 2``
   (every op of a grouped conv split into ops reads and writes the same two; each writes its
-  channels at ``out_base`` of a map with ``OP`` channels); the input arrives in buffer 0 at address 0 (``Program.to_engine`` reorders a CHW sample). The
-  ``post_lanes`` channels a post-processor writes in one cycle are then consecutive
-  addresses, which land in distinct banks (a buffer is ``post_lanes`` banks, bank = address
+  channels at ``out_base`` of a map with ``OP`` channels); the input arrives in buffer 0 at
+  address 0 (``Program.to_engine`` reorders a CHW sample). The ``post_lanes`` channels a
+  post-processor writes in one cycle are then consecutive addresses, which land in distinct
+  banks (a buffer is ``post_lanes`` banks, bank = address
   mod ``post_lanes``). A flatten moves no data: the linear layer after it gets its weight
   columns permuted to HWC order instead.
 - weights: lane ``l`` holds output channels ``o ≡ l (mod lanes)``; for group ``g`` (channels
