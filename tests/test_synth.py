@@ -9,6 +9,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from fxpga.hw import ecp5
+from fxpga.hw.compiler import EngineConfig, desc_fields
 from fxpga.hw.mac import MACArray
 from fxpga.hw.postproc import PostProcessor
 from fxpga.hw.synth import yosys_cell_params, yosys_cells
@@ -123,5 +124,6 @@ def test_the_average_divider_maps_as_fit_counts_it(family, cell, per_lane):
     post-processing lane as boards.fit counts, and none without it."""
 
     for divide, want in ((False, 0), (True, 2 * per_lane)):
-        pp = PostProcessor(8, 8, 24, 6, post_lanes=2, field_bits=16, divide=divide)
+        fields = desc_fields(EngineConfig(avg_divide=divide))
+        pp = PostProcessor(8, 8, 24, 6, post_lanes=2, field_bits=16, fields=fields)
         assert yosys_cells(pp, family, "pp").get(cell, 0) == want

@@ -305,7 +305,6 @@ class Op:
     def __post_init__(self):
         self.CP = self.CP or self.C
         self.OP = self.OP or self.O
-        self.out_layer = self.out_layer or (self.fused[-1] if self.fused else self.name)
 
     @property
     def completes_layer(self) -> bool:
@@ -745,8 +744,6 @@ def _split_groups(op: Op, groups: int, lanes: int) -> list[Op]:
             fused=list(op.fused),
             C=c_hi - c_lo,
             O=hi - lo,
-            CP=op.CP,
-            OP=op.OP,
             c0=c_lo,
             o0=lo,
             weights=w,

@@ -206,7 +206,6 @@ class Engine(wiring.Component):
             CB,
             copies=cfg.broadcast_copies,
             snapshots=not cfg.acc_clear,
-            divide=cfg.avg_divide,
             fields=names,
         )
         desc = Signal(descriptor_layout(FB, CB, names))

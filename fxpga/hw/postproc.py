@@ -6,15 +6,9 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .compiler import MAX_LEFT_SHIFT
+from .compiler import DESC_FIELDS, MAX_LEFT_SHIFT, avg_divide_shift
 from .desc import descriptor_layout
 from .fanout import register_copies, share
-
-
-def _fields(divide: bool) -> tuple[str, ...]:
-    from .compiler import AVG_FIELDS, DESC_FIELDS
-
-    return DESC_FIELDS + (AVG_FIELDS if divide else ())
 
 
 class PostProcessor(wiring.Component):
@@ -38,7 +32,7 @@ class PostProcessor(wiring.Component):
     7. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
     8. pool: the first window of a pool output loads the lane's pool register, the others
        take the max or add; a window in pool padding contributes nothing;
-    9. avg pool: ``+ 2^(k−1)``; with ``divide`` (``EngineConfig.avg_divide``, any window):
+    9. avg pool: ``+ 2^(k−1)``; with ``divide`` (``fields`` has ``EngineConfig.avg_divide``'s):
        ``n = 2·sum + avg_off`` (non-negative);
     10. avg pool: ``>> k``; with ``divide``: ``((n · avg_mul) >> S) − 2^(D−1)``, the exact
        rounded average (``compiler.avg_divide_fields``); then ReLU if ``relu_post``;
@@ -69,11 +63,11 @@ class PostProcessor(wiring.Component):
         coord_bits: int | None = None,
         copies: int = 1,
         snapshots: bool = True,
-        divide: bool = False,
-        fields: tuple[str, ...] | None = None,  # the descriptor's (compiler.desc_fields)
+        fields: tuple[str, ...] = DESC_FIELDS,  # the descriptor's (compiler.desc_fields)
     ):
         assert lanes % post_lanes == 0
-        self.snapshots, self.divide = snapshots, divide
+        self.snapshots = snapshots
+        self.divide = divide = "avg_mul" in fields  # EngineConfig.avg_divide's fields
         self.latency = self.LATENCY + int(divide)  # the divider's product has a stage of its own
         self.copies = min(copies, lanes // post_lanes)
         self.field_bits = FB = field_bits
@@ -86,7 +80,7 @@ class PostProcessor(wiring.Component):
         self.meta_layout = meta
         super().__init__(
             {
-                "desc": In(descriptor_layout(FB, coord_bits, fields or _fields(divide))),
+                "desc": In(descriptor_layout(FB, coord_bits, fields)),
                 "capture": In(1),
                 "capture_next": In(1),
                 "meta": In(meta),
@@ -337,8 +331,6 @@ class PostProcessor(wiring.Component):
         stage, their sum in the next), then its bits ``S … S + D − 1``, which are
         ``floor(n / 2k) ∈ [0, 2^D)``; inverting the top one subtracts ``2^(D−1)``.
         Returns the last stage's item and the pooled values."""
-        from .compiler import avg_divide_shift
-
         S, N = avg_divide_shift(D), D + 10  # n < 2^N
         SPLIT = 18 if getattr(platform, "family", None) == "ecp5" else S  # MULT18X18D width
         avg, mul, off = Signal(), Signal(unsigned(S)), Signal(unsigned(P + 2))

@@ -64,10 +64,10 @@ class TapGenerator(wiring.Component):
         items: int | None = None,
         field_bits: int = 24,
         coord_bits: int | None = None,
-        fields: tuple[str, ...] | None = None,  # the descriptor's (compiler.desc_fields)
+        fields: tuple[str, ...] = DESC_FIELDS,  # the descriptor's (compiler.desc_fields)
     ):
         self.lanes = lanes
-        self.fields = fields or DESC_FIELDS
+        self.fields = fields
         self.items = items or lanes
         self.field_bits = field_bits
         self.coord_bits = coord_bits or field_bits
