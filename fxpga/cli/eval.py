@@ -13,18 +13,12 @@ def add(sub, common):
 
 
 def run(args) -> int:
-    from ..quant import artifact, quantizer, report
+    from ..quant import artifact, report
 
     qm = artifact.load(args.model)
     ds = dataset_for(args, qm)
     print(report.layer_table(qm))
-    if ds.labelled:
-        float_acc = quantizer.float_accuracy(qm.graph, ds.x_test, ds.y_test)
-        fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
-        print(report.accuracy_line(float_acc, fixed_acc, len(ds.y_test), ds.name))
-    else:
-        sqnr, max_err = quantizer.output_quality(qm, ds.x_test)
-        print(report.quality_line(sqnr, max_err, len(ds.x_test), ds.name))
+    print(report.evaluate(qm, ds)[1])
     if qm.graph.host_tail:
         print(f"note: {report.host_tail_line(qm.graph)}")
     return 0

@@ -108,16 +108,7 @@ def run(args) -> int:
     qm = quantizer.quantize_model(
         graph, x_calib, widths, scheme=args.scheme, config=config, progress=progress
     )
-    n = len(ds.x_test)
-    if ds.labelled:
-        float_acc = quantizer.float_accuracy(graph, ds.x_test, ds.y_test)
-        fixed_acc = quantizer.accuracy(qm, ds.x_test, ds.y_test)
-        acc = {"float": float_acc, "fixed": fixed_acc}
-        summary = report.accuracy_line(float_acc, fixed_acc, n, ds.name)
-    else:
-        sqnr, max_err = quantizer.output_quality(qm, ds.x_test)
-        acc = {"sqnr_db": sqnr, "max_abs_error": max_err}
-        summary = report.quality_line(sqnr, max_err, n, ds.name)
+    acc, summary = report.evaluate(qm, ds)
     qm.provenance = {
         **prov,
         "model_sha256": graph_digest(graph),
@@ -128,7 +119,7 @@ def run(args) -> int:
         "config": args.config,
         "fxpga": __version__,
     }
-    acc = {"dataset": ds_spec, "split": "test", "images": n, **acc}
+    acc = {"dataset": ds_spec, "split": "test", "images": len(ds.x_test), **acc}
     artifact.save(qm, out, extra={"accuracy": acc})
     print(report.layer_table(qm))
     print(summary)

@@ -119,3 +119,17 @@ def quality_line(sqnr_db: float, max_err: float, n: int, dataset: str) -> str:
         f"output on {dataset} ({n} samples, no labels): SQNR {sqnr_db:.1f} dB against "
         f"float, max |error| {max_err:.4g}"
     )
+
+
+def evaluate(qm: QModel, ds) -> tuple[dict, str]:
+    """How ``qm`` does on ``ds``'s test split: top-1 float and fixed with labels, else the
+    output's SQNR and max |error| against float. (The figures, the line that says them.)"""
+    from . import quantizer
+
+    n = len(ds.x_test)
+    if ds.labelled:
+        f = quantizer.float_accuracy(qm.graph, ds.x_test, ds.y_test)
+        q = quantizer.accuracy(qm, ds.x_test, ds.y_test)
+        return {"float": f, "fixed": q}, accuracy_line(f, q, n, ds.name)
+    sqnr, max_err = quantizer.output_quality(qm, ds.x_test)
+    return {"sqnr_db": sqnr, "max_abs_error": max_err}, quality_line(sqnr, max_err, n, ds.name)
