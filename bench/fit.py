@@ -32,10 +32,7 @@ SPRAM_BYTES = 32 * 1024
 
 def peak_live(graph: ir.Graph) -> int:
     """Values held at once when every tensor lives from its producer to its last reader."""
-    last = {ir.INPUT: 0}
-    for k, n in enumerate(graph.nodes):
-        for i in n.inputs:
-            last[i] = k
+    last = {t: k for k, ts in graph.last_use().items() for t in ts}
     sizes = {ir.INPUT: math.prod(graph.input_shape)}
     born = {ir.INPUT: 0}
     peak = 0

@@ -83,24 +83,20 @@ _CONVERTERS: dict[str, Callable] = {}
 _FOLD: dict[str, Callable] = {}
 
 
-def converts(*op_types):
-    def register(fn):
-        for t in op_types:
-            _CONVERTERS[t] = fn
-        return fn
+def _registers(table: dict[str, Callable]):
+    def decorator(*op_types):
+        def register(fn):
+            for t in op_types:
+                table[t] = fn
+            return fn
 
-    return register
+        return register
+
+    return decorator
 
 
-def folds(*op_types):
-    """Register a numpy evaluation of ``op_types`` for nodes whose inputs are all constant."""
-
-    def register(fn):
-        for t in op_types:
-            _FOLD[t] = fn
-        return fn
-
-    return register
+converts = _registers(_CONVERTERS)  # the converter of a layer's op types
+folds = _registers(_FOLD)  # a numpy evaluation of op types whose inputs are all constant
 
 
 def _attr_value(a: onnx.AttributeProto):

@@ -240,10 +240,6 @@ def read_by_relu_only(graph: ir.Graph) -> set[str]:
     }
 
 
-def _aligned_range(r: tuple[int, int], src: QFormat, dst: QFormat) -> tuple[int, int]:
-    return tuple(int(v) for v in requantize(np.array(r, dtype=np.int64), src.fl - dst.fl, dst.bits))
-
-
 def _passthrough(node: ir.Node, fmt: QFormat, r: tuple[int, int]) -> QLayer:
     """A layer that keeps its input's format, with the integer range it can output."""
     la = QLayer(node, fmt, fmt, r, r)
@@ -376,7 +372,8 @@ def quantize_model(
             out = merged(ofl)
             in_ranges = tuple(ranges[i] for i in ins)
             aligned = [
-                _aligned_range(r, f, out_fmt) for r, f in zip(in_ranges, in_fmts, strict=True)
+                tuple(int(v) for v in golden.align(np.array(r), f, out_fmt))
+                for r, f in zip(in_ranges, in_fmts, strict=True)
             ]
             la = QLayer(
                 node,
