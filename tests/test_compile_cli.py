@@ -80,8 +80,8 @@ def test_compile_missing_model(tmp_path, capsys):
 
 
 def test_ops_the_engine_lacks_are_named(tmp_path, capsys):
-    """A residual add (exact in the golden model) is refused by the compiler in one line
-    that names the layer and the op, before anything is written."""
+    """A concat (exact in the golden model) is refused by the compiler in one line that
+    names the layer and the op, before anything is written."""
     import torch
     import torch.nn as nn
 
@@ -93,11 +93,11 @@ def test_ops_the_engine_lacks_are_named(tmp_path, capsys):
         def __init__(self):
             super().__init__()
             self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 1)
-            self.fc = nn.Linear(8, 3)
+            self.fc = nn.Linear(16, 3)
 
         def forward(self, x):
             y = torch.relu(self.a(x))
-            return self.fc(torch.flatten(y + self.b(y), 1))
+            return self.fc(torch.flatten(torch.cat([y, self.b(y)], 1), 1))
 
     model = Residual().eval()
     g = frontend.from_module(model, (1, 4, 4))
@@ -108,5 +108,5 @@ def test_ops_the_engine_lacks_are_named(tmp_path, capsys):
     out = tmp_path / "e"
     code, _, err = run(capsys, "compile", str(tmp_path / "r6.fxq"), "-o", str(out), "-q")
     assert code == 1 and len(err.strip().splitlines()) == 1, err
-    assert "layer 'add' (test_compile_cli.py:" in err and "does not run add layers yet" in err
+    assert "layer 'cat' (test_compile_cli.py:" in err and "does not run concat layers yet" in err
     assert not out.exists()

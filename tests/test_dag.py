@@ -185,14 +185,14 @@ def test_config_sets_add_formats_only_where_they_exist():
         quantizer.Config.from_json({"layers": {"r": {"output": {"bits": 8}}}}, "c").check(g)
 
 
-def test_the_compiler_names_the_add_it_cannot_run():
+def test_the_compiler_names_the_concat_it_cannot_run():
     from fxpga.hw import compiler
     from fxpga.hw.compiler import EngineConfig
 
     g = frontend.from_module(_seeded(Residual()), (1, 8, 8))
     qm = quantizer.quantize_model(g, np.random.default_rng(0).uniform(0, 1, (8, 1, 8, 8)))
-    with pytest.raises(FxpgaError, match="layer 'add'.*: the engine does not run add layers yet"):
-        compiler.compile_model(qm, EngineConfig(lanes=4))
+    with pytest.raises(FxpgaError, match="layer 'cat'.*: the engine does not run concat layers"):
+        compiler.compile_model(qm, EngineConfig(lanes=4, branches=True))
 
 
 # ---- random DAGs: golden == fake quant ------------------------------------------------------

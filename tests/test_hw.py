@@ -234,6 +234,40 @@ def test_feature_buffer_unaligned_vector_writes(banks, write_reg):
     assert len(model) > depth * 0.9
 
 
+@pytest.mark.parametrize("banks", [1, 2, 4, 8])
+def test_feature_buffer_wide_reads(banks):
+    """The wide read (EngineConfig.branches): ``banks`` consecutive words from any address,
+    three cycles later, while narrow reads are off; against a dict; writes go on beside."""
+    rng = random.Random(banks + 50)
+    depth = 5 * banks + 3
+    dut = FeatureBuffer(depth, 8, banks, 10, wide_read=True)
+    model = {a: rng.randint(-128, 127) for a in range(depth)}
+
+    async def bench(ctx):
+        ctx.set(dut.wrd_en, 1)
+        for a, v in model.items():  # fill it, a word at a time
+            ctx.set(dut.wr_addr, a)
+            ctx.set(dut.wr_data[0], v)
+            ctx.set(dut.wr_en[0], 1)
+            await ctx.tick()
+        ctx.set(dut.wr_en[0], 0)
+        issued = []
+        for _ in range(200):
+            addr = rng.randrange(depth - banks + 1)
+            ctx.set(dut.wrd_addr, addr)
+            await ctx.tick()
+            issued.append(addr)
+            if len(issued) > FeatureBuffer.WIDE_LATENCY - 1:
+                a = issued[-FeatureBuffer.WIDE_LATENCY]
+                got = [ctx.get(dut.wrd_data[i]) for i in range(banks)]
+                assert got == [model[a + i] for i in range(banks)], a
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 @pytest.mark.parametrize(
     "pre,groups,clear", [(0, 1, False), (1, 1, False), (2, 1, False), (1, 1, True), (1, 2, True)]
 )
@@ -368,6 +402,84 @@ def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post
     sim.add_testbench(bench)
     sim.add_process(memories)
     sim.run_until(1e-8 * 16 * (lanes + 4) + 1e-6)
+    assert got == want
+
+
+@pytest.mark.parametrize("post_lanes", [1, 2, 4])
+@pytest.mark.parametrize(
+    "a_shift,b_shift,relu", [(0, 0, 0), (2, -3, 1), (-8, 8, 0), (5, 0, 1), (-1, 1, 0), (8, -8, 1)]
+)
+def test_post_processor_adds_like_golden(a_shift, b_shift, relu, post_lanes):
+    """The residual add stages: each window's values (no pool, shift 0, so the accumulators'
+    sums themselves, saturated) aligned by a_shift, the other operand read at out_addr +
+    skip_off (a model of the wide read port: its words three cycles after the address)
+    aligned by b_shift, summed, saturated, ReLU'd: as golden.align and the add compute them.
+    Every other window does not add: its values pass unchanged."""
+    rng = random.Random(a_shift * 31 + b_shift + 7 * relu + 100 * post_lanes)
+    lanes, D, A = 4, 8, 20
+    fields = compiler.desc_fields(EngineConfig(branches=True))
+    dut = PostProcessor(lanes, D, A, 5, post_lanes, snapshots=False, fields=fields)
+    skip_off = -37
+    memory = {a: rng.randint(-128, 127) for a in range(40, 200)}
+    windows = [
+        {"sums": [rng.randint(-200, 200) for _ in range(lanes)], "out_addr": 100 + 5 * w}
+        for w in range(12)
+    ]
+    want = {}
+    for w, wd in enumerate(windows):
+        add = w % 2 == 0  # (the descriptor changes between windows: the pipeline drains)
+        for lane in range(lanes):
+            v = int(np.clip(wd["sums"][lane], -128, 127))
+            addr = wd["out_addr"] + lane
+            if add:
+                a = requantize(np.array([v]), a_shift, D)[0]
+                b = requantize(np.array([memory[addr + skip_off]]), b_shift, D)[0]
+                v = int(np.clip(a + b, -128, 127))
+                v = max(v, 0) if relu else v
+            want[(w, addr)] = v
+
+    got = {}
+    current = [0]
+
+    async def bench(ctx):
+        base = {"shift": 0, "qmin": -128, "qmax": 127, "relu_pre": 0, "relu_post": 0}
+        for k, v in (base | {"pool_avg": 0, "avg_shift": 0, "skip_off": skip_off}).items():
+            ctx.set(getattr(dut.desc, k), v)
+        for w, wd in enumerate(windows):
+            add = w % 2 == 0
+            current[0] = w
+            ctx.set(dut.desc.add, int(add))
+            ctx.set(dut.desc.a_shift, a_shift if add else 0)
+            ctx.set(dut.desc.b_shift, b_shift if add else 0)
+            ctx.set(dut.desc.add_relu, relu if add else 0)
+            await ctx.tick().repeat(3)  # (the per-op constants are registered)
+            for lane in range(lanes):
+                ctx.set(dut.acc[lane], wd["sums"][lane])
+            meta = {"padwin": 0, "pool_first": 1, "pool_last": 1, "b_addr": 0, "nvalid": lanes}
+            for k, v in (meta | {"out_addr": wd["out_addr"]}).items():
+                ctx.set(getattr(dut.meta, k), v)
+            ctx.set(dut.capture, 1)
+            await ctx.tick()
+            ctx.set(dut.capture, 0)
+            await ctx.tick().repeat(dut.latency + lanes)  # drained
+
+    async def memories(ctx):  # the biases (zero), the wide read port and the writes
+        issued = [0, 0, 0]
+        sigs = [dut.wr_addr, dut.skip_addr, *dut.wr_en, *dut.wr_data]
+        async for _clk, _rst, addr, skip, *rest in ctx.tick().sample(*sigs):
+            issued.append(skip)
+            a = issued[-FeatureBuffer.WIDE_LATENCY]
+            for i in range(post_lanes):
+                ctx.set(dut.bias_data[i], 0)
+                ctx.set(dut.skip_data[i], memory.get(a + i, 0))
+                if rest[i]:
+                    got[(current[0], addr + i)] = rest[post_lanes + i]
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.add_process(memories)
+    sim.run_until(1e-8 * len(windows) * (dut.latency + lanes + 8) + 1e-6)
     assert got == want
 
 
@@ -760,3 +872,117 @@ def test_grouped_and_depthwise_convs_with_depthwise(lanes, post_lanes, extra):
     assert all(op.dw and op.lane_weights == 9 for op in dw)
     assert len(dw) == -(-6 // lanes) and sum(op.macs for op in dw) == 6 * 3 * 3 * 9
     assert [op.o0 for op in dw] == list(range(0, 6, lanes))
+
+
+class ResidualNet(nn.Module):
+    """A stem; a residual block with an identity skip (its add joins the second conv); one
+    with a stride-2 projection, whose add joins the projection (the op computed last); then
+    ``x + conv(x)``, whose operands would share a buffer (the compiler copies one); a pool,
+    a linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, padding=1)
+        self.c1, self.c2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c3, self.c4 = nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.proj = nn.Conv2d(4, 6, 1, stride=2)
+        self.single = nn.Conv2d(6, 6, 1)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+        x = torch.relu(self.c4(torch.relu(self.c3(x))) + self.proj(x))
+        x = self.single(x) + x
+        x = nn.functional.max_pool2d(x, 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize(
+    "lanes,post_lanes,extra",
+    [(1, 1, {}), (3, 1, {}), (8, 4, {}), (16, 2, {}), (8, 2, ECP5_REGS)],
+)
+def test_residual_adds_with_branches(lanes, post_lanes, extra):
+    """EngineConfig.branches: the adds run in the post-processing of the op producing one
+    operand, reading the other from the buffer it writes; bit- and cycle-exact (with the ECP5
+    boards' registers too). Without the option the compiler names it."""
+    qm, x = quantized(ResidualNet(), (2, 8, 6), 3)
+    with pytest.raises(FxpgaError, match="adds tensors .* EngineConfig.branches"):
+        compiler.compile_model(qm, EngineConfig(lanes=lanes))
+    cfg = EngineConfig.for_model(qm, lanes, post_lanes=post_lanes, **extra)
+    assert cfg.branches
+    prog = check_engine(qm, x, lanes, n=2, gaps=random.Random(lanes), config=cfg)
+    ops = {op.name: op for op in prog.ops}
+    assert (ops["c2"].skip, ops["proj"].skip, ops["single"].skip) == ("relu", "c4", "relu_4:copy")
+    assert ops["c2"].add_relu and ops["proj"].add_relu and not ops["single"].add_relu
+    # written in place over the other operand where nothing reads it later
+    assert ops["c2"].skip_addr == ops["c2"].out_addr and ops["proj"].out_buf == ops["c4"].out_buf
+    for op in prog.ops:
+        assert not op.add or op.in_buf != op.out_buf
+
+
+class RandomDAG(nn.Module):
+    """A random residual network: a stem conv, then blocks of kinds ``res`` (two convs and
+    an identity skip), ``proj`` (two convs, the first maybe strided, and a 1x1 projection),
+    ``single`` (x + conv(x)), ``fork`` (conv(x) + conv(x)) or ``conv``, each maybe followed
+    by a ReLU and a pool; the add's operands in either order; a linear."""
+
+    def __init__(self, rng: random.Random):
+        super().__init__()
+        c, h, w = rng.randint(1, 3), rng.randint(4, 7), rng.randint(4, 7)
+        self.shape = (c, h, w)
+        co = rng.randint(1, 5)
+        self.stem = nn.Conv2d(c, co, 3, padding=1)
+        c = co
+        self.blocks, self.plan = nn.ModuleList(), []
+        for _ in range(rng.randint(2, 3)):
+            kind = rng.choice(["res", "proj", "single", "fork", "conv"])
+            co = c if kind in ("res", "single") else rng.randint(1, 6)
+            s = rng.choice([1, 2]) if kind == "proj" and min(h, w) >= 3 else 1
+            mods = [nn.Conv2d(c, co, 3, stride=s, padding=1)]
+            if kind in ("res", "proj"):
+                mods.append(nn.Conv2d(co, co, 3, padding=1))
+            if kind in ("proj", "fork"):
+                mods.append(nn.Conv2d(c, co, 1, stride=s))
+            h, w = (h - 1) // s + 1, (w - 1) // s + 1
+            pool = rng.choice([None, "max_pool2d", "avg_pool2d"]) if min(h, w) >= 2 else None
+            if pool is not None:
+                h, w = h // 2, w // 2
+            self.blocks.append(nn.ModuleList(mods))
+            self.plan.append((kind, rng.random() < 0.5, rng.random() < 0.7, pool))
+            c = co
+        self.fc = nn.Linear(c * h * w, rng.randint(1, 5))
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for mods, (kind, swap, relu, pool) in zip(self.blocks, self.plan, strict=True):
+            if kind == "conv":
+                a, b = mods[0](x), None
+            elif kind == "single":
+                a, b = mods[0](x), x
+            elif kind == "fork":
+                a, b = mods[0](x), mods[1](x)
+            else:
+                a = mods[1](torch.relu(mods[0](x)))
+                b = x if kind == "res" else mods[2](x)
+            if b is not None:
+                x = b + a if swap else a + b
+            else:
+                x = a
+            if relu:
+                x = torch.relu(x)
+            if pool is not None:
+                x = getattr(nn.functional, pool)(x, 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("lanes,post_lanes", [(1, 1), (3, 1), (8, 4)])
+@pytest.mark.parametrize("seed", range(3))
+def test_random_residual_networks_bit_exact(lanes, post_lanes, seed):
+    """Seeded random residual DAGs with random valid/ready gaps: bit- and cycle-exact."""
+    rng = random.Random(7000 + 10 * lanes + seed)
+    model = RandomDAG(rng)
+    bits = rng.choice([4, 6, 8])
+    qm, x = quantized(model, model.shape, seed, bits=bits)
+    cfg = EngineConfig.for_model(qm, lanes, post_lanes=post_lanes, data_bits=bits)
+    check_engine(qm, x, lanes, n=2, gaps=random.Random(seed), config=cfg)

@@ -309,13 +309,21 @@ def test_ds_cnn_as_the_orangecrab_builds_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "images"), [("ds-cnn", 2), ("digits-dsnet", 2), ("mobilenet-v1-0.25", 1), ("fc-ae", 2)]
+    ("name", "images"),
+    [
+        ("ds-cnn", 2),
+        ("digits-dsnet", 2),
+        ("mobilenet-v1-0.25", 1),
+        ("fc-ae", 2),
+        ("resnet8", 1),
+        ("digits-resnet", 2),
+    ],
 )
 def test_models_on_verilator(name, images, tmp_path):
     """MLPerf Tiny's DS-CNN (TF 'SAME' pad, depthwise-separable blocks, a 25x5 average),
     MobileNetV1-0.25 (3x96x96, 13 depthwise-separable blocks, a 3x3 average), the FC
-    autoencoder and the digits depthwise net, at 8 lanes on Verilator: bit- and
-    cycle-exact."""
+    autoencoder, ResNet-8 (residual adds, 1x1 stride-2 projections, an 8x8 average), and the
+    digits depthwise and residual nets, at 8 lanes on Verilator: bit- and cycle-exact."""
     from fxpga.quant import data, frontend, quantizer, zoo
 
     model, ds_name = zoo.builtin(name)

@@ -19,7 +19,14 @@ class FeatureBuffer(wiring.Component):
     With ``write_reg`` each bank's write (after the rotation below) waits in a register for
     one cycle: a write presented in cycle t is in the memory for reads issued from t + 2 on
     (t + 1 without), and the rotation's muxes are off the memories' write-decode path.
+
+    With ``wide_read``, a second way to read: while ``wrd_en`` is held, the banks read for
+    ``wrd_addr`` instead of ``rd_addr``, and ``wrd_data[i]`` holds the word at ``wrd_addr + i``
+    (``i < banks``) ``WIDE_LATENCY`` = 3 cycles after ``wrd_addr`` (the banks' rows, the read,
+    the rotation: each a register). ``rd_data`` means nothing then.
     """
+
+    WIDE_LATENCY = 3
 
     def __init__(
         self,
@@ -28,19 +35,25 @@ class FeatureBuffer(wiring.Component):
         banks: int = 1,
         addr_bits: int = 24,
         write_reg: bool = False,
+        wide_read: bool = False,
     ):
         assert banks & (banks - 1) == 0
         self.depth, self.data_bits, self.banks = depth, data_bits, banks
-        self.write_reg = write_reg
-        super().__init__(
-            {
-                "rd_addr": In(addr_bits),
-                "rd_data": Out(signed(data_bits)),
-                "wr_addr": In(addr_bits),
-                "wr_data": In(signed(data_bits)).array(banks),
-                "wr_en": In(1).array(banks),
+        self.write_reg, self.wide_read = write_reg, wide_read
+        ports = {
+            "rd_addr": In(addr_bits),
+            "rd_data": Out(signed(data_bits)),
+            "wr_addr": In(addr_bits),
+            "wr_data": In(signed(data_bits)).array(banks),
+            "wr_en": In(1).array(banks),
+        }
+        if wide_read:
+            ports |= {
+                "wrd_addr": In(addr_bits),
+                "wrd_en": In(1),
+                "wrd_data": Out(signed(data_bits)).array(banks),
             }
-        )
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -59,11 +72,25 @@ class FeatureBuffer(wiring.Component):
         for k in range(B):
             step = 1 << k
             vec = [Mux(s_[k], vec[(b - step) % n], vec[b]) for b in range(n)]
+        if self.wide_read:
+            # the wide read's rows, like the write's: bank b holds word (b − s) mod n of it,
+            # at row wrd_addr / n or the one after (registered); the words come out rotated
+            # back by s (held for the read) into registers
+            ws, ws_q = Signal(range(n), name="wrd_s"), Signal(range(n), name="wrd_s_q")
+            wrow0 = Signal(range(rows + 1), name="wrd_row0")
+            m.d.comb += wrow0.eq(self.wrd_addr >> B)
+            m.d.sync += [ws.eq(self.wrd_addr[:B] if n > 1 else 0), ws_q.eq(ws)]
+            wrows = [Signal(range(rows + 1), name=f"wrd_row{b}_q") for b in range(n)]
+            for b in range(n):
+                m.d.sync += wrows[b].eq(wrow0 + (b < self.wrd_addr[:B]) if n > 1 else wrow0)
         for b in range(n):
             mem = memory.Memory(shape=signed(self.data_bits), depth=rows, init=[])
             m.submodules[f"bank{b}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
-            m.d.comb += rd.addr.eq(self.rd_addr >> B)
+            if self.wide_read:
+                m.d.comb += rd.addr.eq(Mux(self.wrd_en, wrows[b], self.rd_addr >> B))
+            else:
+                m.d.comb += rd.addr.eq(self.rd_addr >> B)
             datas.append(rd.data)
             v = Signal(self.data_bits + 1, name=f"wr_vec{b}")
             row = Signal(range(rows + 1), name=f"wr_row{b}")
@@ -71,4 +98,10 @@ class FeatureBuffer(wiring.Component):
             domain += [v.eq(vec[b]), row.eq(Mux(b < s_, row1, row0) if n > 1 else row0)]
             m.d.comb += [wr.addr.eq(row), wr.data.eq(v[:-1]), wr.en.eq(v[-1])]
         m.d.comb += self.rd_data.eq(Array(datas)[sel] if n > 1 else datas[0])
+        if self.wide_read:  # word i of the wide read is in bank (s + i) mod n
+            vec = datas
+            for k in range(B):
+                step = 1 << k
+                vec = [Mux(ws_q[k], vec[(i + step) % n], vec[i]) for i in range(n)]
+            m.d.sync += [self.wrd_data[i].eq(vec[i]) for i in range(n)]
         return m

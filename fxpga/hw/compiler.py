@@ -57,7 +57,7 @@ from ..quant.qmodel import QLayer, QModel
 
 # the ops it runs: a pad only right before a conv (its zeros are that conv's padding), a clip
 # as the saturation bounds of the op it ends up in
-ENGINE_OPS = ("conv", "linear", "relu", "clip", "pad", "maxpool", "avgpool", "flatten")
+ENGINE_OPS = ("conv", "linear", "relu", "clip", "pad", "maxpool", "avgpool", "flatten", "add")
 MAX_LEFT_SHIFT = 7  # requantization may scale up by at most 2^7 (fl_out - fl_in - fl_w <= 7)
 
 _DEPTH = (1, MAX_MEMORY_DEPTH, "the configuration port's index field is 20 bits")
@@ -122,6 +122,11 @@ class EngineConfig:
     # to the next pixel). Lane l's weights are zero outside its own channels, so a depthwise
     # layer keeps one lane in `lanes` busy: correct, not yet fast
     depthwise: bool = False
+    # graphs that branch (residual adds): an op may write either buffer at any address, and
+    # its post-processor may add a tensor it reads from the buffer it writes (aligned,
+    # saturated, then a ReLU: six more pipeline stages, a wide read port on each buffer);
+    # six more descriptor words. Off: chains only, ping-ponging between the buffers
+    branches: bool = False
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -138,6 +143,7 @@ class EngineConfig:
                 "program_read_reg",
                 "avg_divide",
                 "depthwise",
+                "branches",
             ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
@@ -192,7 +198,8 @@ class EngineConfig:
     def for_model(cls, qm: QModel, lanes: int = 8, **overrides) -> EngineConfig:
         """The narrowest widths ``qm`` needs (at least 8-bit data/weights and a 16-bit
         accumulator, rounded up to a multiple of 4), and ``avg_divide`` where it averages
-        over a window that is not a power of two; ``overrides`` win."""
+        over a window that is not a power of two, ``depthwise`` where it has grouped convs and
+        ``branches`` where its graph is not a chain; ``overrides`` win."""
         data = max([qm.input_fmt.bits] + [la.out_fmt.bits for la in qm.layers])
         weight = max([la.w_fmt.bits for la in qm.layers if la.w_fmt] + [2])
         acc = max(qm.max_acc_bits, data + 2)
@@ -206,6 +213,7 @@ class EngineConfig:
                 for la in qm.layers
             ),
             "depthwise": any(getattr(la.node, "groups", 1) > 1 for la in qm.layers),
+            "branches": not qm.graph.is_chain,
         }
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
@@ -229,12 +237,20 @@ AVG_FIELDS = ("avg_mul", "avg_off")
 MAX_DIVIDE_DATA_BITS = 12  # avg_mul < 2^(data_bits + 18) must fit a 32-bit program word
 
 
+# with EngineConfig.branches: the buffer an op writes, and its residual add: the other
+# operand is read at (output address + skip_off) of that buffer; each operand is aligned by a
+# rounding shift (a_shift: the op's own value, b_shift: the other) and saturated, the sum is
+# saturated and add_relu'd
+BRANCH_FIELDS = ("out_buf", "add", "skip_off", "a_shift", "b_shift", "add_relu")
+
+
 def desc_fields(cfg: EngineConfig) -> tuple[str, ...]:
     """The descriptor's fields on an engine built with ``cfg``, in program order."""
     return (
         DESC_FIELDS
         + (("kx_inc", "dw") if cfg.depthwise else ())
         + (AVG_FIELDS if cfg.avg_divide else ())
+        + (BRANCH_FIELDS if cfg.branches else ())
     )
 
 
@@ -301,6 +317,23 @@ class Op:
     # a depthwise op (one input channel per output, C = O): each lane keeps only its own
     # channel's KH x KW weights, and the engine zeroes the other lanes' weights at each tap
     dw: int = 0
+    # where it reads and writes (compile_model's allocation): the tensors (IR names), the
+    # buffers and the base addresses of their regions
+    src: str = ir.INPUT
+    dst: str = ""
+    out_buf: int = 1
+    in_addr: int = 0
+    out_addr: int = 0
+    # a residual add (EngineConfig.branches): the other operand `skip` (its region at
+    # skip_addr of out_buf), the alignment shifts of this op's value (a) and skip's (b) to the
+    # add's format, a ReLU after the sum
+    skip: str | None = None
+    skip_addr: int = 0
+    add: int = 0
+    a_shift: int = 0
+    b_shift: int = 0
+    add_relu: int = 0
+    add_fmt: QFormat | None = None
 
     def __post_init__(self):
         self.CP = self.CP or self.C
@@ -350,10 +383,12 @@ class Op:
         post_lanes: int = 1,
         divide_bits: int | None = None,
         depthwise: bool = False,
+        branches: bool = False,
     ) -> dict[str, int]:
         """The descriptor words; ``depthwise``: the engine reads channel windows
         (``EngineConfig.depthwise``: ``kx_inc``); ``divide_bits``: it divides averages by
-        multiplying (``EngineConfig.avg_divide``) on ``divide_bits``-bit data."""
+        multiplying (``EngineConfig.avg_divide``) on ``divide_bits``-bit data; ``branches``:
+        it writes either buffer and adds (``EngineConfig.branches``)."""
         G = self.groups(lanes)
         C, W = self.CP, self.W
         iy0 = -self.PPH * self.SH - self.PH
@@ -364,10 +399,11 @@ class Op:
             "CKK": self.CKK, "lead": max(0, lanes // post_lanes - self.CKK), "WC": W * C,
             "OH": self.OH, "OW": self.OW, "dy_max": self.PKH - 1, "dx_max": self.PKW - 1,
             "py_max": self.POH - 1, "px_max": self.POW - 1, "g_max": G - 1, "O": self.OP,
-            "O_last": self.O - (G - 1) * lanes, "out_base": self.o0, "w_base": self.w_base,
+            "O_last": self.O - (G - 1) * lanes, "out_base": self.out_addr + self.o0,
+            "w_base": self.w_base,
             "b_base": self.b_base // post_lanes,
             "oy0": -self.PPH, "ox0": -self.PPW, "iy0": iy0, "ix0": ix0, "xc0": ix0 * C,
-            "ra0": iy0 * W * C + self.c0,
+            "ra0": self.in_addr + iy0 * W * C + self.c0,
             "SH": self.SH, "SW": self.SW, "SWC": self.SW * C, "SHWC": self.SH * W * C,
             "PSH": self.PSH, "PSW": self.PSW, "PSH_SH": self.PSH * self.SH,
             "PSW_SW": self.PSW * self.SW, "PSW_SWC": self.PSW * self.SW * C,
@@ -385,6 +421,15 @@ class Op:
         if divide_bits is not None:
             k = self.PKH * self.PKW if self.pool_avg else 1
             d |= avg_divide_fields(k, divide_bits)
+        if branches:
+            d |= {
+                "out_buf": self.out_buf, "add": self.add,
+                "skip_off": self.skip_addr - self.out_addr if self.add else 0,
+                "a_shift": self.a_shift, "b_shift": self.b_shift, "add_relu": self.add_relu,
+            }  # fmt: skip
+        elif self.add or self.out_buf != 1 - self.in_buf:
+            what = "adds" if self.add else "writes the buffer it reads"
+            raise FxpgaError(f"op '{self.name}' {what}: it needs EngineConfig.branches")
         return d
 
     @property
@@ -413,6 +458,7 @@ class Op:
 TAP_LATENCY = 3  # TapGenerator.LATENCY: the first tap leaves 3 cycles after the op starts
 TAP_TO_ACC = 4  # a tap issued in cycle t is in the accumulators in cycle t + 4 (tap_to_acc: more)
 POST_LATENCY = 11  # PostProcessor.LATENCY
+ADD_STAGES = 6  # PostProcessor.ADD_STAGES: the residual add's (EngineConfig.branches)
 
 
 def run_cycles(op: Op, cfg: EngineConfig) -> int:
@@ -423,7 +469,8 @@ def run_cycles(op: Op, cfg: EngineConfig) -> int:
 
 def drain_cycles(cfg: EngineConfig) -> int:
     """Cycles the sequencer waits after the last window for the final writes to land."""
-    post = POST_LATENCY + int(cfg.avg_divide)  # the divider's product has a stage of its own
+    # the divider's product has a stage of its own, the residual add six
+    post = POST_LATENCY + int(cfg.avg_divide) + ADD_STAGES * int(cfg.branches)
     return tap_to_acc(cfg) + post + cfg.items - 1 + int(cfg.fmap_write_reg)
 
 
@@ -496,6 +543,7 @@ class Program:
 
     in_shape: tuple = ()  # (C, H, W) of the input as the engine stores it
     out_shape: tuple = ()  # (C, H, W) of the output as the engine stores it
+    out_base: int = 0  # where the output starts in buffer out_buf
 
     @property
     def wmem_depth(self) -> int:
@@ -511,7 +559,10 @@ class Program:
     def descriptors(self) -> list[dict[str, int]]:
         cfg = self.config
         bits = cfg.data_bits if cfg.avg_divide else None
-        return [op.descriptor(cfg.lanes, cfg.post_lanes, bits, cfg.depthwise) for op in self.ops]
+        return [
+            op.descriptor(cfg.lanes, cfg.post_lanes, bits, cfg.depthwise, cfg.branches)
+            for op in self.ops
+        ]
 
     def to_engine(self, x: np.ndarray) -> np.ndarray:
         """(N, ...) samples in C-order → (N, in_size) in the engine's HWC order."""
@@ -537,62 +588,95 @@ class Program:
 @dataclass
 class _Group:
     """One engine op's layers: the conv/linear (None: a 1x1 identity), a pad before it, and
-    the post-processing layers fused after it."""
+    the post-processing layers fused after it (a residual add among them: ``skip`` is its
+    other operand); ``src`` is the stored tensor its taps read."""
 
     mac: QLayer | None
     follow: list[QLayer]
     pad: QLayer | None = None
+    src: str = ir.INPUT
+    skip: str | None = None
+    skip_i: int = 1  # which of the add's inputs skip is
+
+    @property
+    def out(self) -> str:
+        """The stored tensor it writes: its last layer's output."""
+        return self.follow[-1].name if self.follow else self.mac.name
 
 
-def _fuse(qm: QModel) -> list[_Group]:
-    """Split the layer chain into engine ops.
+def _fuse(qm: QModel) -> tuple[list[_Group], dict[str, str]]:
+    """Split the graph (in topological order) into engine ops; also returns the flattens that
+    move no data, as tensor → the stored tensor it is.
 
-    After a conv/linear an op takes ``[ReLU] [pool] [ReLU]``; a clip wherever its clamp can be
-    the requantizer's saturation (before the pool, or after a max pool, with which it
-    commutes; not after an average); a pad only directly before a conv, whose padding it
-    becomes. Anything else starts an identity op."""
+    After a conv/linear an op takes ``[ReLU] [pool] [ReLU] [add [ReLU]]``; a clip wherever its
+    clamp can be the requantizer's saturation (before the pool, or after a max pool, with which
+    it commutes; not after an average or the add); a pad only directly before a conv, whose
+    padding it becomes. A layer joins the op before it only if it reads that op's latest layer
+    and nothing else reads that. A residual add joins the op producing one operand (the other
+    is read from feature memory); anything else starts an identity op."""
     groups: list[_Group] = []
-    state = None  # what the current op can still absorb: "pre", "pool", "post", None
+    readers = {k: [n.name for n in v] for k, v in qm.graph.consumers().items()}
+    alias: dict[str, str] = {}  # flatten → the tensor it reshapes
+    state = None  # what the current op can still absorb: pre, pool, post, add, or None
     avg = False  # the current op averages
+    tail = None  # the current op's latest layer
     pad = None
     for la in qm.layers:
         n = la.node
-        if pad is not None and not isinstance(n, ir.Conv):
+        ins = [alias.get(i, i) for i in n.inputs]
+        if pad is not None and not (isinstance(n, ir.Conv) and n.inputs == (pad.name,)):
             raise FxpgaError(
                 f"{pad.node.where()}: the engine runs a pad only directly before a conv (as its "
                 f"padding); this one is followed by a {n.op}"
             )
         if isinstance(n, ir.Pad):
+            if len(readers[n.name]) > 1:
+                raise FxpgaError(f"{n.where()}: the engine runs a pad read by one conv only")
             pad = la
             continue
+        joins = tail is not None and ins[0] == tail and readers[tail] == [n.name]
         if n.has_weights:
-            groups.append(_Group(la, [], pad))
-            state, avg, pad = "pre", False, None
+            src = alias.get(pad.node.inputs[0], pad.node.inputs[0]) if pad else ins[0]
+            groups.append(_Group(la, [], pad, src))
+            state, avg, pad, tail = "pre", False, None, n.name
             continue
         if isinstance(n, ir.Flatten):
-            if groups:
+            if joins:
                 groups[-1].follow.append(la)
+                tail = n.name
             else:
-                groups.append(_Group(None, [la]))
-                state = "pre"
+                alias[n.name] = ins[0]
             continue
-        ok = (
-            (isinstance(n, ir.ReLU) and state in ("pre", "post"))
+        if isinstance(n, ir.Add):
+            if len(ins) != 2:
+                raise FxpgaError(f"{n.where()}: the engine adds two tensors, not {len(ins)}")
+            own = tail if tail in ins and state in ("pre", "pool", "post", None) else None
+            if own is not None and readers[own] == [n.name] and ins[0] != ins[1]:
+                groups[-1].follow.append(la)
+                groups[-1].skip_i = int(own == ins[0])
+                groups[-1].skip = ins[groups[-1].skip_i]
+            else:  # an identity op reads one operand, its post-processing adds the other
+                groups.append(_Group(None, [la], src=ins[0], skip=ins[1]))
+            state, avg, tail = "add", False, n.name
+            continue
+        ok = joins and (
+            (isinstance(n, ir.ReLU) and state in ("pre", "post", "add"))
             or (isinstance(n, ir.MaxPool | ir.AvgPool) and state in ("pre", "pool"))
-            or (isinstance(n, ir.Clip) and bool(groups) and not avg)
+            or (isinstance(n, ir.Clip) and state not in ("add", "done") and not avg)
         )
         if not ok:
-            groups.append(_Group(None, []))
+            groups.append(_Group(None, [], src=ins[0]))
             state, avg = "pre", False
         groups[-1].follow.append(la)
+        tail = n.name
         if isinstance(n, ir.ReLU):
-            state = "pool" if state == "pre" else None
+            state = {"pre": "pool", "add": "done"}.get(state)
         elif isinstance(n, ir.MaxPool | ir.AvgPool):
             state, avg = "post", isinstance(n, ir.AvgPool)
         # a clip leaves the state as it was: it is the saturation, not a stage
     if pad is not None:
         raise FxpgaError(f"{pad.node.where()}: the engine runs a pad only directly before a conv")
-    return groups
+    return groups, alias
 
 
 def _make_ops(
@@ -600,11 +684,11 @@ def _make_ops(
     in_fmt: QFormat,
     in_shape,
     where: str,
-    buf: int,
     cfg: EngineConfig,
 ) -> list[Op]:
     """The engine ops of one fused group: one op, or one per ``lanes`` output channels of a
-    grouped conv. ``buf``: the buffer they read."""
+    grouped conv. ``in_fmt``, ``in_shape``: the tensor it reads, as stored (C, H, W).
+    Buffers and addresses come later (_allocate)."""
     divide, depthwise, lanes = cfg.avg_divide, cfg.depthwise, cfg.lanes
     mac, follow = group.mac, group.follow
     if mac is not None:
@@ -629,7 +713,7 @@ def _make_ops(
         op = Op(
             n.name,
             [n.name, group.pad.name] if group.pad else [n.name],  # itself first
-            buf,
+            0,
             C,
             H,
             W,
@@ -650,42 +734,26 @@ def _make_ops(
             acc_bits=mac.acc_bits,
         )
     else:  # identity 1x1 convolution
-        shape = in_shape if len(in_shape) == 3 else (in_shape[0], 1, 1)
-        C, H, W = shape
-        if C * C > MAX_WEIGHT_ENTRIES:  # its C×C weights, before they are made
-            raise FxpgaError(
-                f"{where}: layer '{follow[0].name}' runs as a 1x1 identity convolution over "
-                f"{C} channels, whose {C * C:,} weights are more than the {MAX_WEIGHT_ENTRIES:,} "
-                f"the {LARGEST_BOARD} holds"
-            )
-        op = Op(
-            f"{follow[0].name}:identity",
-            [],
-            buf,
-            C,
-            H,
-            W,
-            1,
-            1,
-            1,
-            1,
-            0,
-            0,
-            H,
-            W,
-            C,
-            shift=0,
-            out_fmt=in_fmt,
-            in_fmt=in_fmt,
-            weights=np.eye(C, dtype=np.int64).reshape(C, C, 1, 1),
-            bias=np.zeros(C, dtype=np.int64),
-            acc_bits=max(in_fmt.bits + 1, 2),
-        )
+        op = _identity_op(f"{follow[0].name}:identity", in_shape, in_fmt, where)
     seen_pool = False
     for la in follow:
         n = la.node
         op.fused.append(n.name)
-        if isinstance(n, ir.Clip):  # its clamp is the saturation (it commutes to there)
+        if isinstance(n, ir.Add):
+            op.add, op.skip, op.add_fmt = 1, group.skip, la.out_fmt
+            if la.out_fmt.bits != cfg.data_bits:
+                raise FxpgaError(
+                    f"{where}: layer '{n.name}': the engine adds at data_bits={cfg.data_bits}, "
+                    f"this add's output has {la.out_fmt.bits} bits"
+                )
+            # a shift of more than data_bits either way gives what one of data_bits does
+            D = cfg.data_bits
+            own, other = la.in_fmts[1 - group.skip_i], la.in_fmts[group.skip_i]
+            op.a_shift = max(-D, min(D, own.fl - la.out_fmt.fl))
+            op.b_shift = max(-D, min(D, other.fl - la.out_fmt.fl))
+        elif isinstance(n, ir.ReLU) and op.add:
+            op.add_relu = 1
+        elif isinstance(n, ir.Clip):  # its clamp is the saturation (it commutes to there)
             qlo, qhi = clip_bounds(la.in_fmt, n.lo, n.hi)
             lo, hi = op.bounds
             op.sat = (max(lo, qlo), min(hi, qhi))
@@ -713,8 +781,10 @@ def _make_ops(
                         f"elements; the engine's pool register sums at most {MAX_AVG_POOL}"
                     )
                 op.pool_avg = 1
-    op.macs = op.O * op.OH * op.OW * op.CKK
-    op.out_layer = follow[-1].name if follow else mac.name
+    # an identity op's products are overhead, not the model's: they count no MACs
+    op.macs = op.O * op.OH * op.OW * op.CKK if mac is not None else 0
+    op.out_layer = op.dst = group.out
+    op.src = group.src
     if mac is not None and getattr(mac.node, "groups", 1) > 1:
         if not depthwise:
             raise FxpgaError(
@@ -755,6 +825,24 @@ def _split_groups(op: Op, groups: int, lanes: int) -> list[Op]:
     return ops
 
 
+def _identity_op(name: str, shape, fmt: QFormat, where: str) -> Op:
+    """A 1x1 identity convolution over a stored (C, H, W) map of format ``fmt``."""
+    C, H, W = shape
+    if C * C > MAX_WEIGHT_ENTRIES:  # its C×C weights, before they are made
+        raise FxpgaError(
+            f"{where}: layer '{name.split(':')[0]}' runs as a 1x1 identity convolution over "
+            f"{C} channels, whose {C * C:,} weights are more than the {MAX_WEIGHT_ENTRIES:,} "
+            f"the {LARGEST_BOARD} holds"
+        )
+    return Op(
+        name, [], 0, C, H, W, 1, 1, 1, 1, 0, 0, H, W, C,
+        shift=0, out_fmt=fmt, in_fmt=fmt,
+        weights=np.eye(C, dtype=np.int64).reshape(C, C, 1, 1),
+        bias=np.zeros(C, dtype=np.int64),
+        acc_bits=max(fmt.bits + 1, 2),
+    )  # fmt: skip
+
+
 def check_ops(qm: QModel):
     """A one-line error naming the first layer the engine cannot run yet."""
     for la in qm.layers:
@@ -763,8 +851,120 @@ def check_ops(qm: QModel):
                 f"{la.node.where()}: the engine does not run {la.node.op} layers yet "
                 f"(it runs {', '.join(ENGINE_OPS)})"
             )
-    if not qm.graph.is_chain:  # every op it runs reads one tensor: a DAG needs add or concat
-        raise FxpgaError("the engine runs chains of layers only")
+
+
+class _Parity:
+    """Which tensors must share a buffer, and which must not: union-find with each member's
+    parity relative to its root (0: the root's buffer, 1: the other)."""
+
+    def __init__(self):
+        self.parent: dict[str, tuple[str, int]] = {}
+
+    def find(self, t: str) -> tuple[str, int]:
+        p = 0
+        while t in self.parent:
+            t, q = self.parent[t]
+            p ^= q
+        return t, p
+
+    def relate(self, a: str, b: str, differ: int) -> bool:
+        """Put ``b`` in ``a``'s buffer (``differ`` 0) or the other; False if it cannot be."""
+        (ra, pa), (rb, pb) = self.find(a), self.find(b)
+        if ra == rb:
+            return pa ^ pb == differ
+        self.parent[rb] = (ra, pa ^ pb ^ differ)
+        return True
+
+
+def _allocate(ops: list[Op], sizes: dict[str, int], shapes, fmts, where: str) -> list[Op]:
+    """Place every stored tensor in a buffer and a region of it, and set each op's buffers and
+    addresses. Returns the ops, with a copy op before an add whose operands would have to
+    share a buffer.
+
+    Buffers: an op that adds reads its input through the taps and the other operand through
+    its output buffer's read port, so that operand shares the output's buffer and the input
+    does not (these are hard constraints, solved first); otherwise an op writes the buffer
+    it does not read where it can (ping-pong), and the graph input is in buffer 0.
+    Regions: first fit in each buffer among the tensors live at the same time (from the first
+    op writing a tensor to the last reading it; the output never dies); an add writes over its
+    other operand when nothing reads that afterwards."""
+    par = _Parity()
+    par.relate("#0", ir.INPUT, 0)
+    out = []
+    for op in ops:
+        if op.add:
+            trial = _Parity()
+            trial.parent = dict(par.parent)
+            if not (trial.relate(op.skip, op.dst, 0) and trial.relate(op.src, op.dst, 1)):
+                # the operands would share a buffer: copy the skip operand to a new tensor
+                copy = _identity_op(f"{op.skip}:copy", shapes[op.skip], fmts[op.skip], where)
+                copy.src, copy.dst = op.skip, f"{op.skip}:copy"
+                copy.out_layer = op.skip
+                sizes[copy.dst] = sizes[op.skip]
+                out.append(copy)
+                op.skip = copy.dst
+                trial.parent = dict(par.parent)
+                assert trial.relate(op.skip, op.dst, 0) and trial.relate(op.src, op.dst, 1)
+            par = trial
+        out.append(op)
+    # buffers: fix each group of related tensors where its first member is written
+    color = {par.find("#0")[0]: 0}
+
+    def buf(t):
+        r, p = par.find(t)
+        return color[r] ^ p
+
+    for op in out:
+        r, p = par.find(op.dst)
+        if r not in color:
+            color[r] = (1 - buf(op.src)) ^ p
+    # regions: live ranges [first write, last read] in op indices (the input from -1)
+    first, last = {ir.INPUT: -1}, {ir.INPUT: -1}
+    for k, op in enumerate(out):
+        first.setdefault(op.dst, k)
+        for t in (op.src, op.skip):
+            if t is not None:
+                last[t] = k
+    last[out[-1].dst] = len(out)
+    home = {}  # a tensor written in place over another → that one
+    for op in out:
+        if op.add and op.dst not in home and op.skip not in home.values():
+            later = [o for o in out[first[op.dst] :] if op.skip in (o.src, o.skip)]
+            if all(o.dst == op.dst and o.skip == op.skip and o.src != op.skip for o in later):
+                home[op.dst] = op.skip
+    blocks = {}  # root tensor → [buffer, size, first, last, base]
+    for t in first:
+        root = t
+        while root in home:
+            root = home[root]
+        b = blocks.setdefault(root, [buf(root), sizes[root], first[root], last[root], None])
+        b[3] = max(b[3], last.get(t, first[t]))
+    placed = []
+    for b in sorted(blocks.values(), key=lambda b: b[2]):
+        bf, size, lo, hi, _ = b
+        busy = sorted(
+            (p[4], p[4] + p[1]) for p in placed if p[0] == bf and p[2] <= hi and lo <= p[3]
+        )
+        base = 0
+        for s, e in busy:
+            if base + size <= s:
+                break
+            base = max(base, e)
+        b[4] = base
+        placed.append(b)
+
+    def addr(t):
+        while t in home:
+            t = home[t]
+        return blocks[t][4]
+
+    for op in out:
+        op.in_buf, op.in_addr = buf(op.src), addr(op.src)
+        op.out_buf, op.out_addr = buf(op.dst), addr(op.dst)
+        if op.skip is not None:
+            op.skip_addr = addr(op.skip)
+            assert buf(op.skip) == op.out_buf != op.in_buf
+    return out
 
 
 def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
@@ -773,29 +973,33 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     check_ops(qm)  # what the engine cannot run yet, before anything is laid out
     lanes = cfg.lanes
     where = "compile"
+    groups, alias = _fuse(qm)
+    if not cfg.branches and any(g.skip is not None for g in groups):
+        raise FxpgaError(
+            "the model adds tensors (a residual): it needs an engine built with "
+            "EngineConfig.branches"
+        )
+    fmts = {ir.INPUT: qm.input_fmt} | {la.name: la.out_fmt for la in qm.layers}
+    shape = qm.graph.input_shape
+    stored = {ir.INPUT: tuple(shape) if len(shape) == 3 else (shape[0], 1, 1)}  # as held
     ops: list[Op] = []
-    fmt, shape = qm.input_fmt, qm.graph.input_shape
-    stored = tuple(shape) if len(shape) == 3 else (shape[0], 1, 1)  # as the engine holds it
-    in_stored = stored
-    buf = 0  # the buffer the next layer reads (ping-pong: its output goes to the other)
-    for group in _fuse(qm):
-        mac, follow = group.mac, group.follow
-        if mac is None and all(isinstance(la.node, ir.Flatten) for la in follow):
-            shape = follow[-1].node.out_shape  # a leading flatten moves no data
-            continue
-        made = _make_ops(group, fmt, shape, where, buf, cfg)
+    for group in groups:
+        made = _make_ops(group, fmts[group.src], stored[group.src], where, cfg)
         op = made[0]
-        if op.H * op.W == 1 and stored[1] * stored[2] > 1:
+        c0, h0, w0 = stored[group.src]
+        if op.H * op.W == 1 and h0 * w0 > 1:
             # a linear layer after a flatten reads the HWC-stored map in address order:
             # address (p·C0 + c0) holds torch feature c0·H0·W0 + p
-            c0, h0, w0 = stored
             idx = np.arange(c0 * h0 * w0).reshape(c0, h0 * w0).T.reshape(-1)
             op.weights = op.weights[:, idx]
         ops += made
-        last = follow[-1] if follow else mac
-        fmt, shape = last.out_fmt, last.node.out_shape
-        stored = (op.OP, op.POH, op.POW)
-        buf = 1 - buf
+        stored[group.out] = (op.OP, op.POH, op.POW)
+    out_name = alias.get(qm.layers[-1].name, qm.layers[-1].name)
+    if out_name not in stored:  # the output is the input, flattened: nothing to run
+        raise FxpgaError(f"{where}: the model computes nothing the engine runs")
+    fmt = fmts[out_name]
+    sizes = {t: math.prod(s) for t, s in stored.items()}
+    ops = _allocate(ops, sizes, stored, fmts, where)
     # widths
     need_data = max([qm.input_fmt.bits] + [op.out_fmt.bits for op in ops])
     need_w = max(signed_width(int(op.weights.min()), int(op.weights.max())) for op in ops)
@@ -826,12 +1030,9 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         op.w_base, op.b_base = w_off, b_off
         w_off += op.groups(lanes) * op.lane_weights
         b_off += op.groups(lanes) * lanes
-    sizes = [[], []]
-    sizes[0].append(ops[0].in_size)
-    for op in ops:
-        sizes[op.in_buf].append(op.in_size)
-        sizes[1 - op.in_buf].append(op.out_size)
-    fmap_need = max(max(s) for s in sizes if s)
+    fmap_need = max(
+        [op.in_addr + op.in_size for op in ops] + [op.out_addr + op.out_size for op in ops]
+    )
     # (what, entries needed, the engine's, the most an engine has: checked before allocating)
     for what, need, have, most in (
         ("feature-map buffer", fmap_need, cfg.fmap_depth, MAX_MEMORY_DEPTH),
@@ -871,16 +1072,17 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     prog = Program(
         cfg,
         ops,
-        ops[0].in_size,
+        sizes[ir.INPUT],
         last.out_size,
-        1 - last.in_buf,
+        last.out_buf,
         cfg.fmap_depth or fmap_need,
         wmem,
         bmem,
         qm.input_fmt,
         fmt,
-        in_shape=in_stored,
-        out_shape=stored,
+        in_shape=stored[ir.INPUT],
+        out_shape=stored[out_name],
+        out_base=last.out_addr,
     )
     prog.estimate = program_cycles(ops, cfg)
     return prog
@@ -894,14 +1096,14 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
     layout and fusion against the golden model without simulating hardware.
     """
     from ..quant.golden import conv_acc
-    from ..quant.qformat import avg_round, requantize
+    from ..quant.qformat import avg_round, requantize, saturate
 
-    lanes = prog.config.lanes
+    lanes, D = prog.config.lanes, prog.config.data_bits
     buf = [np.zeros(prog.fmap_depth, dtype=np.int64) for _ in range(2)]
     x = prog.to_engine(np.asarray(x_int, dtype=np.int64).reshape(1, -1))[0]
     buf[0][: x.size] = x
     for op in prog.ops:
-        hwc = buf[op.in_buf][: op.in_size].reshape(op.H, op.W, op.CP)
+        hwc = buf[op.in_buf][op.in_addr : op.in_addr + op.in_size].reshape(op.H, op.W, op.CP)
         xin = hwc[:, :, op.c0 : op.c0 + op.C].transpose(2, 0, 1)
         w = np.zeros((op.O, op.C, op.KH, op.KW), dtype=np.int64)
         b = np.zeros(op.O, dtype=np.int64)
@@ -932,6 +1134,14 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
             y = win.max(axis=(4, 5))
         if op.relu_post:
             y = np.maximum(y, 0)
-        out = buf[1 - op.in_buf][: op.out_size].reshape(op.POH, op.POW, op.OP)
-        out[:, :, op.o0 : op.o0 + op.O] = y[0].transpose(1, 2, 0)  # CHW → HWC, its channels
-    return prog.from_engine(buf[prog.out_buf][None, : prog.out_size])[0]
+        y = y[0].transpose(1, 2, 0)  # CHW → HWC
+        if op.add:  # the other operand, from the region at skip_addr of the buffer written
+            other = buf[op.out_buf][op.skip_addr : op.skip_addr + op.out_size]
+            other = other.reshape(op.POH, op.POW, op.OP)[:, :, op.o0 : op.o0 + op.O]
+            y = saturate(requantize(y, op.a_shift, D) + requantize(other, op.b_shift, D), D)
+            if op.add_relu:
+                y = np.maximum(y, 0)
+        out = buf[op.out_buf][op.out_addr : op.out_addr + op.out_size]
+        out.reshape(op.POH, op.POW, op.OP)[:, :, op.o0 : op.o0 + op.O] = y  # its channels
+    start = prog.out_base
+    return prog.from_engine(buf[prog.out_buf][None, start : start + prog.out_size])[0]

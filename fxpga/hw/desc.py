@@ -15,7 +15,7 @@ from amaranth.lib import data
 from ..errors import FxpgaError
 from .compiler import DESC_FIELDS
 
-HEADER_WORDS = 4  # n_ops, in_size, out_size, out_buf
+HEADER_WORDS = 5  # n_ops, in_size, out_size, out_buf, out_base
 MAX_FIELD_BITS = 32
 
 
@@ -26,6 +26,7 @@ COORD_FIELDS = frozenset(
 SMALL_FIELDS = {
     "in_buf": 2, "relu_pre": 2, "relu_post": 2, "pool_avg": 2, "shift": 8, "avg_shift": 6,
     "avg_mul": 32, "avg_off": 24, "dw": 2,  # compiler.avg_divide_fields: <= 2^30, < 2^21
+    "out_buf": 2, "add": 2, "a_shift": 6, "b_shift": 6, "add_relu": 2,  # |shifts| <= 18
 }  # fmt: skip
 
 

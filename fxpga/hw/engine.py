@@ -31,6 +31,7 @@ ConfigBus = wiring.Signature({"addr": Out(32), "data": Out(32), "en": Out(1)})
 assert MACArray.LATENCY + 1 == compiler.TAP_TO_ACC
 assert TapGenerator.LATENCY == compiler.TAP_LATENCY
 assert PostProcessor.LATENCY == compiler.POST_LATENCY
+assert PostProcessor.ADD_STAGES == compiler.ADD_STAGES
 
 
 def engine_field_bits(
@@ -52,7 +53,7 @@ def program_words(
         )
         coord_bits = coord_bits_for(prog.descriptors)
     widths = field_widths(field_bits, coord_bits, desc_fields(prog.config))
-    words = [len(prog.ops), prog.in_size, prog.out_size, prog.out_buf]
+    words = [len(prog.ops), prog.in_size, prog.out_size, prog.out_buf, prog.out_base]
     for i, d in enumerate(prog.descriptors):
         check_fits(d, widths, f"op {i} ({prog.ops[i].name})")
         words += [d[k] & 0xFFFFFFFF for k in widths]
@@ -135,7 +136,10 @@ class Engine(wiring.Component):
         W = cfg.post_lanes
         FB, CB = self.field_bits, self.coord_bits
         fmap = [
-            FeatureBuffer(self.fmap_depth, D, W, FB, write_reg=cfg.fmap_write_reg) for _ in range(2)
+            FeatureBuffer(
+                self.fmap_depth, D, W, FB, write_reg=cfg.fmap_write_reg, wide_read=cfg.branches
+            )
+            for _ in range(2)
         ]
         m.submodules.fmap0, m.submodules.fmap1 = fmap
         spram = cfg.weight_store == "spram"
@@ -270,12 +274,24 @@ class Engine(wiring.Component):
             m.d.comb += [brd.addr.eq(post.bias_addr[i]), post.bias_data[i].eq(brd.data)]
         for lane in range(lanes):
             m.d.comb += post.acc[lane].eq(mac.acc[lane])
+        if cfg.branches:
+            # an op that adds reads the other operand through the wide read port of the buffer
+            # it writes (the taps read the other buffer); the ports' selects are registers,
+            # set while such an op runs
+            for b, f in enumerate(fmap):
+                wide = Signal(name=f"fmap{b}_wide")
+                m.d.sync += wide.eq(self.running & desc.add[0] & (desc.out_buf[0] == b))
+                m.d.comb += [f.wrd_addr.eq(post.skip_addr), f.wrd_en.eq(wide)]
+            for i in range(W):
+                pick = Mux(desc.out_buf[0], fmap[1].wrd_data[i], fmap[0].wrd_data[i])
+                m.d.comb += post.skip_data[i].eq(pick)
 
         # ---- sequencer
-        n_ops, in_size, out_size, out_buf = (
-            Signal(FB, name=n) for n in ("n_ops", "in_size", "out_size", "out_buf")
+        n_ops, in_size, out_size, out_buf, out_base = (
+            Signal(FB, name=n) for n in ("n_ops", "in_size", "out_size", "out_buf", "out_base")
         )
         cnt = Signal(FB)
+        out_ptr = Signal(FB)  # the output's next address: out_base + cnt
         op = Signal(8)
         cycles = Signal(32)
         counting = Signal()
@@ -331,7 +347,8 @@ class Engine(wiring.Component):
         # the input (below: they win) select on LOAD's state flag, a register (the post-
         # processor is idle then): nothing but the buffer's own enable on the write path
         for b, f in enumerate(fmap):
-            active = in_buf != b
+            # (without branches an op writes the buffer it does not read)
+            active = desc.out_buf[0] == b if cfg.branches else in_buf != b
             m.d.comb += f.wr_addr.eq(post.wr_addr)
             m.d.comb += [f.wr_data[i].eq(post.wr_data[i]) for i in range(W)]
             m.d.comb += [f.wr_en[i].eq(post.wr_en[i] & active) for i in range(W)]
@@ -345,7 +362,7 @@ class Engine(wiring.Component):
         with fsm.state("HEADER"):  # read at pf_base + pf_cnt = cnt (no address mux)
             m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == HEADER_WORDS + lag - 2)]
             with m.Switch(cnt):
-                for k, sig in enumerate((n_ops, in_size, out_size, out_buf)):
+                for k, sig in enumerate((n_ops, in_size, out_size, out_buf, out_base)):
                     with m.Case(k + lag):
                         m.d.sync += sig.eq(pdata)
             with m.If(at_last):
@@ -393,7 +410,7 @@ class Engine(wiring.Component):
                 m.d.sync += [cnt.eq(0), at_last.eq(op_last & out_one), op.eq(op + 1)]
                 m.d.sync += [ops_left.eq(ops_left - 1), op_last.eq(ops_left == 1)]
                 with m.If(op_last):
-                    m.d.sync += [counting.eq(0), self.running.eq(0)]
+                    m.d.sync += [counting.eq(0), self.running.eq(0), out_ptr.eq(out_base)]
                     fsm.next("OUT_READ")
                 with m.Else():
                     fsm.next("NEXT" if cfg.prefetch else "FETCH")
@@ -402,7 +419,8 @@ class Engine(wiring.Component):
         out_payload = Signal(signed(D))
         m.d.comb += self.o.payload.eq(out_payload)
         with fsm.state("OUT_READ"):
-            m.d.comb += rd_addr.eq(cnt)
+            m.d.comb += rd_addr.eq(out_ptr)
+            m.d.sync += out_ptr.eq(out_ptr + 1)
             fsm.next("OUT_LATCH")
         with fsm.state("OUT_LATCH"):
             m.d.sync += out_payload.eq(Mux(out_buf[0], fmap[1].rd_data, fmap[0].rd_data))

@@ -39,8 +39,23 @@ class PostProcessor(wiring.Component):
     11. write lane ``l`` (channel ``g·lanes + l``) to ``wr_addr + i`` (``wr_addr =
        out_addr + j·post_lanes``) where ``l < nvalid`` and it was the pool's last window.
 
+    With ``fields`` holding ``EngineConfig.branches``' (``add``), six more stages follow stage
+    10 (``ADD_STAGES``), before the write. Where the op adds, they read the other operand's
+    ``post_lanes`` words at ``wr_addr + skip_off`` of the buffer written (``skip_addr``;
+    ``skip_data`` must hold them ``FeatureBuffer.WIDE_LATENCY`` cycles later) and compute
+    ``relu?(sat(align(v, a_shift) + align(skip, b_shift)))``, ``align`` being the
+    requantizer's rounding shift and saturation (``golden.align``); otherwise ``v`` passes:
+
+    A1. ``+ 2^(s−1)`` for a right shift ``s`` (each operand its own);
+    A2. the coarse shift, by multiples of 4, right (arithmetic) or left;
+    A3. the fine shift (0-3);
+    A4. compare each with the data range;
+    A5. saturate each and add;
+    A6. saturate the sum (its top two bits), ReLU if ``add_relu``.
+
     **Latency**: item ``j``'s writes happen in cycle ``capture + 11 + j`` (``LATENCY`` = 11;
-    12 with ``divide``, whose product has a stage of its own).
+    12 with ``divide``, whose product has a stage of its own; ``ADD_STAGES`` more with the
+    add).
     **Throughput**: one window per ``items`` cycles; ``capture`` must not come more often
     (the ``TapGenerator`` guarantees it). Exactly matches ``golden.step`` for conv/linear
     followed by the fused element-wise layers.
@@ -51,6 +66,7 @@ class PostProcessor(wiring.Component):
     """
 
     LATENCY = 11
+    ADD_STAGES = 6
 
     def __init__(
         self,
@@ -68,7 +84,9 @@ class PostProcessor(wiring.Component):
         assert lanes % post_lanes == 0
         self.snapshots = snapshots
         self.divide = divide = "avg_mul" in fields  # EngineConfig.avg_divide's fields
-        self.latency = self.LATENCY + int(divide)  # the divider's product has a stage of its own
+        self.adds = adds = "add" in fields  # EngineConfig.branches' fields
+        # the divider's product has a stage of its own
+        self.latency = self.LATENCY + int(divide) + self.ADD_STAGES * int(adds)
         self.copies = min(copies, lanes // post_lanes)
         self.field_bits = FB = field_bits
         self.lanes, self.data_bits, self.acc_bits = lanes, data_bits, acc_bits
@@ -78,8 +96,15 @@ class PostProcessor(wiring.Component):
             "out_addr": unsigned(FB), "b_addr": unsigned(FB), "nvalid": unsigned(FB),
         })  # fmt: skip
         self.meta_layout = meta
+        ports = {}
+        if adds:
+            ports = {
+                "skip_addr": Out(FB),
+                "skip_data": In(signed(data_bits)).array(post_lanes),
+            }
         super().__init__(
-            {
+            ports
+            | {
                 "desc": In(descriptor_layout(FB, coord_bits, fields)),
                 "capture": In(1),
                 "capture_next": In(1),
@@ -315,14 +340,95 @@ class PostProcessor(wiring.Component):
             lambda i: Mux(ctl[i].relu_post & (pooled[i] < 0), 0, pooled[i]),
         )
         s10_en = lanes_of("s10_en", 1, lambda i: it.v & it.plast & it.ok[i])
+        if self.adds:
+            s10, s10_en = self._add(m, d, s10, s10_en, stages, k_stage, lanes_of, stage, platform)
         assert k_stage == len(stages) - 1
 
-        # stage 11: write
+        # stage 11 (17 with the add): write
         m.d.comb += self.wr_addr.eq(stages[-1].addr)
         for i in range(W):
             m.d.comb += [self.wr_en[i].eq(s10_en[i]), self.wr_data[i].eq(s10[i])]
         m.d.comb += self.busy.eq(active | Cat(st.v for st in stages).any())
         return m
+
+    def _add(self, m, d, vals, en, stages, k10, lanes_of, stage, platform):
+        """Stages A1-A6 (see the class): ``vals``/``en`` are stage 10's values and write
+        enables, ``stages[k10]`` their item. Returns the values and enables to write."""
+        from .buffers import FeatureBuffer
+
+        D, W = self.data_bits, self.post_lanes
+        # the other operand's words, read for the item that is in stage 10 WIDE_LATENCY
+        # cycles later: the address is registered from the item a stage before that
+        soff = Signal(signed(self.field_bits))
+        skip_rd = Signal(self.field_bits)
+        m.d.sync += soff.eq(d.skip_off)
+        m.d.sync += skip_rd.eq(stages[k10 - FeatureBuffer.WIDE_LATENCY - 1].addr + soff)
+        m.d.comb += self.skip_addr.eq(skip_rd)
+        # per-op constants, a copy per lane: each operand's direction, coarse (multiples of
+        # 4) and fine shift and rounding constant
+        op_layout = {"add": 1, "relu": 1}
+        for x in "ab":
+            op_layout |= {f"{x}_right": 1, f"{x}_c": unsigned(3), f"{x}_f": unsigned(2)}
+            op_layout |= {f"{x}_rnd": unsigned(D)}
+        op_layout = data.StructLayout(op_layout)
+        nxt = Signal(op_layout)
+        m.d.comb += [nxt.add.eq(d.add), nxt.relu.eq(d.add_relu)]
+        for x, sh in (("a", d.a_shift), ("b", d.b_shift)):
+            mag = Mux(sh > 0, sh, -sh)[:5]
+            m.d.comb += [
+                nxt[f"{x}_right"].eq(sh > 0),
+                nxt[f"{x}_c"].eq(mag[2:]),
+                nxt[f"{x}_f"].eq(mag[:2]),
+                nxt[f"{x}_rnd"].eq(Mux(sh > 0, Const(1, unsigned(D)) << (sh - 1)[:5], 0)),
+            ]
+        ctl = [
+            data.View(op_layout, c)
+            for c in register_copies(m, nxt.as_value(), W, platform, "add_ctl")
+        ]
+        X = 2 * D + 2  # an aligned operand before saturation (a left shift by up to D)
+
+        def both(name, shape, f):
+            """A stage's registers for both operands: ``f(i, x)`` for lane i, operand x."""
+            return {x: lanes_of(f"{name}_{x}", shape, lambda i, x=x: f(i, x)) for x in "ab"}
+
+        def follow(name):  # the write enables travel beside the data
+            return lanes_of(f"{name}_en", 1, lambda i: en[i])
+
+        def shift(v, i, x, amount):
+            return Mux(ctl[i][f"{x}_right"], v >> amount, v << amount)
+
+        stage()  # A1: rounding constants (the other operand only where the op adds)
+        operand = {"a": vals, "b": [Mux(ctl[i].add, self.skip_data[i], 0) for i in range(W)]}
+        a1 = both("a1", signed(X), lambda i, x: operand[x][i] + ctl[i][f"{x}_rnd"])
+        en = follow("a1")
+        stage()  # A2: coarse shift
+        a2 = both("a2", signed(X), lambda i, x: shift(a1[x][i], i, x, ctl[i][f"{x}_c"] * 4))
+        en = follow("a2")
+        stage()  # A3: fine shift
+        a3 = both("a3", signed(X), lambda i, x: shift(a2[x][i], i, x, ctl[i][f"{x}_f"]))
+        en = follow("a3")
+        stage()  # A4: compare with the data range
+        hi, lo = (1 << (D - 1)) - 1, -(1 << (D - 1))
+        over = both("a4_over", 1, lambda i, x: a3[x][i] > hi)
+        under = both("a4_under", 1, lambda i, x: a3[x][i] < lo)
+        low = both("a4", signed(D), lambda i, x: a3[x][i][:D])
+        en = follow("a4")
+        stage()  # A5: saturate each, add
+
+        def sat(x, i):
+            return Mux(over[x][i], hi, Mux(under[x][i], lo, low[x][i]))
+
+        total = lanes_of("a5_sum", signed(D + 1), lambda i: sat("a", i) + sat("b", i))
+        en = follow("a5")
+        stage()  # A6: saturate the sum (it overflows when its top two bits differ), ReLU
+
+        def final(i):
+            v = total[i]
+            sat_v = Mux(v[D] == v[D - 1], v[:D].as_signed(), Mux(v[D], lo, hi))
+            return Mux(ctl[i].relu & v[D], 0, sat_v)
+
+        out = lanes_of("a6_val", signed(D), final)
+        return out, follow("a6")
 
     def _divide(self, m, d, s8, lanes_of, stage, P, D, platform):
         """Stages 9-11 of an engine that divides: ``n = 2·s8 + avg_off`` (a max pool's value

@@ -321,7 +321,7 @@ def check_stream_options(samples: int, seed: int, stall: float, waves: bool):
 def truncated_header(prog: Program, k: int) -> list[tuple[int, int]]:
     """``cfg`` writes that make the program stop after op ``k`` and output its result."""
     op = prog.ops[k]
-    words = [k + 1, prog.in_size, op.out_size, 1 - op.in_buf]
+    words = [k + 1, prog.in_size, op.out_size, op.out_buf, op.out_addr]
     return [(REGION_PROGRAM << 28 | i, w) for i, w in enumerate(words)]
 
 
