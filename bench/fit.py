@@ -3,11 +3,12 @@
     python bench/fit.py          # prints the table and updates docs/RESULTS.md
 
 Per model (8-bit dynamic fixed point, 8-bit weights): its weights and the peak of its live
-feature maps (a scratchpad placed by liveness, the least any engine can hold them in; the
-engine today ping-pongs two buffers, each as large as the largest map), against the board's
-block RAM. Where the engine runs the model, the exact count of block RAMs and multipliers
-its engine for that board takes (``boards.fit``, which predicts yosys's memory mapping);
-where it does not, the layer it lacks.
+feature maps (a scratchpad placed by liveness, the least any engine can hold them in), and
+what the engine's two feature-map buffers take (the compiler places every map in one of
+them by liveness; both are as deep as the deeper), against the board's block RAM. Where
+the engine runs the model, the exact count of block RAMs and multipliers its engine for
+that board takes (``boards.fit``, which predicts yosys's memory mapping); where it does
+not, the layer it lacks.
 """
 
 from __future__ import annotations
@@ -63,16 +64,19 @@ def main() -> int:
         qm = quantizer.quantize_model(g, ds.calib(64), quantizer.Widths(8))
         weights = sum(n.weight.size for n in g.weighted())
         live = peak_live(g)
-        largest = max(math.prod(n.out_shape) for n in g.nodes)
         try:
             compiler.check_ops(qm)
             lacks = None
         except FxpgaError as e:
             lacks = str(e).split(": ", 1)[-1]
-        row = [name, f"{weights / 1024:,.1f}", f"{live / 1024:,.1f}", f"{2 * largest / 1024:,.1f}"]
+        buffers, prog = "-", None
+        if not lacks:
+            prog = compiler.compile_model(qm, compiler.EngineConfig.for_model(qm, 8))
+            buffers = f"{2 * prog.fmap_depth / 1024:,.1f}"
+        row = [name, f"{weights / 1024:,.1f}", f"{live / 1024:,.1f}", buffers]
         for bname, b in boards.BOARDS.items():
             mem, _ = board_memory(b)
-            need = weights + live
+            need = weights + (live if lacks else 2 * prog.fmap_depth)  # the engine's, if it runs
             if need > mem:
                 row.append(f"no: {need / 1024:,.0f} KB > {mem / 1024:,.0f} KB")
                 continue
@@ -99,7 +103,7 @@ def main() -> int:
         "model",
         "weights KB",
         "peak live maps KB",
-        "2 x largest map KB",
+        "engine's 2 buffers KB",
         *(f"{b.name} ({board_memory(b)[1]})" for b in boards.BOARDS.values()),
     ]
     table = markdown_table(header, rows)
@@ -110,9 +114,11 @@ def main() -> int:
         f"Command: `python bench/fit.py`. Machine: {machine()}.\n\n"
         'On-chip memory only, 8-bit activations and weights, before synthesis. "peak live '
         'maps": the feature maps held at once when each lives from its producer to its last '
-        "reader (what a liveness-placed scratchpad needs); today's engine ping-pongs two "
-        'buffers, each as large as the largest map ("2 x largest"). A board cell says '
-        '"no" where weights and peak live maps together exceed its block RAM (and, on the '
+        "reader (what a liveness-placed scratchpad needs); the engine's two buffers hold them "
+        "placed by liveness (the compiler's allocation; both buffers as deep as the deeper). "
+        "A board cell says "
+        '"no" where weights and maps (the engine\'s buffers where it runs the model, else the '
+        "peak live maps) together exceed its block RAM (and, on the "
         'iCEBreaker, its SPRAM, which can hold either), "not yet" where they fit but the '
         "engine lacks a layer, and otherwise what "
         "the board's engine takes (`boards.fit`, which predicts yosys's memory mapping: "

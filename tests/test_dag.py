@@ -185,14 +185,23 @@ def test_config_sets_add_formats_only_where_they_exist():
         quantizer.Config.from_json({"layers": {"r": {"output": {"bits": 8}}}}, "c").check(g)
 
 
-def test_the_compiler_names_the_concat_it_cannot_run():
+def test_the_compilers_layout_of_a_dag_matches_golden():
+    """The residual add and the concat laid out for the engine (compiler.run_program, its
+    functional model): equal to the golden model; refused in one line by an engine without
+    branches."""
     from fxpga.hw import compiler
     from fxpga.hw.compiler import EngineConfig
 
     g = frontend.from_module(_seeded(Residual()), (1, 8, 8))
-    qm = quantizer.quantize_model(g, np.random.default_rng(0).uniform(0, 1, (8, 1, 8, 8)))
-    with pytest.raises(FxpgaError, match="layer 'cat'.*: the engine does not run concat layers"):
-        compiler.compile_model(qm, EngineConfig(lanes=4, branches=True))
+    x = np.random.default_rng(0).uniform(0, 1, (8, 1, 8, 8))
+    qm = quantizer.quantize_model(g, x)
+    with pytest.raises(FxpgaError, match="it needs an engine built with EngineConfig.branches"):
+        compiler.compile_model(qm, EngineConfig(lanes=4))
+    prog = compiler.compile_model(qm, EngineConfig.for_model(qm, 4))
+    xi = golden.quantize_input(qm, x)
+    want = golden.run_int(qm, xi).reshape(len(x), -1)
+    for i in range(len(x)):
+        np.testing.assert_array_equal(compiler.run_program(prog, xi[i]), want[i])
 
 
 # ---- random DAGs: golden == fake quant ------------------------------------------------------

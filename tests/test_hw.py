@@ -907,7 +907,7 @@ def test_residual_adds_with_branches(lanes, post_lanes, extra):
     operand, reading the other from the buffer it writes; bit- and cycle-exact (with the ECP5
     boards' registers too). Without the option the compiler names it."""
     qm, x = quantized(ResidualNet(), (2, 8, 6), 3)
-    with pytest.raises(FxpgaError, match="adds tensors .* EngineConfig.branches"):
+    with pytest.raises(FxpgaError, match="adds or concatenates tensors .* EngineConfig.branches"):
         compiler.compile_model(qm, EngineConfig(lanes=lanes))
     cfg = EngineConfig.for_model(qm, lanes, post_lanes=post_lanes, **extra)
     assert cfg.branches
@@ -921,11 +921,52 @@ def test_residual_adds_with_branches(lanes, post_lanes, extra):
         assert not op.add or op.in_buf != op.out_buf
 
 
+class ConcatNet(nn.Module):
+    """Concats: of two convs reading one tensor (each writes its channels of the concat's
+    map, one of them a depthwise conv split into ops); of a tensor other layers read too and
+    a conv of it (that tensor is copied in); then x + conv(x) of the concat (a copy too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, padding=1)
+        self.a, self.b = nn.Conv2d(4, 3, 1), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.c = nn.Conv2d(7, 5, 3, padding=1)
+        self.d = nn.Conv2d(12, 12, 1)
+        self.fc = nn.Linear(12 * 3 * 3, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.cat([self.a(x), torch.relu(self.b(x))], dim=1)
+        z = torch.cat([y, self.c(y)], dim=1)
+        z = self.d(z) + z
+        return self.fc(torch.flatten(nn.functional.max_pool2d(z, 2), 1))
+
+
+@pytest.mark.parametrize("lanes,post_lanes", [(1, 1), (3, 1), (8, 4)])
+def test_concats_with_branches(lanes, post_lanes):
+    """Concat costs nothing where an input's op is read by the concat alone: it writes its
+    channels of the concat's map, aligned to the concat's format; other inputs are copied
+    there by identity ops; bit- and cycle-exact."""
+    qm, x = quantized(ConcatNet(), (2, 6, 6), 4)
+    cfg = EngineConfig.for_model(qm, lanes, post_lanes=post_lanes)
+    prog = check_engine(qm, x, lanes, n=2, gaps=random.Random(lanes), config=cfg)
+    ops = {op.name: op for op in prog.ops}
+    assert ops["a"].dst == "cat" and ops["a"].o0 == 0 and ops["a"].OP == 7
+    assert [op.o0 for op in prog.ops if op.name.startswith("b[")] == list(range(3, 7, lanes))
+    assert ops["cat:into:cat_1"].o0 == 0 and ops["c"].o0 == 7 and ops["c"].OP == 12
+    # identity ops: the copy into the concat, the add's (x + d(x)) and the pool's
+    identity = [op.name for op in prog.ops if op.macs == 0]
+    assert identity == ["cat:into:cat_1", "cat_1:copy", "max_pool2d:identity"]
+    writers = [op.completes_layer for op in prog.ops if op.dst == "cat"]
+    assert writers[-1] and not any(writers[:-1])
+
+
 class RandomDAG(nn.Module):
     """A random residual network: a stem conv, then blocks of kinds ``res`` (two convs and
     an identity skip), ``proj`` (two convs, the first maybe strided, and a 1x1 projection),
-    ``single`` (x + conv(x)), ``fork`` (conv(x) + conv(x)) or ``conv``, each maybe followed
-    by a ReLU and a pool; the add's operands in either order; a linear."""
+    ``single`` (x + conv(x)), ``fork`` (conv(x) + conv(x)), ``cat`` (x and conv(x), or
+    two convs of x, concatenated) or ``conv``, each maybe followed by a ReLU and a pool; the
+    two operands in either order; a linear."""
 
     def __init__(self, rng: random.Random):
         super().__init__()
@@ -936,13 +977,13 @@ class RandomDAG(nn.Module):
         c = co
         self.blocks, self.plan = nn.ModuleList(), []
         for _ in range(rng.randint(2, 3)):
-            kind = rng.choice(["res", "proj", "single", "fork", "conv"])
+            kind = rng.choice(["res", "proj", "single", "fork", "cat", "conv"])
             co = c if kind in ("res", "single") else rng.randint(1, 6)
             s = rng.choice([1, 2]) if kind == "proj" and min(h, w) >= 3 else 1
             mods = [nn.Conv2d(c, co, 3, stride=s, padding=1)]
             if kind in ("res", "proj"):
                 mods.append(nn.Conv2d(co, co, 3, padding=1))
-            if kind in ("proj", "fork"):
+            if kind in ("proj", "fork") or (kind == "cat" and rng.random() < 0.5):
                 mods.append(nn.Conv2d(c, co, 1, stride=s))
             h, w = (h - 1) // s + 1, (w - 1) // s + 1
             pool = rng.choice([None, "max_pool2d", "avg_pool2d"]) if min(h, w) >= 2 else None
@@ -950,13 +991,13 @@ class RandomDAG(nn.Module):
                 h, w = h // 2, w // 2
             self.blocks.append(nn.ModuleList(mods))
             self.plan.append((kind, rng.random() < 0.5, rng.random() < 0.7, pool))
-            c = co
+            c = co + (co if len(mods) == 2 else c) if kind == "cat" else co
         self.fc = nn.Linear(c * h * w, rng.randint(1, 5))
 
     def forward(self, x):
         x = torch.relu(self.stem(x))
         for mods, (kind, swap, relu, pool) in zip(self.blocks, self.plan, strict=True):
-            if kind == "conv":
+            if kind in ("conv", "cat"):
                 a, b = mods[0](x), None
             elif kind == "single":
                 a, b = mods[0](x), x
@@ -965,7 +1006,10 @@ class RandomDAG(nn.Module):
             else:
                 a = mods[1](torch.relu(mods[0](x)))
                 b = x if kind == "res" else mods[2](x)
-            if b is not None:
+            if kind == "cat":
+                b = mods[1](x) if len(mods) == 2 else x
+                x = torch.cat([b, a] if swap else [a, b], dim=1)
+            elif b is not None:
                 x = b + a if swap else a + b
             else:
                 x = a

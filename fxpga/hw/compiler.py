@@ -57,7 +57,9 @@ from ..quant.qmodel import QLayer, QModel
 
 # the ops it runs: a pad only right before a conv (its zeros are that conv's padding), a clip
 # as the saturation bounds of the op it ends up in
-ENGINE_OPS = ("conv", "linear", "relu", "clip", "pad", "maxpool", "avgpool", "flatten", "add")
+ENGINE_OPS = (
+    "conv", "linear", "relu", "clip", "pad", "maxpool", "avgpool", "flatten", "add", "concat"
+)  # fmt: skip
 MAX_LEFT_SHIFT = 7  # requantization may scale up by at most 2^7 (fl_out - fl_in - fl_w <= 7)
 
 _DEPTH = (1, MAX_MEMORY_DEPTH, "the configuration port's index field is 20 bits")
@@ -334,15 +336,13 @@ class Op:
     b_shift: int = 0
     add_relu: int = 0
     add_fmt: QFormat | None = None
+    # the layer's output is whole once this op has run (the last op of a split layer, the
+    # last writer of a concat): compile_model sets it
+    completes_layer: bool = True
 
     def __post_init__(self):
         self.CP = self.CP or self.C
         self.OP = self.OP or self.O
-
-    @property
-    def completes_layer(self) -> bool:
-        """The layer's output is whole once this op has run (the last of a split layer)."""
-        return self.o0 + self.O == self.OP
 
     @property
     def CKK(self) -> int:
@@ -597,10 +597,15 @@ class _Group:
     src: str = ir.INPUT
     skip: str | None = None
     skip_i: int = 1  # which of the add's inputs skip is
+    # it writes its channels of a concat: (the concat layer, which input it is, the channel
+    # offset), aligned to the concat's format
+    cat: tuple[QLayer, int, int] | None = None
 
     @property
     def out(self) -> str:
-        """The stored tensor it writes: its last layer's output."""
+        """The stored tensor it writes: its last layer's output (or the concat's)."""
+        if self.cat is not None:
+            return self.cat[0].name
         return self.follow[-1].name if self.follow else self.mac.name
 
 
@@ -613,7 +618,9 @@ def _fuse(qm: QModel) -> tuple[list[_Group], dict[str, str]]:
     it commutes; not after an average or the add); a pad only directly before a conv, whose
     padding it becomes. A layer joins the op before it only if it reads that op's latest layer
     and nothing else reads that. A residual add joins the op producing one operand (the other
-    is read from feature memory); anything else starts an identity op."""
+    is read from feature memory); a concat costs nothing where each input's op, read by the
+    concat alone, writes its channels of the concat's map (aligned to its format), and an
+    identity op per other input copies it there; anything else starts an identity op."""
     groups: list[_Group] = []
     readers = {k: [n.name for n in v] for k, v in qm.graph.consumers().items()}
     alias: dict[str, str] = {}  # flatten → the tensor it reshapes
@@ -646,6 +653,25 @@ def _fuse(qm: QModel) -> tuple[list[_Group], dict[str, str]]:
                 tail = n.name
             else:
                 alias[n.name] = ins[0]
+            continue
+        if isinstance(n, ir.Concat):
+            by_out = {g.out: g for g in groups}
+            offset, directed = 0, set()
+            for i, x in enumerate(ins):
+                g = by_out.get(x)
+                if (
+                    g is not None
+                    and readers[x] == [n.name]
+                    and g.skip is None
+                    and g.cat is None
+                    and x not in directed
+                ):
+                    g.cat = (la, i, offset)
+                    directed.add(x)
+                else:  # an identity op copies it into its channels
+                    groups.append(_Group(None, [], src=x, cat=(la, i, offset)))
+                offset += qm.graph.shape_of(n.inputs[i])[0]
+            state, tail = None, None  # written by several ops: nothing fuses after it
             continue
         if isinstance(n, ir.Add):
             if len(ins) != 2:
@@ -734,7 +760,8 @@ def _make_ops(
             acc_bits=mac.acc_bits,
         )
     else:  # identity 1x1 convolution
-        op = _identity_op(f"{follow[0].name}:identity", in_shape, in_fmt, where)
+        what = f"{follow[0].name}:identity" if follow else f"{group.src}:into:{group.out}"
+        op = _identity_op(what, in_shape, in_fmt, where)
     seen_pool = False
     for la in follow:
         n = la.node
@@ -785,14 +812,35 @@ def _make_ops(
     op.macs = op.O * op.OH * op.OW * op.CKK if mac is not None else 0
     op.out_layer = op.dst = group.out
     op.src = group.src
+    if group.cat is not None:  # its channels of the concat, aligned to the concat's format
+        cat, i, offset = group.cat
+        if cat.out_fmt.bits != cfg.data_bits:
+            raise FxpgaError(
+                f"{where}: layer '{cat.name}': the engine aligns concat inputs at data_bits="
+                f"{cfg.data_bits}, this concat's output has {cat.out_fmt.bits} bits"
+            )
+        if len(cat.node.out_shape) == 1 and op.POH * op.POW > 1:
+            raise FxpgaError(
+                f"{where}: layer '{cat.name}': the engine concatenates maps along channels, "
+                f"not flattened maps (it stores them channel-last)"
+            )
+        D = cfg.data_bits
+        op.a_shift = max(-D, min(D, cat.in_fmts[i].fl - cat.out_fmt.fl))
+        op.fused.append(cat.name)
     if mac is not None and getattr(mac.node, "groups", 1) > 1:
         if not depthwise:
             raise FxpgaError(
                 f"{where}: layer '{mac.name}': grouped convolution (groups={mac.node.groups}) "
                 f"needs an engine built with EngineConfig.depthwise"
             )
-        return _split_groups(op, mac.node.groups, lanes)
-    return [op]
+        made = _split_groups(op, mac.node.groups, lanes)
+    else:
+        made = [op]
+    if group.cat is not None:
+        for part in made:
+            part.o0 += group.cat[2]
+            part.OP = group.cat[0].node.out_shape[0]
+    return made
 
 
 def _split_groups(op: Op, groups: int, lanes: int) -> list[Op]:
@@ -974,10 +1022,10 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     lanes = cfg.lanes
     where = "compile"
     groups, alias = _fuse(qm)
-    if not cfg.branches and any(g.skip is not None for g in groups):
+    if not cfg.branches and any(g.skip is not None or g.cat is not None for g in groups):
         raise FxpgaError(
-            "the model adds tensors (a residual): it needs an engine built with "
-            "EngineConfig.branches"
+            "the model adds or concatenates tensors (its graph branches): it needs an engine "
+            "built with EngineConfig.branches"
         )
     fmts = {ir.INPUT: qm.input_fmt} | {la.name: la.out_fmt for la in qm.layers}
     shape = qm.graph.input_shape
@@ -1000,6 +1048,9 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     fmt = fmts[out_name]
     sizes = {t: math.prod(s) for t, s in stored.items()}
     ops = _allocate(ops, sizes, stored, fmts, where)
+    last_writer = {op.dst: k for k, op in enumerate(ops)}
+    for k, op in enumerate(ops):
+        op.completes_layer = last_writer[op.dst] == k
     # widths
     need_data = max([qm.input_fmt.bits] + [op.out_fmt.bits for op in ops])
     need_w = max(signed_width(int(op.weights.min()), int(op.weights.max())) for op in ops)
@@ -1141,6 +1192,8 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
             y = saturate(requantize(y, op.a_shift, D) + requantize(other, op.b_shift, D), D)
             if op.add_relu:
                 y = np.maximum(y, 0)
+        elif op.a_shift:  # aligned to a concat's format
+            y = requantize(y, op.a_shift, D)
         out = buf[op.out_buf][op.out_addr : op.out_addr + op.out_size]
         out.reshape(op.POH, op.POW, op.OP)[:, :, op.o0 : op.o0 + op.O] = y  # its channels
     start = prog.out_base
