@@ -155,15 +155,3 @@ def reciprocal(d: int, bound: int) -> tuple[int, int]:
         raise ValueError(f"reciprocal needs d >= 1 and bound >= 1, got {d}, {bound}")
     s = (bound - 1).bit_length() + (d - 1).bit_length()
     return -(-(1 << s) // d), s
-
-
-def avg_round_by_multiply(total: np.ndarray, d: int, lo: int, hi: int) -> np.ndarray:
-    """``avg_round(total, d)`` as hardware computes it, for window sums in ``[lo, hi]``
-    (``lo ≤ 0 ≤ hi``, from the input format: ``d·qmin`` and ``d·qmax``): offset by a multiple
-    of ``d`` to a non-negative dividend ``n = 2·(total − base) + d``, multiply by the
-    reciprocal of ``2d`` and shift, then add the offset back (``base / d``, exact).
-    For 16-bit values and windows of up to 256, ``n·m`` stays below 2^53."""
-    base = d * (lo // d)  # a multiple of d at or below lo: (n + 2·base) // 2d = n // 2d + base/d
-    m, s = reciprocal(2 * d, 2 * (hi - base) + d + 1)
-    n = 2 * (np.asarray(total, dtype=np.int64) - base) + d
-    return (n * m >> s) + base // d
