@@ -131,6 +131,22 @@ def test_fewest_lanes_as_fast(digits_q8, name, fewest):
     assert slower.total_cycles > prog.total_cycles
 
 
+def test_fewest_lanes_stops_where_fewer_do_not_fit():
+    """digits-resnet's 75 KB of weights fit the iCEBreaker's SPRAM at 8 lanes and not at 4
+    (a lane's bank holds 16K weights): 8 is the fewest, not an error."""
+    from fxpga.hw.compiler import compile_model
+    from fxpga.quant import data, frontend, quantizer, zoo
+
+    model, ds_name = zoo.builtin("digits-resnet")
+    ds = data.load(ds_name)
+    qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(16))
+    spec = boards.board("icebreaker")
+    prog = compile_model(qm, spec.engine_config(qm))
+    with pytest.raises(FxpgaError, match="weight bank .* the engine has 16384"):
+        compile_model(qm, spec.engine_config(qm, 4))
+    assert boards.fewest_lanes_as_fast(qm, spec, prog) == 8
+
+
 def test_orangecrab_ds_cnn_bitstream(tmp_path, capsys):
     """MLPerf Tiny's DS-CNN (seeded weights) on the OrangeCrab's default engine: depthwise
     ops, the average divider in 2 post-processing lanes beside 24 MAC lanes (all 28

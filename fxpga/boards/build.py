@@ -331,10 +331,13 @@ def _report(build_dir: Path, name: str) -> tuple[dict, float | None, list[str]]:
 
 def fewest_lanes_as_fast(qm: QModel, spec: Board, prog) -> int:
     """The fewest lanes (halving from ``prog``'s) whose program for ``qm`` on ``spec`` takes
-    as few cycles as ``prog``."""
+    as few cycles as ``prog`` (and fits: fewer lanes hold more weights each)."""
     lanes = prog.config.lanes
     while lanes % 2 == 0:
-        half = compile_model(qm, spec.engine_config(qm, lanes // 2))
+        try:
+            half = compile_model(qm, spec.engine_config(qm, lanes // 2))
+        except FxpgaError:
+            break
         if half.total_cycles > prog.total_cycles:
             break
         lanes //= 2
