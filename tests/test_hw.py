@@ -192,16 +192,18 @@ def test_tap_generator_matches_model(seed):
         assert got == want
 
 
+@pytest.mark.parametrize("read_reg", [False, True])
 @pytest.mark.parametrize("write_reg", [False, True])
 @pytest.mark.parametrize("banks", [1, 2, 4, 16])
-def test_feature_buffer_unaligned_vector_writes(banks, write_reg):
+def test_feature_buffer_unaligned_vector_writes(banks, write_reg, read_reg):
     """Vector writes at any address (element i → wr_addr + i where wr_en[i]) and reads one
-    cycle later, against a dict; depth not a multiple of the banks. With ``write_reg`` a
-    write reaches the memory one cycle later: a read issued right after it sees the old
-    value, one issued the cycle after that the new one."""
+    cycle later (two with ``read_reg``), against a dict; depth not a multiple of the banks.
+    With ``write_reg`` a write reaches the memory one cycle later: a read issued right after
+    it sees the old value, one issued the cycle after that the new one. ``rd_banks`` holds
+    the row's words, bank by bank."""
     rng = random.Random(banks)
     depth = 7 * banks + 3
-    dut = FeatureBuffer(depth, 8, banks, 10, write_reg=write_reg)
+    dut = FeatureBuffer(depth, 8, banks, 10, write_reg=write_reg, read_reg=read_reg)
     model = {}
     ops = []
     for _ in range(300):
@@ -214,6 +216,7 @@ def test_feature_buffer_unaligned_vector_writes(banks, write_reg):
 
     async def bench(ctx):
         pending = []  # writes presented, not yet in the memory
+        reads = []  # (address, the model's words at the time of the read)
         for addr, vals, ens, rd in ops:
             ctx.set(dut.wr_addr, addr)
             ctx.set(dut.rd_addr, rd)
@@ -221,8 +224,14 @@ def test_feature_buffer_unaligned_vector_writes(banks, write_reg):
                 ctx.set(dut.wr_data[i], vals[i])
                 ctx.set(dut.wr_en[i], ens[i])
             await ctx.tick()
-            if rd in model:  # (read-before-write: the old value)
-                assert ctx.get(dut.rd_data) == model[rd], (addr, rd)
+            row = rd - rd % banks
+            reads.append((rd, dict(model), [row + b for b in range(banks)]))
+            if len(reads) > int(read_reg):
+                a, seen, words = reads.pop(0)
+                if a in seen:  # (read-before-write: the old value)
+                    assert ctx.get(dut.rd_data) == seen[a], (addr, a)
+                got = [ctx.get(dut.rd_banks[b]) for b in range(banks)]
+                assert all(got[b] == seen[w] for b, w in enumerate(words) if w in seen)
             pending.append({addr + i: vals[i] for i in range(banks) if ens[i]})
             if len(pending) > int(write_reg):
                 model.update(pending.pop(0))
@@ -234,13 +243,16 @@ def test_feature_buffer_unaligned_vector_writes(banks, write_reg):
     assert len(model) > depth * 0.9
 
 
+@pytest.mark.parametrize("read_reg", [False, True])
 @pytest.mark.parametrize("banks", [1, 2, 4, 8])
-def test_feature_buffer_wide_reads(banks):
+def test_feature_buffer_wide_reads(banks, read_reg):
     """The wide read (EngineConfig.branches): ``banks`` consecutive words from any address,
-    three cycles later, while narrow reads are off; against a dict; writes go on beside."""
+    three cycles later (four with ``read_reg``), while narrow reads are off; against a
+    dict."""
     rng = random.Random(banks + 50)
     depth = 5 * banks + 3
-    dut = FeatureBuffer(depth, 8, banks, 10, wide_read=True)
+    dut = FeatureBuffer(depth, 8, banks, 10, wide_read=True, read_reg=read_reg)
+    lat = dut.wide_latency
     model = {a: rng.randint(-128, 127) for a in range(depth)}
 
     async def bench(ctx):
@@ -257,8 +269,8 @@ def test_feature_buffer_wide_reads(banks):
             ctx.set(dut.wrd_addr, addr)
             await ctx.tick()
             issued.append(addr)
-            if len(issued) > FeatureBuffer.WIDE_LATENCY - 1:
-                a = issued[-FeatureBuffer.WIDE_LATENCY]
+            if len(issued) > lat - 1:
+                a = issued[-lat]
                 got = [ctx.get(dut.wrd_data[i]) for i in range(banks)]
                 assert got == [model[a + i] for i in range(banks)], a
 
@@ -872,6 +884,65 @@ def test_grouped_and_depthwise_convs_with_depthwise(lanes, post_lanes, extra):
     assert all(op.dw and op.lane_weights == 9 for op in dw)
     assert len(dw) == -(-6 // lanes) and sum(op.macs for op in dw) == 6 * 3 * 3 * 9
     assert [op.o0 for op in dw] == list(range(0, 6, lanes))
+
+
+def separable_net():
+    """Depthwise-separable blocks on 8 and 16 channels (one stride 2 after TF's asymmetric
+    pad, one after a ReLU6): with its input shape."""
+    model = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.ReLU(),
+        nn.ZeroPad2d((0, 1, 0, 1)),
+        nn.Conv2d(8, 8, 3, stride=2, groups=8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 16, 1),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.Flatten(),
+        nn.Linear(16 * 3 * 3, 3),
+    )
+    return model, (2, 6, 6)
+
+
+@pytest.mark.parametrize(
+    "lanes,post_lanes,banks,extra",
+    [
+        (8, 1, 8, {}),
+        (4, 1, 2, {}),
+        (8, 2, 4, {"fmap_read_reg": True}),
+        (16, 2, 16, {}),  # 8-channel maps are not 16-aligned: those ops read a channel a tap
+        (8, 2, 8, ECP5_REGS | {"fmap_read_reg": True}),
+    ],
+)
+def test_depthwise_reads_a_pixels_channels_from_the_banks(lanes, post_lanes, banks, extra):
+    """EngineConfig.fmap_banks: a depthwise op whose channels sit bank-aligned reads `banks`
+    channels of a pixel per tap, one per lane (dw = 3), so a window takes KH·KW·lanes/banks
+    cycles, not KH·KW·lanes; bit- and cycle-exact (with the read register and the ECP5
+    boards' registers too). Channels that do not fill whole rows of banks are read one per
+    tap."""
+    qm, x = quantized(*separable_net(), 5)
+    cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes, depthwise=True, fmap_banks=banks)
+    cfg = dataclasses.replace(cfg, **extra)
+    prog = check_engine(qm, x, lanes, n=2, gaps=random.Random(lanes), config=cfg)
+    dw = [op for op in prog.ops if op.dw]
+    for op in dw:
+        wide = op.CP % banks == 0 and banks > 1
+        assert op.dw == (3 if wide else 1)
+        assert op.taps == 9 * (-(-op.C // banks) if wide else op.C)
+    if all(op.dw == 3 for op in dw):  # fewer cycles than with a bank per post lane
+        fewer = compiler.compile_model(qm, dataclasses.replace(cfg, fmap_banks=None))
+        assert prog.total_cycles < fewer.total_cycles
+    else:  # (EngineConfig.for_model picks banks every depthwise layer's channels divide)
+        assert EngineConfig.for_model(qm, lanes, post_lanes=post_lanes).banks == 8
+
+
+def test_fmap_banks_are_checked():
+    for bad in (3, 16, 1):
+        with pytest.raises(FxpgaError, match="fmap_banks must be a power of two dividing"):
+            EngineConfig(lanes=8, post_lanes=2, fmap_banks=bad)
+    assert EngineConfig(lanes=24, post_lanes=2, fmap_banks=8).banks == 8
+    assert EngineConfig(lanes=24, post_lanes=2).banks == 2
 
 
 class ResidualNet(nn.Module):

@@ -290,7 +290,8 @@ def test_average_over_any_window_on_verilator(tmp_path):
 def test_ds_cnn_as_the_orangecrab_builds_it(tmp_path):
     """DS-CNN on the OrangeCrab's engine elaborated for ECP5 (its MULT18X18D and DP16KD
     models, the divider's split partial products, depthwise masks behind the weight output
-    registers), 24 lanes, 2 post-processing lanes: bit- and cycle-exact on Verilator."""
+    registers, 8 feature-map banks behind read registers feeding the depthwise taps), 24
+    lanes, 2 post-processing lanes: bit- and cycle-exact on Verilator."""
     from fxpga.boards import build as boards
     from fxpga.quant import data, frontend, quantizer, zoo
 
@@ -300,6 +301,7 @@ def test_ds_cnn_as_the_orangecrab_builds_it(tmp_path):
     prog = compiler.compile_model(qm, boards.board("orangecrab-25f").engine_config(qm))
     cfg = prog.config
     assert (cfg.lanes, cfg.post_lanes, cfg.avg_divide, cfg.depthwise) == (24, 2, True, True)
+    assert cfg.banks == 8 and cfg.fmap_read_reg  # depthwise: 8 channels per tap
     text = runner.engine_verilog(prog, platform=SimpleNamespace(family="ecp5"))
     assert "MULT18X18D #(" in text
     build_dir = runner.build(None, "verilator", verilog=text, extra_sources=(ECP5_MODELS,))

@@ -55,12 +55,17 @@ class Board:
     # OUTREG) stand in for the first weight operand register
     weight_out_reg: bool = False
     program_read_reg: bool = False  # EngineConfig.program_read_reg: program words registered
+    # EngineConfig.fmap_read_reg where the engine has more feature-map banks than
+    # post-processing lanes (fast depthwise): the banks' words fan out to every lane
+    fmap_read_reg: bool = False
     nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
         """The engine this board builds for ``qm`` (``lanes`` overrides the default). With an
         average divider (``avg_divide``: a multiplier per post-processing lane) it takes
-        fewer post-processing lanes where the board's multipliers would not hold them all."""
+        fewer post-processing lanes where the board's multipliers would not hold them all;
+        with more feature-map banks than post-processing lanes (``fmap_banks``, for fast
+        depthwise convs), fewer banks where its block RAM would not hold them."""
         cfg = self._engine_config(qm, lanes)
         if cfg.avg_divide:
             have = self.available.get(DSP_CELL[self.family], 0) - cfg.lanes
@@ -70,6 +75,16 @@ class Board:
                 p //= 2
             if p != cfg.post_lanes:
                 cfg = dataclasses.replace(cfg, post_lanes=p)
+        # feature-map banks beyond the post-processing lanes (fast depthwise) cost block RAM:
+        # as many as the board holds
+        while cfg.fmap_banks and cfg.fmap_banks > cfg.post_lanes:
+            try:
+                check_fit(compile_model(qm, cfg), self.name, self.family, self.available)
+                break
+            except FxpgaError:
+                cfg = dataclasses.replace(cfg, fmap_banks=cfg.fmap_banks // 2)
+        if self.fmap_read_reg and cfg.banks > cfg.post_lanes:
+            cfg = dataclasses.replace(cfg, fmap_read_reg=True)
         return cfg
 
     def _engine_config(self, qm: QModel, lanes: int | None) -> EngineConfig:
@@ -175,6 +190,7 @@ BOARDS = {
         note="UART on Feather pins 0 (rx) and 1 (tx): a 3.3 V USB-serial adapter",
         operand_regs=1,
         acc_clear=True,  # seed 1: 154.3 MHz, without: 149.1
+        fmap_read_reg=True,  # DS-CNN, 8 banks: 113.1 MHz for 120 without
     ),
     "ulx3s-85f": Board(
         "ulx3s-85f",
@@ -198,6 +214,7 @@ BOARDS = {
         acc_clear=True,
         fmap_write_reg=True,
         weight_out_reg=True,
+        fmap_read_reg=True,
         # (128 lanes, seed 1: the program block RAM → a LUT → the descriptor had 8.9 ns of
         # routing, 68.0 MHz)
         program_read_reg=True,

@@ -35,10 +35,10 @@ def blocks(family: str, depth: int, width: int) -> int:
 def memories(prog: Program) -> list[tuple[str, int, int, int]]:
     """(name, count, depth, width) of the engine's and the host interface's memories."""
     cfg = prog.config
-    W = cfg.post_lanes
+    W, NB = cfg.post_lanes, cfg.banks
     vbytes = value_bytes(cfg.data_bits)
     out = [
-        ("feature maps", 2 * W, -(-prog.fmap_depth // W), cfg.data_bits),
+        ("feature maps", 2 * NB, -(-prog.fmap_depth // NB), cfg.data_bits),
         ("biases", W, -(-prog.bmem_depth // W), cfg.acc_bits),
         ("program", 1, HEADER_WORDS + len(desc_fields(cfg)) * len(prog.ops), 32),
         ("host input buffer", 1, prog.in_size * vbytes, 8),

@@ -11,6 +11,8 @@ class FeatureBuffer(wiring.Component):
     """``depth`` signed ``data_bits`` words in ``banks`` banks (bank = address mod ``banks``).
 
     - read: ``rd_data`` holds the word at ``rd_addr`` one cycle later (**latency 1**);
+      ``rd_banks[b]`` holds bank ``b``'s word of the same row (``rd_addr`` rounded down to a
+      multiple of ``banks``, plus ``b``): the ``banks`` words of an aligned address;
     - write: ``wr_data[i]`` goes to ``wr_addr + i`` where ``wr_en[i]``, for ``i < banks``, all
       in one cycle: consecutive addresses always fall in distinct banks, so the post-processor
       writes ``banks`` channels of one pixel (HWC layout) per cycle.
@@ -24,6 +26,10 @@ class FeatureBuffer(wiring.Component):
     ``wrd_addr`` instead of ``rd_addr``, and ``wrd_data[i]`` holds the word at ``wrd_addr + i``
     (``i < banks``) ``WIDE_LATENCY`` = 3 cycles after ``wrd_addr`` (the banks' rows, the read,
     the rotation: each a register). ``rd_data`` means nothing then.
+
+    With ``read_reg`` each bank's output waits in a register (the block RAM's slow output
+    lands there before any mux): every read takes a cycle more (``latency``,
+    ``wide_latency``).
     """
 
     WIDE_LATENCY = 3
@@ -36,13 +42,17 @@ class FeatureBuffer(wiring.Component):
         addr_bits: int = 24,
         write_reg: bool = False,
         wide_read: bool = False,
+        read_reg: bool = False,
     ):
         assert banks & (banks - 1) == 0
         self.depth, self.data_bits, self.banks = depth, data_bits, banks
-        self.write_reg, self.wide_read = write_reg, wide_read
+        self.write_reg, self.wide_read, self.read_reg = write_reg, wide_read, read_reg
+        self.latency = 1 + int(read_reg)
+        self.wide_latency = self.WIDE_LATENCY + int(read_reg)
         ports = {
             "rd_addr": In(addr_bits),
             "rd_data": Out(signed(data_bits)),
+            "rd_banks": Out(signed(data_bits)).array(banks),
             "wr_addr": In(addr_bits),
             "wr_data": In(signed(data_bits)).array(banks),
             "wr_en": In(1).array(banks),
@@ -61,6 +71,10 @@ class FeatureBuffer(wiring.Component):
         rows = -(-self.depth // n)
         datas, sel = [], Signal(range(n))
         m.d.sync += sel.eq(self.rd_addr if n == 1 else self.rd_addr[:B])
+        if self.read_reg:  # (the words come a cycle later: so does their select)
+            sel_q = Signal(range(n), name="sel_q")
+            m.d.sync += sel_q.eq(sel)
+            sel = sel_q
         # writes: element i goes to bank (wr_addr + i) mod n, so bank b takes element
         # (b − s) mod n (s = wr_addr mod n: a rotation, log2(n) levels of 2:1 muxes) at row
         # wr_addr / n, or the row after it when b < s (one adder for all banks)
@@ -80,6 +94,10 @@ class FeatureBuffer(wiring.Component):
             wrow0 = Signal(range(rows + 1), name="wrd_row0")
             m.d.comb += wrow0.eq(self.wrd_addr >> B)
             m.d.sync += [ws.eq(self.wrd_addr[:B] if n > 1 else 0), ws_q.eq(ws)]
+            if self.read_reg:
+                ws_qq = Signal(range(n), name="wrd_s_qq")
+                m.d.sync += ws_qq.eq(ws_q)
+                ws_q = ws_qq
             wrows = [Signal(range(rows + 1), name=f"wrd_row{b}_q") for b in range(n)]
             for b in range(n):
                 m.d.sync += wrows[b].eq(wrow0 + (b < self.wrd_addr[:B]) if n > 1 else wrow0)
@@ -91,13 +109,19 @@ class FeatureBuffer(wiring.Component):
                 m.d.comb += rd.addr.eq(Mux(self.wrd_en, wrows[b], self.rd_addr >> B))
             else:
                 m.d.comb += rd.addr.eq(self.rd_addr >> B)
-            datas.append(rd.data)
+            if self.read_reg:
+                q = Signal(signed(self.data_bits), name=f"rd_q{b}", reset_less=True)
+                m.d.sync += q.eq(rd.data)
+                datas.append(q)
+            else:
+                datas.append(rd.data)
             v = Signal(self.data_bits + 1, name=f"wr_vec{b}")
             row = Signal(range(rows + 1), name=f"wr_row{b}")
             domain = m.d.sync if self.write_reg else m.d.comb
             domain += [v.eq(vec[b]), row.eq(Mux(b < s_, row1, row0) if n > 1 else row0)]
             m.d.comb += [wr.addr.eq(row), wr.data.eq(v[:-1]), wr.en.eq(v[-1])]
         m.d.comb += self.rd_data.eq(Array(datas)[sel] if n > 1 else datas[0])
+        m.d.comb += [self.rd_banks[b].eq(datas[b]) for b in range(n)]
         if self.wide_read:  # word i of the wide read is in bank (s + i) mod n
             vec = datas
             for k in range(B):

@@ -79,6 +79,7 @@ CONFIG_BOUNDS = {
     "bmem_depth": _DEPTH,
     "max_ops": (1, MAX_OPS, "the sequencer counts ops in 8 bits"),
     "post_lanes": (1, MAX_LANES, "at most one per lane"),
+    "fmap_banks": (1, MAX_LANES, "at most one per lane"),
     "broadcast_copies": (1, MAX_LANES, "at most one per lane"),
 }
 
@@ -129,6 +130,14 @@ class EngineConfig:
     # saturated, then a ReLU: six more pipeline stages, a wide read port on each buffer);
     # six more descriptor words. Off: chains only, ping-ponging between the buffers
     branches: bool = False
+    # banks per feature-map buffer (a power of two dividing lanes, at least post_lanes; None:
+    # post_lanes). A depthwise op whose channels sit bank-aligned reads `banks` channels of a
+    # pixel per cycle, one per lane, and takes lanes / banks cycles per tap instead of lanes
+    fmap_banks: int | None = None
+    # each feature-map bank's output waits a cycle in a register before the bank and buffer
+    # muxes (the block RAMs' outputs are slow): one more cycle from a tap to its product,
+    # so one more drain cycle per op (ECP5 fmax with many banks)
+    fmap_read_reg: bool = False
 
     def __post_init__(self):
         if self.weight_store not in ("bram", "spram"):
@@ -146,6 +155,7 @@ class EngineConfig:
                 "avg_divide",
                 "depthwise",
                 "branches",
+                "fmap_read_reg",
             ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
@@ -187,6 +197,17 @@ class EngineConfig:
                 f"EngineConfig.post_lanes must be a power of two dividing lanes="
                 f"{self.lanes}, not {p}"
             )
+        b = self.fmap_banks
+        if b is not None and (b & (b - 1) or self.lanes % b or b < p):
+            raise FxpgaError(
+                f"EngineConfig.fmap_banks must be a power of two dividing lanes={self.lanes}, "
+                f"at least post_lanes={p}, not {b}"
+            )
+
+    @property
+    def banks(self) -> int:
+        """Banks per feature-map buffer: ``fmap_banks``, or ``post_lanes``."""
+        return self.fmap_banks or self.post_lanes
 
     @property
     def items(self) -> int:
@@ -200,8 +221,9 @@ class EngineConfig:
     def for_model(cls, qm: QModel, lanes: int = 8, **overrides) -> EngineConfig:
         """The narrowest widths ``qm`` needs (at least 8-bit data/weights and a 16-bit
         accumulator, rounded up to a multiple of 4), and ``avg_divide`` where it averages
-        over a window that is not a power of two, ``depthwise`` where it has grouped convs and
-        ``branches`` where its graph is not a chain; ``overrides`` win."""
+        over a window that is not a power of two, ``depthwise`` (with as many feature-map
+        banks as the lanes and its depthwise layers' channels allow) where it has grouped
+        convs and ``branches`` where its graph is not a chain; ``overrides`` win."""
         data = max([qm.input_fmt.bits] + [la.out_fmt.bits for la in qm.layers])
         weight = max([la.w_fmt.bits for la in qm.layers if la.w_fmt] + [2])
         acc = max(qm.max_acc_bits, data + 2)
@@ -218,7 +240,18 @@ class EngineConfig:
             "branches": not qm.graph.is_chain,
         }
         kw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kw)
+        cfg = cls(**kw)
+        if cfg.depthwise and cfg.fmap_banks is None:
+            # depthwise ops read a pixel's channels from the banks: as many as the lanes allow
+            # and every depthwise layer's channel count is a multiple of
+            banks = cfg.lanes & -cfg.lanes
+            for la in qm.layers:
+                if getattr(la.node, "groups", 1) > 1:
+                    c = la.node.in_shape[0]
+                    banks = min(banks, c & -c)
+            if banks > cfg.post_lanes:
+                cfg = dataclasses.replace(cfg, fmap_banks=banks)
+        return cfg
 
 
 # Fields of one layer descriptor, in program order. Values are signed integers; the
@@ -317,8 +350,10 @@ class Op:
     o0: int = 0
     out_layer: str = ""  # the IR layer whose output (or part of it) this op writes
     # a depthwise op (one input channel per output, C = O): each lane keeps only its own
-    # channel's KH x KW weights, and the engine zeroes the other lanes' weights at each tap
+    # channel's KH x KW weights, and the engine zeroes the other lanes' weights at each tap.
+    # 1: one channel per tap; 3 (bank-aligned): `banks` channels per tap, one per lane
     dw: int = 0
+    banks: int = 1  # with dw = 3: the channels each tap reads
     # where it reads and writes (compile_model's allocation): the tensors (IR names), the
     # buffers and the base addresses of their regions
     src: str = ir.INPUT
@@ -347,6 +382,17 @@ class Op:
     @property
     def CKK(self) -> int:
         return self.C * self.KH * self.KW
+
+    @property
+    def taps(self) -> int:
+        """Taps per window: KH·KW·C, or for a bank-aligned depthwise op KH·KW per
+        ``banks`` channels."""
+        return self.KH * self.KW * self.passes if self.dw == 3 else self.CKK
+
+    @property
+    def passes(self) -> int:
+        """The channel loop's count: C, or C / banks (rounded up) for a wide depthwise op."""
+        return -(-self.C // self.banks) if self.dw == 3 else self.C
 
     @property
     def lane_weights(self) -> int:
@@ -394,9 +440,9 @@ class Op:
         iy0 = -self.PPH * self.SH - self.PH
         ix0 = -self.PPW * self.SW - self.PW
         d = {
-            "in_buf": self.in_buf, "c_max": self.C - 1, "H": self.H, "W": W,
+            "in_buf": self.in_buf, "c_max": self.passes - 1, "H": self.H, "W": W,
             "kx_max": self.KW - 1,
-            "CKK": self.CKK, "lead": max(0, lanes // post_lanes - self.CKK), "WC": W * C,
+            "CKK": self.taps, "lead": max(0, lanes // post_lanes - self.taps), "WC": W * C,
             "OH": self.OH, "OW": self.OW, "dy_max": self.PKH - 1, "dx_max": self.PKW - 1,
             "py_max": self.POH - 1, "px_max": self.POW - 1, "g_max": G - 1, "O": self.OP,
             "O_last": self.O - (G - 1) * lanes, "out_base": self.out_addr + self.o0,
@@ -413,8 +459,8 @@ class Op:
             "avg_shift": self.avg_shift,
         }  # fmt: skip
         assert tuple(d) == DESC_FIELDS
-        if depthwise:
-            d["kx_inc"] = C - self.C + 1  # from the last channel read to the next pixel's first
+        if depthwise:  # from the last channel read to the next pixel's first
+            d["kx_inc"] = C - (self.passes - 1) * (self.banks if self.dw == 3 else 1)
             d["dw"] = self.dw
         elif self.C != C or self.dw:
             raise FxpgaError(f"op '{self.name}' reads a channel window: it needs depthwise")
@@ -464,7 +510,7 @@ ADD_STAGES = 6  # PostProcessor.ADD_STAGES: the residual add's (EngineConfig.bra
 def run_cycles(op: Op, cfg: EngineConfig) -> int:
     """Cycles the address generator is busy: Σ over windows of max(taps, items)."""
     valid, pad = op.window_positions()
-    return op.groups(cfg.lanes) * (valid * max(op.CKK, cfg.items) + pad * cfg.items)
+    return op.groups(cfg.lanes) * (valid * max(op.taps, cfg.items) + pad * cfg.items)
 
 
 def drain_cycles(cfg: EngineConfig) -> int:
@@ -476,7 +522,7 @@ def drain_cycles(cfg: EngineConfig) -> int:
 
 def tap_to_acc(cfg: EngineConfig) -> int:
     """Cycles from a tap leaving the address generator to its product in the accumulators."""
-    return TAP_TO_ACC + cfg.operand_regs + int(cfg.broadcast_copies > 1)
+    return TAP_TO_ACC + cfg.operand_regs + int(cfg.broadcast_copies > 1) + int(cfg.fmap_read_reg)
 
 
 def fetch_words(cfg: EngineConfig) -> int:
@@ -833,7 +879,7 @@ def _make_ops(
                 f"{where}: layer '{mac.name}': grouped convolution (groups={mac.node.groups}) "
                 f"needs an engine built with EngineConfig.depthwise"
             )
-        made = _split_groups(op, mac.node.groups, lanes)
+        made = _split_groups(op, mac.node.groups, lanes, cfg.banks)
     else:
         made = [op]
     if group.cat is not None:
@@ -843,10 +889,12 @@ def _make_ops(
     return made
 
 
-def _split_groups(op: Op, groups: int, lanes: int) -> list[Op]:
+def _split_groups(op: Op, groups: int, lanes: int, banks: int = 1) -> list[Op]:
     """A grouped conv as one op per ``lanes`` output channels: each reads the window of input
     channels its outputs need, with each output's weights at its own group's channels of the
-    window and zeros elsewhere. MACs count the real products only."""
+    window and zeros elsewhere. MACs count the real products only. A depthwise op whose
+    channel window starts at a multiple of ``banks`` in a map of a multiple of ``banks``
+    channels reads ``banks`` of them per tap (``dw = 3``)."""
     og, cg = op.O // groups, op.C // groups
     ops = []
     for lo in range(0, op.O, lanes):
@@ -869,6 +917,8 @@ def _split_groups(op: Op, groups: int, lanes: int) -> list[Op]:
         )
         part.macs = (hi - lo) * op.OH * op.OW * cg * op.KH * op.KW
         part.dw = int(cg == 1 and og == 1)
+        if part.dw and banks > 1 and op.CP % banks == 0 and c_lo % banks == 0:
+            part.dw, part.banks = 3, banks
         ops.append(part)
     return ops
 
@@ -924,7 +974,9 @@ class _Parity:
         return True
 
 
-def _allocate(ops: list[Op], sizes: dict[str, int], shapes, fmts, where: str) -> list[Op]:
+def _allocate(
+    ops: list[Op], sizes: dict[str, int], shapes, fmts, where: str, align: int = 1
+) -> list[Op]:
     """Place every stored tensor in a buffer and a region of it, and set each op's buffers and
     addresses. Returns the ops, with a copy op before an add whose operands would have to
     share a buffer.
@@ -934,7 +986,8 @@ def _allocate(ops: list[Op], sizes: dict[str, int], shapes, fmts, where: str) ->
     does not (these are hard constraints, solved first); otherwise an op writes the buffer
     it does not read where it can (ping-pong), and the graph input is in buffer 0.
     Regions: first fit in each buffer among the tensors live at the same time (from the first
-    op writing a tensor to the last reading it; the output never dies); an add writes over its
+    op writing a tensor to the last reading it; the output never dies), at multiples of
+    ``align`` (the banks, which a wide depthwise op's reads assume); an add writes over its
     other operand when nothing reads that afterwards."""
     par = _Parity()
     par.relate("#0", ir.INPUT, 0)
@@ -997,7 +1050,7 @@ def _allocate(ops: list[Op], sizes: dict[str, int], shapes, fmts, where: str) ->
         for s, e in busy:
             if base + size <= s:
                 break
-            base = max(base, e)
+            base = max(base, -(-e // align) * align)
         b[4] = base
         placed.append(b)
 
@@ -1047,7 +1100,7 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         raise FxpgaError(f"{where}: the model computes nothing the engine runs")
     fmt = fmts[out_name]
     sizes = {t: math.prod(s) for t, s in stored.items()}
-    ops = _allocate(ops, sizes, stored, fmts, where)
+    ops = _allocate(ops, sizes, stored, fmts, where, cfg.banks)
     last_writer = {op.dst: k for k, op in enumerate(ops)}
     for k, op in enumerate(ops):
         op.completes_layer = last_writer[op.dst] == k

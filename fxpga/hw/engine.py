@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -135,9 +135,16 @@ class Engine(wiring.Component):
 
         W = cfg.post_lanes
         FB, CB = self.field_bits, self.coord_bits
+        NB = cfg.banks
         fmap = [
             FeatureBuffer(
-                self.fmap_depth, D, W, FB, write_reg=cfg.fmap_write_reg, wide_read=cfg.branches
+                self.fmap_depth,
+                D,
+                NB,
+                FB,
+                write_reg=cfg.fmap_write_reg,
+                wide_read=cfg.branches,
+                read_reg=cfg.fmap_read_reg,
             )
             for _ in range(2)
         ]
@@ -189,7 +196,8 @@ class Engine(wiring.Component):
 
         # ---- datapath
         names = desc_fields(cfg)
-        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB, names)
+        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB, names, NB)
+        wide_dw = cfg.depthwise and NB > 1  # depthwise ops may read NB channels per tap
         m.submodules.mac = mac = MACArray(
             lanes,
             D,
@@ -199,6 +207,7 @@ class Engine(wiring.Component):
             groups=cfg.broadcast_copies,
             clear=cfg.acc_clear,
             w_pre=cfg.operand_regs - int(cfg.weight_out_reg),
+            words=NB if wide_dw else 1,
         )
         m.submodules.post = post = PostProcessor(
             lanes,
@@ -211,30 +220,56 @@ class Engine(wiring.Component):
             copies=cfg.broadcast_copies,
             snapshots=not cfg.acc_clear,
             fields=names,
+            wide_latency=fmap[0].wide_latency,
         )
         desc = Signal(descriptor_layout(FB, CB, names))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
 
         in_buf = desc.in_buf[0]
         tap = taps.tap
-        mac_d1 = Signal()
-        m.d.sync += mac_d1.eq(tap.mac)
+        # a tap's activation comes `FR` cycles after the read's (fmap_read_reg): its enable,
+        # weight address and depthwise mask wait as long
+        FR = int(cfg.fmap_read_reg)
+        mac_d1 = tap.mac
+        for k in range(1 + FR):
+            mq = Signal(name=f"mac_d{k + 1}")
+            m.d.sync += mq.eq(mac_d1)
+            mac_d1 = mq
         in_data = Mux(in_buf, fmap[1].rd_data, fmap[0].rd_data)
         m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(in_data)]
-        m.d.comb += weights.rd_addr.eq(tap.w_addr)
+        if wide_dw:
+            # word j of the operands: the word read (bank sel, as rd_data), or in a wide
+            # depthwise op bank j (channel j of an aligned pixel: lanes j, j + NB, ... take
+            # it). One mux of both buffers' banks per word, its select from registers beside
+            # the read, so the path from the memories is no longer than rd_data's
+            sel_r = tap.addr[: NB.bit_length() - 1]  # (the taps drive rd_addr)
+            for k in range(1 + FR):
+                q = Signal(range(NB), name=f"rd_sel{k}")
+                m.d.sync += q.eq(sel_r)
+                sel_r = q
+            banks = Array([*fmap[0].rd_banks, *fmap[1].rd_banks])
+            for j in range(NB):
+                pick = Cat(Mux(desc.dw[1], j, sel_r)[: NB.bit_length() - 1], in_buf)
+                m.d.comb += mac.a_wide[j].eq(banks[pick])
+        w_addr = tap.w_addr
+        if FR:
+            w_addr = Signal.like(tap.w_addr, name="w_addr_d")
+            m.d.sync += w_addr.eq(tap.w_addr)
+        m.d.comb += weights.rd_addr.eq(w_addr)
         # a depthwise op's tap feeds only lane `sel`: the others' weights read as 0 (the mask
         # follows the tap as long as the weight read takes)
         masked, sel = tap.masked, tap.sel
         if cfg.depthwise:
-            delay = 1 + int(cfg.broadcast_copies > 1) + int(cfg.weight_out_reg)
+            delay = 1 + int(cfg.broadcast_copies > 1) + int(cfg.weight_out_reg) + FR
             for k in range(delay):
                 mq, sq = Signal(name=f"mask_d{k + 1}"), Signal.like(sel, name=f"sel_d{k + 1}")
                 m.d.sync += [mq.eq(masked), sq.eq(sel)]
                 masked, sel = mq, sq
         for lane in range(lanes):
             w_lane = weights.rd_data[lane]
-            if cfg.depthwise:
-                w_lane = Mux(masked & (sel != lane), 0, w_lane)
+            if cfg.depthwise:  # (a wide op's tap feeds the lanes of one pass: lane / NB)
+                mine = Mux(desc.dw[1], lane // NB, lane) if wide_dw else lane
+                w_lane = Mux(masked & (sel != mine), 0, w_lane)
             m.d.comb += mac.w[lane].eq(w_lane)
 
         # window metadata travels tap_to_acc cycles to meet its accumulators: `last` down a
@@ -352,6 +387,7 @@ class Engine(wiring.Component):
             m.d.comb += f.wr_addr.eq(post.wr_addr)
             m.d.comb += [f.wr_data[i].eq(post.wr_data[i]) for i in range(W)]
             m.d.comb += [f.wr_en[i].eq(post.wr_en[i] & active) for i in range(W)]
+            # (with more banks than post-processing lanes the other write lanes stay off)
         fsm = OneHotFSM(m, "IDLE", "seq")  # one-hot: see OneHotFSM
         with fsm.state("IDLE"):  # the header is read per inference: run-time writes count
             # (cnt and at_last are 0 here; no prefetch runs: the header read starts at 0 —
@@ -421,7 +457,10 @@ class Engine(wiring.Component):
         with fsm.state("OUT_READ"):
             m.d.comb += rd_addr.eq(out_ptr)
             m.d.sync += out_ptr.eq(out_ptr + 1)
-            fsm.next("OUT_LATCH")
+            fsm.next("OUT_WAIT" if FR else "OUT_LATCH")
+        if FR:
+            with fsm.state("OUT_WAIT"):  # (the read's register)
+                fsm.next("OUT_LATCH")
         with fsm.state("OUT_LATCH"):
             m.d.sync += out_payload.eq(Mux(out_buf[0], fmap[1].rd_data, fmap[0].rd_data))
             m.d.sync += out_valid.eq(1)

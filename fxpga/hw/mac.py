@@ -36,6 +36,8 @@ class MACArray(wiring.Component):
     - ``groups > 1``: ``a`` and ``en`` pass one register more than ``w``, kept in ``groups``
       copies that each feed ``lanes / groups`` multipliers (``fanout.register_copies``): ``a``
       and ``en`` are presented one cycle before their ``w``.
+    - ``words > 1``: lane ``l`` takes ``a_wide[l mod words]`` instead of ``a`` (all equal but
+      for a wide depthwise op, whose channels go one per lane); same timing.
     """
 
     LATENCY = 3
@@ -50,14 +52,20 @@ class MACArray(wiring.Component):
         groups: int = 1,
         clear: bool = False,
         w_pre: int | None = None,
+        words: int = 1,
     ):
         self.lanes, self.pre, self.groups, self.clear_acc = lanes, pre, groups, clear
+        self.words = words
         self.w_pre = pre if w_pre is None else w_pre
         if not 0 <= self.w_pre <= pre:
             raise ValueError(f"w_pre must be 0..pre ({pre}), not {w_pre}")
         self.data_bits, self.weight_bits, self.acc_bits = data_bits, weight_bits, acc_bits
+        ports = {}
+        if words > 1:
+            ports = {"a_wide": In(signed(data_bits)).array(words)}
         super().__init__(
-            {
+            ports
+            | {
                 "en": In(1),
                 "a": In(signed(data_bits)),
                 "w": In(signed(weight_bits)).array(lanes),
@@ -83,17 +91,32 @@ class MACArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        n, lanes = self.groups, self.lanes
-        a, w, en = [self.a] * n, list(self.w), self.en
+        n, lanes, nw = self.groups, self.lanes, self.words
+        # the operands: a[j][g] is word j's copy g (one word: the broadcast)
+        words = list(self.a_wide) if nw > 1 else [self.a]
+        a, w, en = [[x] * n for x in words], list(self.w), self.en
         if n > 1:  # the copies hold a masked operand: en is applied (None: no mask after)
-            a, en = register_copies(m, Mux(en, self.a, 0), n, platform, "a_bcast"), None
+            a = [
+                register_copies(
+                    m, Mux(en, x, 0), n, platform, f"a_bcast{j}" if nw > 1 else "a_bcast"
+                )
+                for j, x in enumerate(words)
+            ]
+            en = None
         for k in range(self.pre):
             a_k = [
-                Signal(signed(self.data_bits), name=f"a_pre{k}_{g}", reset_less=True)
-                for g in range(n)
+                [
+                    Signal(
+                        signed(self.data_bits),
+                        name=f"a_pre{k}_{g}" + (f"_{j}" if nw > 1 else ""),
+                        reset_less=True,
+                    )
+                    for g in range(n)
+                ]
+                for j in range(nw)
             ]
             en_k = None if en is None else Signal(name=f"en_pre{k}")
-            m.d.sync += [a_k[g].eq(a[g]) for g in range(n)]
+            m.d.sync += [a_k[j][g].eq(a[j][g]) for g in range(n) for j in range(nw)]
             if en is not None:
                 m.d.sync += en_k.eq(en)
             a, en = a_k, en_k
@@ -114,10 +137,24 @@ class MACArray(wiring.Component):
         # accumulator's adder in fabric instead of packing it into SB_MAC16 (checked with
         # yosys 0.50: 8 lanes → 8 SB_MAC16 and no SB_CARRY). `en` is low during reset, so a
         # reset held for 2 cycles flushes them to 0 while `acc` is held at 0.
-        a_r = [Signal(signed(self.data_bits), name=f"a_r{g}", reset_less=True) for g in range(n)]
-        m.d.sync += [a_r[g].eq(a[g] if en is None else Mux(en, a[g], 0)) for g in range(n)]
+        a_r = [
+            [
+                Signal(
+                    signed(self.data_bits),
+                    name=f"a_r{g}" + (f"_{j}" if nw > 1 else ""),
+                    reset_less=True,
+                )
+                for g in range(n)
+            ]
+            for j in range(nw)
+        ]
+        m.d.sync += [
+            a_r[j][g].eq(a[j][g] if en is None else Mux(en, a[j][g], 0))
+            for g in range(n)
+            for j in range(nw)
+        ]
         products = []
-        for lane, a_lane in enumerate(share(a_r, lanes)):
+        for lane, a_lane in enumerate(self._per_lane(a_r)):
             w_r = Signal(signed(self.weight_bits), name=f"w_r{lane}", reset_less=True)
             p_r = Signal(
                 signed(self.data_bits + self.weight_bits), name=f"p_r{lane}", reset_less=True
@@ -127,17 +164,30 @@ class MACArray(wiring.Component):
         self._accumulate(m, platform, products)
         return m
 
-    def _ecp5(self, m, platform, a_in, w_in, en):  # a_in: one operand per group
+    def _per_lane(self, a):
+        """Lane l's operand: word ``l mod words``, from the copy (group) that feeds l."""
+        groups = [share(a[j], self.lanes) for j in range(self.words)]
+        return [groups[lane % self.words][lane] for lane in range(self.lanes)]
+
+    def _ecp5(self, m, platform, a_in, w_in, en):  # a_in[j][g]: word j's copy for group g
         """ECP5: the operand and product registers are the MULT18X18D's own (REG_INPUTA/B,
         REG_OUTPUT), so no fabric routing sits between them and the multiplier. Ports as
         yosys's ECP5 DSP techmap connects them, registers per Lattice TN1267; same latency."""
         D, WB, n = self.data_bits, self.weight_bits, self.groups
         a_g = a_in  # (copies: masked already, so the registers drive the multipliers)
         if en is not None:
-            a_g = [Signal(signed(D), name=f"a_mux{g}") for g in range(n)]
-            m.d.comb += [a_g[g].eq(Mux(en, a_in[g], 0)) for g in range(n)]
+            a_g = [
+                [
+                    Signal(signed(D), name=f"a_mux{g}" + (f"_{j}" if self.words > 1 else ""))
+                    for g in range(n)
+                ]
+                for j in range(self.words)
+            ]
+            m.d.comb += [
+                a_g[j][g].eq(Mux(en, a_in[j][g], 0)) for g in range(n) for j in range(self.words)
+            ]
         products = []
-        for lane, a in enumerate(share(a_g, self.lanes)):
+        for lane, a in enumerate(self._per_lane(a_g)):
             p = Signal(36, name=f"p{lane}")
             w = w_in[lane]
             # 18-bit signed operands: bits past the width repeat the sign bit

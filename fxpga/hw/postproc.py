@@ -42,7 +42,7 @@ class PostProcessor(wiring.Component):
     With ``fields`` holding ``EngineConfig.branches``' (``add``), six more stages follow stage
     10 (``ADD_STAGES``), before the write. Where the op adds, they read the other operand's
     ``post_lanes`` words at ``wr_addr + skip_off`` of the buffer written (``skip_addr``;
-    ``skip_data`` must hold them ``FeatureBuffer.WIDE_LATENCY`` cycles later) and compute
+    ``skip_data`` must hold them ``wide_latency`` cycles later) and compute
     ``relu?(sat(align(v, a_shift) + align(skip, b_shift)))``, ``align`` being the
     requantizer's rounding shift and saturation (``golden.align``); otherwise ``v`` passes:
 
@@ -80,7 +80,9 @@ class PostProcessor(wiring.Component):
         copies: int = 1,
         snapshots: bool = True,
         fields: tuple[str, ...] = DESC_FIELDS,  # the descriptor's (compiler.desc_fields)
+        wide_latency: int = 3,  # the buffers' wide reads (FeatureBuffer.wide_latency)
     ):
+        self.wide_latency = wide_latency
         assert lanes % post_lanes == 0
         self.snapshots = snapshots
         self.divide = divide = "avg_mul" in fields  # EngineConfig.avg_divide's fields
@@ -354,15 +356,13 @@ class PostProcessor(wiring.Component):
     def _add(self, m, d, vals, en, stages, k10, lanes_of, stage, platform):
         """Stages A1-A6 (see the class): ``vals``/``en`` are stage 10's values and write
         enables, ``stages[k10]`` their item. Returns the values and enables to write."""
-        from .buffers import FeatureBuffer
-
         D, W = self.data_bits, self.post_lanes
-        # the other operand's words, read for the item that is in stage 10 WIDE_LATENCY
+        # the other operand's words, read for the item that is in stage 10 wide_latency
         # cycles later: the address is registered from the item a stage before that
         soff = Signal(signed(self.field_bits))
         skip_rd = Signal(self.field_bits)
         m.d.sync += soff.eq(d.skip_off)
-        m.d.sync += skip_rd.eq(stages[k10 - FeatureBuffer.WIDE_LATENCY - 1].addr + soff)
+        m.d.sync += skip_rd.eq(stages[k10 - self.wide_latency - 1].addr + soff)
         m.d.comb += self.skip_addr.eq(skip_rd)
         # per-op constants, a copy per lane: each operand's direction, coarse (multiples of
         # 4) and fine shift and rounding constant

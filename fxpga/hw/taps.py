@@ -65,8 +65,9 @@ class TapGenerator(wiring.Component):
         field_bits: int = 24,
         coord_bits: int | None = None,
         fields: tuple[str, ...] = DESC_FIELDS,  # the descriptor's (compiler.desc_fields)
+        banks: int = 1,  # the channels a wide depthwise op's tap reads (dw = 3)
     ):
-        self.lanes = lanes
+        self.lanes, self.banks = lanes, banks
         self.fields = fields
         self.items = items or lanes
         self.field_bits = field_bits
@@ -179,8 +180,10 @@ class TapGenerator(wiring.Component):
             m.d.sync += [left.eq(left - 1), last.eq(left == 2)]
             # a depthwise op's weight address moves with the kernel pixel, not the channel
             m.d.sync += w.eq(Mux(d.dw[0] & ~c.last, w, w + 1) if dw else w + 1)
+            # (a wide depthwise op's channel loop counts taps of `banks` channels)
+            c_step = Mux(d.dw[1], self.banks, 1) if dw and self.banks > 1 else 1
             with m.If(~c.last):
-                m.d.sync += [*c.step, a.eq(a + 1), ci.eq(ci + 1)]
+                m.d.sync += [*c.step, a.eq(a + c_step), ci.eq(ci + 1)]
             with m.Elif(~kx.last):  # the next pixel: + kx_inc skips the channels not read
                 step = d.kx_inc if "kx_inc" in self.fields else 1
                 m.d.sync += [*c.restart, *kx.step, ix.eq(ix + 1), a.eq(a + step), ci.eq(0)]
