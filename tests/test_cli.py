@@ -1,5 +1,6 @@
 """The command line end to end, and every bad input: one line, non-zero exit, nothing written."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -89,6 +90,8 @@ def test_quantize_then_eval(tmp_path, capsys, digits_model, digits):
     code, stdout2, _ = run(capsys, "eval", str(out), "--data", "digits", "-q")
     assert code == 0
     assert stdout2.splitlines()[-1] == stdout.splitlines()[-2]  # same accuracy line
+    code, stdout3, _ = run(capsys, "eval", str(out), "-q")  # the data set it records
+    assert code == 0 and stdout3 == stdout2
     qm = artifact.load(out)
     assert golden.predict(qm, digits.x_test).shape == (500,)
 
@@ -350,6 +353,11 @@ def test_eval_errors(tmp_path, capsys, digits_q8):
     (tmp_path / "j.fxq").write_text('{"schema": "other"}')
     code, _, err = run(capsys, "eval", str(tmp_path / "j.fxq"), "--data", "digits")
     assert_one_line_error(code, err, "not an fxpga quantized model")
+    bare = copy.deepcopy(digits_q8)  # (the fixture is shared)
+    bare.provenance.pop("dataset", None)
+    artifact.save(bare, tmp_path / "n.fxq")
+    code, _, err = run(capsys, "eval", str(tmp_path / "n.fxq"))
+    assert_one_line_error(code, err, "--data is required (the .fxq records no dataset)")
 
 
 def test_edited_fxq_is_checked(tmp_path, capsys, digits_q8):

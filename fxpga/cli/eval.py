@@ -8,7 +8,11 @@ from .common import dataset_for
 def add(sub, common):
     e = sub.add_parser("eval", parents=[common], help="re-evaluate a .fxq on a dataset")
     e.add_argument("model", metavar="MODEL.fxq")
-    e.add_argument("--data", required=True, metavar="D", help="'digits' or a .npz")
+    e.add_argument(
+        "--data",
+        metavar="D",
+        help="'digits', 'digits16', 'noise:CxHxW' or a .npz (default: the one the .fxq records)",
+    )
     e.set_defaults(func=run)
 
 
