@@ -1,6 +1,5 @@
 """Real bitstream builds (yowasp yosys + nextpnr). Deselect locally with -m 'not board'."""
 
-import dataclasses
 import json
 
 import pytest
@@ -146,26 +145,6 @@ def test_fewest_lanes_stops_where_fewer_do_not_fit():
     with pytest.raises(FxpgaError, match="weight bank .* the engine has 16384"):
         compile_model(qm, spec.engine_config(qm, 4))
     assert boards.fewest_lanes_as_fast(qm, spec, prog) == 8
-
-
-def test_boards_take_the_feature_map_banks_they_hold():
-    """DS-CNN's depthwise layers want a bank per lane, as many as its 64 channels divide:
-    the ULX3S's 128 lanes get 32 (64 would need more DP16KD than it has), the OrangeCrab's 24
-    lanes 8, with the read registers those builds need."""
-    from fxpga.boards.fit import estimate
-    from fxpga.hw.compiler import compile_model
-    from fxpga.quant import data, frontend, quantizer, zoo
-
-    model, ds_name = zoo.builtin("ds-cnn")
-    ds = data.load(ds_name)
-    qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(16))
-    for name, lanes, banks in (("ulx3s-85f", 128, 32), ("orangecrab-25f", 24, 8)):
-        spec = boards.board(name)
-        cfg = spec.engine_config(qm)
-        assert (cfg.lanes, cfg.banks, cfg.fmap_read_reg) == (lanes, banks, True)
-        assert estimate(compile_model(qm, cfg), "ecp5")["DP16KD"][0] <= spec.available["DP16KD"]
-    more = dataclasses.replace(boards.board("ulx3s-85f").engine_config(qm), fmap_banks=64)
-    assert estimate(compile_model(qm, more), "ecp5")["DP16KD"][0] > 208
 
 
 def test_orangecrab_ds_cnn_bitstream(tmp_path, capsys):

@@ -103,18 +103,23 @@ class MACArray(wiring.Component):
                 for j, x in enumerate(words)
             ]
             en = None
-        for k in range(self.pre):
-            a_k = [
+
+        def operand_regs(prefix):
+            """A register per word and copy: ``[word][copy]``."""
+            return [
                 [
                     Signal(
                         signed(self.data_bits),
-                        name=f"a_pre{k}_{g}" + (f"_{j}" if nw > 1 else ""),
+                        name=f"{prefix}{g}" + (f"_{j}" if nw > 1 else ""),
                         reset_less=True,
                     )
                     for g in range(n)
                 ]
                 for j in range(nw)
             ]
+
+        for k in range(self.pre):
+            a_k = operand_regs(f"a_pre{k}_")
             en_k = None if en is None else Signal(name=f"en_pre{k}")
             m.d.sync += [a_k[j][g].eq(a[j][g]) for g in range(n) for j in range(nw)]
             if en is not None:
@@ -137,17 +142,7 @@ class MACArray(wiring.Component):
         # accumulator's adder in fabric instead of packing it into SB_MAC16 (checked with
         # yosys 0.50: 8 lanes → 8 SB_MAC16 and no SB_CARRY). `en` is low during reset, so a
         # reset held for 2 cycles flushes them to 0 while `acc` is held at 0.
-        a_r = [
-            [
-                Signal(
-                    signed(self.data_bits),
-                    name=f"a_r{g}" + (f"_{j}" if nw > 1 else ""),
-                    reset_less=True,
-                )
-                for g in range(n)
-            ]
-            for j in range(nw)
-        ]
+        a_r = operand_regs("a_r")
         m.d.sync += [
             a_r[j][g].eq(a[j][g] if en is None else Mux(en, a[j][g], 0))
             for g in range(n)
