@@ -702,7 +702,7 @@ def _fuse(qm: QModel) -> tuple[list[_Group], dict[str, str]]:
             continue
         if isinstance(n, ir.Concat):
             by_out = {g.out: g for g in groups}
-            offset, directed = 0, set()
+            offset = 0
             for i, x in enumerate(ins):
                 g = by_out.get(x)
                 if (
@@ -710,10 +710,9 @@ def _fuse(qm: QModel) -> tuple[list[_Group], dict[str, str]]:
                     and readers[x] == [n.name]
                     and g.skip is None
                     and g.cat is None
-                    and x not in directed
+                    and ins.count(x) == 1
                 ):
                     g.cat = (la, i, offset)
-                    directed.add(x)
                 else:  # an identity op copies it into its channels
                     groups.append(_Group(None, [], src=x, cat=(la, i, offset)))
                 offset += qm.graph.shape_of(n.inputs[i])[0]
@@ -992,8 +991,11 @@ def _allocate(
     par = _Parity()
     par.relate("#0", ir.INPUT, 0)
     out = []
+    copies = {}  # (skip, dst) → the copy the ops of a split add share
     for op in ops:
         if op.add:
+            if (op.skip, op.dst) in copies:
+                op.skip = copies[op.skip, op.dst]
             trial = _Parity()
             trial.parent = dict(par.parent)
             if not (trial.relate(op.skip, op.dst, 0) and trial.relate(op.src, op.dst, 1)):
@@ -1003,13 +1005,15 @@ def _allocate(
                 copy.out_layer = op.skip
                 sizes[copy.dst] = sizes[op.skip]
                 out.append(copy)
-                op.skip = copy.dst
+                copies[op.skip, op.dst] = op.skip = copy.dst
                 trial.parent = dict(par.parent)
                 assert trial.relate(op.skip, op.dst, 0) and trial.relate(op.src, op.dst, 1)
             par = trial
         out.append(op)
-    # buffers: fix each group of related tensors where its first member is written
-    color = {par.find("#0")[0]: 0}
+    # buffers: fix each group of related tensors where its first member is written (the
+    # input's group so that the input is in buffer 0)
+    root, parity = par.find("#0")
+    color = {root: parity}
 
     def buf(t):
         r, p = par.find(t)
@@ -1095,6 +1099,13 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
             op.weights = op.weights[:, idx]
         ops += made
         stored[group.out] = (op.OP, op.POH, op.POW)
+        if group.skip is not None and stored[group.skip] != stored[group.out]:
+            # (a flattened map is stored channel-last, a vector in feature order)
+            add = next(la.name for la in group.follow if isinstance(la.node, ir.Add))
+            raise FxpgaError(
+                f"{where}: layer '{add}': the engine adds tensors stored alike; one operand "
+                f"is a flattened map, stored channel-last, the other is not"
+            )
     out_name = alias.get(qm.layers[-1].name, qm.layers[-1].name)
     if out_name not in stored:  # the output is the input, flattened: nothing to run
         raise FxpgaError(f"{where}: the model computes nothing the engine runs")

@@ -313,10 +313,12 @@ class Engine(wiring.Component):
             # an op that adds reads the other operand through the wide read port of the buffer
             # it writes (the taps read the other buffer); the ports' selects are registers,
             # set while such an op runs
+            wides = []
             for b, f in enumerate(fmap):
                 wide = Signal(name=f"fmap{b}_wide")
                 m.d.sync += wide.eq(self.running & desc.add[0] & (desc.out_buf[0] == b))
                 m.d.comb += [f.wrd_addr.eq(post.skip_addr), f.wrd_en.eq(wide)]
+                wides.append(wide)
             for i in range(W):
                 pick = Mux(desc.out_buf[0], fmap[1].wrd_data[i], fmap[0].wrd_data[i])
                 m.d.comb += post.skip_data[i].eq(pick)
@@ -447,6 +449,8 @@ class Engine(wiring.Component):
                 m.d.sync += [ops_left.eq(ops_left - 1), op_last.eq(ops_left == 1)]
                 with m.If(op_last):
                     m.d.sync += [counting.eq(0), self.running.eq(0), out_ptr.eq(out_base)]
+                    if cfg.branches:  # the output is read narrow from the next cycle on
+                        m.d.sync += [w.eq(0) for w in wides]
                     fsm.next("OUT_READ")
                 with m.Else():
                     fsm.next("NEXT" if cfg.prefetch else "FETCH")
