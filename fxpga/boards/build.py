@@ -79,7 +79,11 @@ class Board:
         # as many as the board holds
         while cfg.fmap_banks and cfg.fmap_banks > cfg.post_lanes:
             try:
-                check_fit(compile_model(qm, cfg), self.name, self.family, self.available)
+                prog = compile_model(qm, cfg)
+            except FxpgaError:
+                break  # (what does not fit the engine is not the banks': build says it)
+            try:
+                check_fit(prog, self.name, self.family, self.available)
                 break
             except FxpgaError:
                 cfg = dataclasses.replace(cfg, fmap_banks=cfg.fmap_banks // 2)
