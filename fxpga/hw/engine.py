@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -238,19 +238,13 @@ class Engine(wiring.Component):
         in_data = Mux(in_buf, fmap[1].rd_data, fmap[0].rd_data)
         m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(in_data)]
         if wide_dw:
-            # word j of the operands: the word read (bank sel, as rd_data), or in a wide
-            # depthwise op bank j (channel j of an aligned pixel: lanes j, j + NB, ... take
-            # it). One mux of both buffers' banks per word, its select from registers beside
-            # the read, so the path from the memories is no longer than rd_data's
-            sel_r = tap.addr[: NB.bit_length() - 1]  # (the taps drive rd_addr)
-            for k in range(1 + FR):
-                q = Signal(range(NB), name=f"rd_sel{k}")
-                m.d.sync += q.eq(sel_r)
-                sel_r = q
-            banks = Array([*fmap[0].rd_banks, *fmap[1].rd_banks])
+            # word j of the operands: the word read (rd_data), or in a wide depthwise op
+            # bank j's (channel j of an aligned pixel: lanes j, j + NB, ... take it). A 2:1
+            # mux per word after the one shared narrow read mux: logic linear in the banks
+            # (a mux of all banks per word grew with their square and congested the ULX3S)
             for j in range(NB):
-                pick = Cat(Mux(desc.dw[1], j, sel_r)[: NB.bit_length() - 1], in_buf)
-                m.d.comb += mac.a_wide[j].eq(banks[pick])
+                bank_j = Mux(in_buf, fmap[1].rd_banks[j], fmap[0].rd_banks[j])
+                m.d.comb += mac.a_wide[j].eq(Mux(desc.dw[1], bank_j, in_data))
         w_addr = tap.w_addr
         if FR:
             w_addr = Signal.like(tap.w_addr, name="w_addr_d")
