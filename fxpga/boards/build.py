@@ -58,6 +58,9 @@ class Board:
     # EngineConfig.fmap_read_reg where the engine has more feature-map banks than
     # post-processing lanes (fast depthwise): the banks' words fan out to every lane
     fmap_read_reg: bool = False
+    # the most feature-map banks its engines take (0: as many as fit): many small banks end
+    # up in logic, and their words fan out to every lane
+    max_fmap_banks: int = 0
     nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
@@ -76,7 +79,10 @@ class Board:
             if p != cfg.post_lanes:
                 cfg = dataclasses.replace(cfg, post_lanes=p)
         # feature-map banks beyond the post-processing lanes (fast depthwise) cost block RAM:
-        # as many as the board holds
+        # as many as the board holds, and takes
+        if self.max_fmap_banks and (cfg.fmap_banks or 0) > self.max_fmap_banks:
+            banks = max(self.max_fmap_banks, cfg.post_lanes)
+            cfg = dataclasses.replace(cfg, fmap_banks=banks if banks > cfg.post_lanes else None)
         while cfg.fmap_banks and cfg.fmap_banks > cfg.post_lanes:
             try:
                 prog = compile_model(qm, cfg)
@@ -219,6 +225,9 @@ BOARDS = {
         fmap_write_reg=True,
         weight_out_reg=True,
         fmap_read_reg=True,
+        # DS-CNN at 128 lanes with 32 banks: 59.4 MHz placed, router2 did not converge; at 64
+        # lanes with 64 banks (125 words each, mapped to logic): 57.2 MHz placed
+        max_fmap_banks=8,
         # (128 lanes, seed 1: the program block RAM → a LUT → the descriptor had 8.9 ns of
         # routing, 68.0 MHz)
         program_read_reg=True,
