@@ -28,8 +28,7 @@ class FeatureBuffer(wiring.Component):
     the rotation: each a register). ``rd_data`` means nothing then.
 
     With ``read_reg`` each bank's output waits in a register (the block RAM's slow output
-    lands there before any mux): every read takes a cycle more (``latency``,
-    ``wide_latency``).
+    lands there before any mux): every read takes a cycle more (``wide_latency`` too).
     """
 
     WIDE_LATENCY = 3
@@ -47,7 +46,6 @@ class FeatureBuffer(wiring.Component):
         assert banks & (banks - 1) == 0
         self.depth, self.data_bits, self.banks = depth, data_bits, banks
         self.write_reg, self.wide_read, self.read_reg = write_reg, wide_read, read_reg
-        self.latency = 1 + int(read_reg)
         self.wide_latency = self.WIDE_LATENCY + int(read_reg)
         ports = {
             "rd_addr": In(addr_bits),
@@ -79,9 +77,16 @@ class FeatureBuffer(wiring.Component):
         # (b − s) mod n (s = wr_addr mod n: a rotation, log2(n) levels of 2:1 muxes) at row
         # wr_addr / n, or the row after it when b < s (one adder for all banks)
         s_ = self.wr_addr[:B] if n > 1 else 0
-        row0 = Signal(range(rows + 1), name="wr_row0")
-        row1 = Signal(range(rows + 1), name="wr_row1")
-        m.d.comb += [row0.eq(self.wr_addr >> B), row1.eq(row0 + 1)]
+
+        def bank_rows(addr, name):
+            """Bank b's row of the ``n`` words from ``addr``: ``addr / n``, or the row after
+            it when ``b < addr mod n``."""
+            row0 = Signal(range(rows + 1), name=f"{name}_row0")
+            row1 = Signal(range(rows + 1), name=f"{name}_row1")
+            m.d.comb += [row0.eq(addr >> B), row1.eq(row0 + 1)]
+            return [Mux(b < addr[:B], row1, row0) if n > 1 else row0 for b in range(n)]
+
+        wr_rows = bank_rows(self.wr_addr, "wr")
         vec = [Cat(self.wr_data[i], self.wr_en[i]) for i in range(n)]
         for k in range(B):
             step = 1 << k
@@ -91,16 +96,15 @@ class FeatureBuffer(wiring.Component):
             # at row wrd_addr / n or the one after (registered); the words come out rotated
             # back by s (held for the read) into registers
             ws, ws_q = Signal(range(n), name="wrd_s"), Signal(range(n), name="wrd_s_q")
-            wrow0 = Signal(range(rows + 1), name="wrd_row0")
-            m.d.comb += wrow0.eq(self.wrd_addr >> B)
             m.d.sync += [ws.eq(self.wrd_addr[:B] if n > 1 else 0), ws_q.eq(ws)]
             if self.read_reg:
                 ws_qq = Signal(range(n), name="wrd_s_qq")
                 m.d.sync += ws_qq.eq(ws_q)
                 ws_q = ws_qq
             wrows = [Signal(range(rows + 1), name=f"wrd_row{b}_q") for b in range(n)]
-            for b in range(n):
-                m.d.sync += wrows[b].eq(wrow0 + (b < self.wrd_addr[:B]) if n > 1 else wrow0)
+            m.d.sync += [
+                q.eq(r) for q, r in zip(wrows, bank_rows(self.wrd_addr, "wrd"), strict=True)
+            ]
         for b in range(n):
             mem = memory.Memory(shape=signed(self.data_bits), depth=rows, init=[])
             m.submodules[f"bank{b}"] = mem
@@ -118,7 +122,7 @@ class FeatureBuffer(wiring.Component):
             v = Signal(self.data_bits + 1, name=f"wr_vec{b}")
             row = Signal(range(rows + 1), name=f"wr_row{b}")
             domain = m.d.sync if self.write_reg else m.d.comb
-            domain += [v.eq(vec[b]), row.eq(Mux(b < s_, row1, row0) if n > 1 else row0)]
+            domain += [v.eq(vec[b]), row.eq(wr_rows[b])]
             m.d.comb += [wr.addr.eq(row), wr.data.eq(v[:-1]), wr.en.eq(v[-1])]
         m.d.comb += self.rd_data.eq(Array(datas)[sel] if n > 1 else datas[0])
         m.d.comb += [self.rd_banks[b].eq(datas[b]) for b in range(n)]

@@ -7,15 +7,15 @@ follow a conv/linear runs as a 1×1 identity convolution (weight 1, shift 0), co
 per value instead of 1. "No pool" is a 1×1 max-pool with stride 1.
 
 Memory layout (all addresses in elements):
-- feature maps are stored **HWC** (channel fastest: ``(y·W + x)·C + c``) and ping-pong
-  between buffers 0 and 1: layer ``i`` reads buffer ``i % 2`` and writes ``(i + 1) % 2``
-  (every op of a grouped conv split into ops reads and writes the same two; each writes its
+- feature maps are stored **HWC** (channel fastest: ``(y·W + x)·C + c``) in buffers 0 and
+  1, each map in a buffer and region ``_allocate`` places by liveness (a chain ping-pongs
+  between the buffers at address 0; every op of a grouped conv split into ops writes its
   channels at ``out_base`` of a map with ``OP`` channels); the input arrives in buffer 0 at
   address 0 (``Program.to_engine`` reorders a CHW sample). The ``post_lanes`` channels a
   post-processor writes in one cycle are then consecutive addresses, which land in distinct
-  banks (a buffer is ``post_lanes`` banks, bank = address
-  mod ``post_lanes``). A flatten moves no data: the linear layer after it gets its weight
-  columns permuted to HWC order instead.
+  banks (a buffer has ``EngineConfig.banks`` banks, bank = address mod banks). A flatten
+  moves no data: the linear layer after it gets its weight columns permuted to HWC order
+  instead.
 - weights: lane ``l`` holds output channels ``o ≡ l (mod lanes)``; for group ``g`` (channels
   ``g·lanes … g·lanes + lanes − 1``) its CKK = KH·KW·C weights in (ky, kx, c) order start at
   ``w_base + g·CKK``.
@@ -370,7 +370,6 @@ class Op:
     a_shift: int = 0
     b_shift: int = 0
     add_relu: int = 0
-    add_fmt: QFormat | None = None
     # the layer's output is whole once this op has run (the last op of a split layer, the
     # last writer of a concat): compile_model sets it
     completes_layer: bool = True
@@ -812,17 +811,15 @@ def _make_ops(
         n = la.node
         op.fused.append(n.name)
         if isinstance(n, ir.Add):
-            op.add, op.skip, op.add_fmt = 1, group.skip, la.out_fmt
+            op.add, op.skip = 1, group.skip
             if la.out_fmt.bits != cfg.data_bits:
                 raise FxpgaError(
                     f"{where}: layer '{n.name}': the engine adds at data_bits={cfg.data_bits}, "
                     f"this add's output has {la.out_fmt.bits} bits"
                 )
-            # a shift of more than data_bits either way gives what one of data_bits does
-            D = cfg.data_bits
             own, other = la.in_fmts[1 - group.skip_i], la.in_fmts[group.skip_i]
-            op.a_shift = max(-D, min(D, own.fl - la.out_fmt.fl))
-            op.b_shift = max(-D, min(D, other.fl - la.out_fmt.fl))
+            op.a_shift = _align_shift(own, la.out_fmt, cfg.data_bits)
+            op.b_shift = _align_shift(other, la.out_fmt, cfg.data_bits)
         elif isinstance(n, ir.ReLU) and op.add:
             op.add_relu = 1
         elif isinstance(n, ir.Clip):  # its clamp is the saturation (it commutes to there)
@@ -869,8 +866,7 @@ def _make_ops(
                 f"{where}: layer '{cat.name}': the engine concatenates maps along channels, "
                 f"not flattened maps (it stores them channel-last)"
             )
-        D = cfg.data_bits
-        op.a_shift = max(-D, min(D, cat.in_fmts[i].fl - cat.out_fmt.fl))
+        op.a_shift = _align_shift(cat.in_fmts[i], cat.out_fmt, cfg.data_bits)
         op.fused.append(cat.name)
     if mac is not None and getattr(mac.node, "groups", 1) > 1:
         if not depthwise:
@@ -920,6 +916,12 @@ def _split_groups(op: Op, groups: int, lanes: int, banks: int = 1) -> list[Op]:
             part.dw, part.banks = 3, banks
         ops.append(part)
     return ops
+
+
+def _align_shift(src: QFormat, dst: QFormat, data_bits: int) -> int:
+    """The rounding shift that aligns ``src`` to ``dst`` (``golden.align``), limited to
+    ±``data_bits``: a longer shift either way gives what that one does."""
+    return max(-data_bits, min(data_bits, src.fl - dst.fl))
 
 
 def _identity_op(name: str, shape, fmt: QFormat, where: str) -> Op:
@@ -1037,11 +1039,15 @@ def _allocate(
             later = [o for o in out[first[op.dst] :] if op.skip in (o.src, o.skip)]
             if all(o.dst == op.dst and o.skip == op.skip and o.src != op.skip for o in later):
                 home[op.dst] = op.skip
+
+    def home_of(t):  # the tensor whose region t takes
+        while t in home:
+            t = home[t]
+        return t
+
     blocks = {}  # root tensor → [buffer, size, first, last, base]
     for t in first:
-        root = t
-        while root in home:
-            root = home[root]
+        root = home_of(t)
         b = blocks.setdefault(root, [buf(root), sizes[root], first[root], last[root], None])
         b[3] = max(b[3], last.get(t, first[t]))
     placed = []
@@ -1059,9 +1065,7 @@ def _allocate(
         placed.append(b)
 
     def addr(t):
-        while t in home:
-            t = home[t]
-        return blocks[t][4]
+        return blocks[home_of(t)][4]
 
     for op in out:
         op.in_buf, op.in_addr = buf(op.src), addr(op.src)
