@@ -244,6 +244,60 @@ def test_feature_buffer_unaligned_vector_writes(banks, write_reg, read_reg):
 
 
 @pytest.mark.parametrize("read_reg", [False, True])
+@pytest.mark.parametrize("write_reg", [False, True])
+@pytest.mark.parametrize(("banks", "bits"), [(1, 16), (2, 8), (4, 4)])
+def test_feature_buffer_in_spram(banks, bits, write_reg, read_reg):
+    """``store="spram"`` (the primitive's behaviour off iCE40): bank b is a slice of a 16-bit
+    word, one value written per cycle through its slice's mask, the other slices kept; a
+    read one cycle later (two with ``read_reg``) sees every write that reached the port
+    before it. The port is single: a read issued in the cycle a write takes it (the cycle
+    after it is presented, with ``write_reg``) is not checked. Against a dict; depth not a
+    multiple of the banks."""
+    rng = random.Random(banks * 10 + write_reg)
+    depth = 9 * banks + 3
+    dut = FeatureBuffer(
+        depth, bits, banks, 10, write_reg=write_reg, read_reg=read_reg, store="spram"
+    )
+    lo, hi = -(1 << bits - 1), (1 << bits - 1) - 1
+    ops = [
+        (rng.random() < 0.5, rng.randrange(depth), rng.randint(lo, hi), rng.randrange(depth))
+        for _ in range(400)
+    ]
+
+    async def bench(ctx):
+        pending, reads, model, checked = [], [], {}, 0
+        for write, addr, val, rd in ops:
+            ctx.set(dut.wr_addr, addr)
+            ctx.set(dut.wr_data[0], val)
+            ctx.set(dut.wr_en[0], write)
+            ctx.set(dut.rd_addr, rd)
+            # the write that takes the port this cycle: this one, or the one before it
+            pending.append((addr, val) if write else None)
+            lands = pending.pop(0) if len(pending) > int(write_reg) else None
+            await ctx.tick()
+            row = rd - rd % banks
+            words = [row + b for b in range(banks)]
+            reads.append(None if lands else (rd, dict(model), words))
+            if lands:
+                model[lands[0]] = lands[1]
+            if len(reads) > int(read_reg):
+                r = reads.pop(0)
+                if r is not None:
+                    a, seen, words = r
+                    if a in seen:
+                        assert ctx.get(dut.rd_data) == seen[a], a
+                        checked += 1
+                    got = [ctx.get(dut.rd_banks[b]) for b in range(banks)]
+                    assert all(got[b] == seen[w] for b, w in enumerate(words) if w in seen)
+        assert checked > 50 and len(model) > depth * 0.8
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize("read_reg", [False, True])
 @pytest.mark.parametrize("banks", [1, 2, 4, 8])
 def test_feature_buffer_wide_reads(banks, read_reg):
     """The wide read (EngineConfig.branches): ``banks`` consecutive words from any address,
@@ -871,9 +925,11 @@ ECP5_REGS = {"operand_regs": 1, "weight_out_reg": True, "broadcast_copies": 2, "
 )
 def test_grouped_and_depthwise_convs_with_depthwise(lanes, post_lanes, extra):
     """EngineConfig.depthwise: each group of lanes output channels is an op reading its
-    window of input channels; a depthwise op keeps a kernel per lane and masks the other
-    lanes' weights at each tap (with the ECP5 boards' operand registers too); bit- and
-    cycle-exact; MACs count real products only; without the option the compiler names it."""
+    window of input channels, but a depthwise layer's whole groups are one op, its window
+    moving by `lanes` channels a group (g_c); a depthwise op keeps a kernel per lane and
+    masks the other lanes' weights at each tap (with the ECP5 boards' operand registers
+    too); bit- and cycle-exact; MACs count real products only; without the option the
+    compiler names it."""
     qm, x = quantized(*grouped_net(), 12)
     with pytest.raises(FxpgaError, match=r"layer '3': grouped convolution \(groups=6\)"):
         compiler.compile_model(qm, EngineConfig(lanes=lanes))
@@ -881,9 +937,15 @@ def test_grouped_and_depthwise_convs_with_depthwise(lanes, post_lanes, extra):
     cfg = EngineConfig(lanes=lanes, post_lanes=post_lanes, depthwise=True, **extra)
     prog = check_engine(qm, x, lanes, n=2, gaps=random.Random(lanes), config=cfg)
     dw = [op for op in prog.ops if op.name.startswith("3[")]
-    assert all(op.dw and op.lane_weights == 9 for op in dw)
-    assert len(dw) == -(-6 // lanes) and sum(op.macs for op in dw) == 6 * 3 * 3 * 9
-    assert [op.o0 for op in dw] == list(range(0, 6, lanes))
+    whole = 6 // lanes if 6 // lanes > 1 else 0  # groups in the first op
+    assert [op.o0 for op in dw] == ([0, whole * lanes] if whole else list(range(0, 6, lanes)))[
+        : len(dw)
+    ]
+    assert [op.g_c for op in dw] == [lanes if whole else 0] + [0] * (len(dw) - 1)
+    assert len(dw) == (1 + (6 % lanes > 0) if whole else -(-6 // lanes))
+    assert sum(op.macs for op in dw) == 6 * 3 * 3 * 9
+    # a kernel per lane, per group: spaced by the group's taps where the op has groups
+    assert [op.lane_weights for op in dw] == [op.taps if op.g_c else 9 for op in dw]
 
 
 def separable_net():
@@ -935,6 +997,43 @@ def test_depthwise_reads_a_pixels_channels_from_the_banks(lanes, post_lanes, ban
         assert prog.total_cycles < fewer.total_cycles
     else:  # (EngineConfig.for_model picks banks every depthwise layer's channels divide)
         assert EngineConfig.for_model(qm, lanes, post_lanes=post_lanes).banks == 8
+
+
+@pytest.mark.parametrize(
+    ("lanes", "extra"), [(4, {}), (3, {"fmap_write_reg": True, "fmap_read_reg": True})]
+)
+def test_feature_maps_in_spram(lanes, extra):
+    """EngineConfig.fmap_store="spram" (the iCEBreaker's DS-CNN): each buffer one single-
+    ported SPRAM with two banks in its 16-bit word, so the depthwise ops read two channels
+    per tap; bit- and cycle-exact, with the write and read registers too."""
+    qm, x = quantized(*separable_net(), 5)
+    cfg = EngineConfig.for_model(qm, lanes, fmap_store="spram", **extra)
+    assert cfg.banks == (2 if lanes == 4 else 1) and cfg.post_lanes == 1
+    prog = check_engine(qm, x, lanes, n=2, gaps=random.Random(lanes), config=cfg)
+    assert any(op.dw == 3 for op in prog.ops) == (lanes == 4)
+
+
+def test_spram_feature_maps_are_checked():
+    """What single-ported 16-bit SPRAM buffers cannot do, each named in one line."""
+    for kw, why in (
+        ({"branches": True}, "a graph that branches reads and writes one buffer"),
+        ({"lanes": 16}, "one write per cycle, not post_lanes=2"),
+        ({"data_bits": 12, "fmap_banks": 2, "lanes": 2}, "2 banks of 12-bit words exceed"),
+        ({"weight_store": "spram"}, "need 6 of the 4 SPRAMs \\(at most 4 lanes\\)"),
+        ({"fmap_store": "dram"}, "fmap_store must be 'bram' or 'spram', not 'dram'"),
+    ):
+        with pytest.raises(FxpgaError, match=why):
+            EngineConfig(**({"lanes": 8, "fmap_store": "spram"} | kw))
+    assert EngineConfig(lanes=4, fmap_store="spram", weight_store="spram").banks == 1
+    # a buffer is one SPRAM: 16K words of one value (one bank) here
+    with pytest.raises(FxpgaError, match="fmap_depth=16385 exceeds one SPRAM's 16384 words"):
+        EngineConfig(lanes=4, fmap_store="spram", fmap_depth=16385)
+    qm, _ = quantized(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1)), (1, 130, 130), 1)
+    with pytest.raises(FxpgaError, match="feature-map buffer needs 16900 entries, the engine has"):
+        compiler.compile_model(qm, EngineConfig(lanes=4, fmap_store="spram"))
+    cfg = EngineConfig(lanes=4, fmap_store="spram")
+    with pytest.raises(FxpgaError, match="Engine fmap_depth must be in 1..16384"):
+        Engine(cfg, None, fmap_depth=16385, wmem_depth=16, bmem_depth=16)
 
 
 def test_fmap_banks_are_checked():
@@ -1023,7 +1122,8 @@ def test_concats_with_branches(lanes, post_lanes):
     prog = check_engine(qm, x, lanes, n=2, gaps=random.Random(lanes), config=cfg)
     ops = {op.name: op for op in prog.ops}
     assert ops["a"].dst == "cat" and ops["a"].o0 == 0 and ops["a"].OP == 7
-    assert [op.o0 for op in prog.ops if op.name.startswith("b[")] == list(range(3, 7, lanes))
+    b_o0 = [3] if lanes == 1 else list(range(3, 7, lanes))  # (1 lane: one op, 4 groups)
+    assert [op.o0 for op in prog.ops if op.name.startswith("b[")] == b_o0
     assert ops["cat:into:cat_1"].o0 == 0 and ops["c"].o0 == 7 and ops["c"].OP == 12
     # identity ops: the copy into the concat, the add's (x + d(x)) and the pool's
     identity = [op.name for op in prog.ops if op.macs == 0]

@@ -61,6 +61,9 @@ class Board:
     # the most feature-map banks its engines take (0: as many as fit): many small banks end
     # up in logic, and their words fan out to every lane
     max_fmap_banks: int = 0
+    # iCE40UP5K: engines whose feature maps overflow the block RAM keep them in two of the
+    # SPRAMs (EngineConfig.fmap_store), which leaves this many lanes' weights the other two
+    spram_fmap_lanes: int = 0
     nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
@@ -68,8 +71,29 @@ class Board:
         average divider (``avg_divide``: a multiplier per post-processing lane) it takes
         fewer post-processing lanes where the board's multipliers would not hold them all;
         with more feature-map banks than post-processing lanes (``fmap_banks``, for fast
-        depthwise convs), fewer banks where its block RAM would not hold them."""
-        cfg = self._engine_config(qm, lanes)
+        depthwise convs), fewer banks where its block RAM would not hold them. On the
+        iCEBreaker, an engine whose maps overflow its block RAM keeps them in SPRAM, with
+        at most ``spram_fmap_lanes`` lanes (when ``lanes`` asks for no more)."""
+        cfg = self._fitted(qm, lanes)
+        n = self.spram_fmap_lanes
+        if n and (lanes or 0) <= n and not self._fits(qm, cfg):
+            try:
+                spram = self._fitted(qm, min(lanes or self.lanes, n), fmap_store="spram")
+            except FxpgaError:  # (a graph that branches)
+                return cfg
+            if self._fits(qm, spram):
+                cfg = spram
+        return cfg
+
+    def _fits(self, qm: QModel, cfg: EngineConfig) -> bool:
+        try:
+            check_fit(compile_model(qm, cfg), self.name, self.family, self.available)
+        except FxpgaError:
+            return False
+        return True
+
+    def _fitted(self, qm: QModel, lanes: int | None, **overrides) -> EngineConfig:
+        cfg = self._engine_config(qm, lanes, **overrides)
         if cfg.avg_divide:
             have = self.available.get(DSP_CELL[self.family], 0) - cfg.lanes
             per = divider_multipliers(cfg.data_bits, self.family)
@@ -97,7 +121,7 @@ class Board:
             cfg = dataclasses.replace(cfg, fmap_read_reg=True)
         return cfg
 
-    def _engine_config(self, qm: QModel, lanes: int | None) -> EngineConfig:
+    def _engine_config(self, qm: QModel, lanes: int | None, **overrides) -> EngineConfig:
         return EngineConfig.for_model(
             qm,
             lanes or self.lanes,
@@ -109,6 +133,7 @@ class Board:
             fmap_write_reg=self.fmap_write_reg,
             weight_out_reg=self.weight_out_reg,
             program_read_reg=self.program_read_reg,
+            **overrides,
         )
 
     def broadcast_copies(self, lanes: int) -> int:
@@ -181,6 +206,7 @@ BOARDS = {
         "them over the UART first",
         weight_store="spram",
         prefetch=False,
+        spram_fmap_lanes=4,
     ),
     "orangecrab-25f": Board(
         "orangecrab-25f",

@@ -11,9 +11,8 @@ most 16 words to flip-flops. Logic (LUTs) is not predicted: nextpnr reports it.
 from __future__ import annotations
 
 from ..errors import FxpgaError
-from ..hw.compiler import Program, avg_divide_shift, desc_fields
+from ..hw.compiler import SPRAM_COUNT, SPRAM_DEPTH, Program, avg_divide_shift, desc_fields
 from ..hw.desc import HEADER_WORDS
-from ..hw.weights import SPRAM_COUNT, SPRAM_DEPTH
 from .protocol import value_bytes
 
 ASPECTS = {
@@ -38,14 +37,15 @@ def memories(prog: Program) -> list[tuple[str, int, int, int]]:
     W, NB = cfg.post_lanes, cfg.banks
     vbytes = value_bytes(cfg.data_bits)
     out = [
-        ("feature maps", 2 * NB, -(-prog.fmap_depth // NB), cfg.data_bits),
         ("biases", W, -(-prog.bmem_depth // W), cfg.acc_bits),
         ("program", 1, HEADER_WORDS + len(desc_fields(cfg)) * len(prog.ops), 32),
         ("host input buffer", 1, prog.in_size * vbytes, 8),
         ("host output buffer", 1, prog.out_size * vbytes, 8),
     ]
     if cfg.weight_store == "bram":
-        out.insert(1, ("weights", cfg.lanes, prog.wmem_depth, cfg.weight_bits))
+        out.insert(0, ("weights", cfg.lanes, prog.wmem_depth, cfg.weight_bits))
+    if cfg.fmap_store == "bram":
+        out.insert(0, ("feature maps", 2 * NB, -(-prog.fmap_depth // NB), cfg.data_bits))
     return out
 
 
@@ -63,8 +63,13 @@ def estimate(prog: Program, family: str) -> dict[str, tuple[int, str]]:
         n += cfg.post_lanes * per_post
         why += f", the average divider {cfg.post_lanes} × {per_post}"
     est[DSP_CELL[family]] = (n, why)
+    spram = []
     if cfg.weight_store == "spram":
-        est["ICESTORM_SPRAM"] = (-(-cfg.lanes // 2), f"weights of {cfg.lanes} lanes, 2 per SPRAM")
+        spram.append((-(-cfg.lanes // 2), f"weights of {cfg.lanes} lanes, 2 per SPRAM"))
+    if cfg.fmap_store == "spram":
+        spram.append((2, "feature maps 2"))
+    if spram:
+        est["ICESTORM_SPRAM"] = (sum(k for k, _ in spram), ", ".join(w for _, w in spram))
     return est
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed
+from amaranth import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
+
+from .compiler import SPRAM_DEPTH, SPRAM_WIDTH
 
 
 class FeatureBuffer(wiring.Component):
@@ -29,6 +31,15 @@ class FeatureBuffer(wiring.Component):
 
     With ``read_reg`` each bank's output waits in a register (the block RAM's slow output
     lands there before any mux): every read takes a cycle more (``wide_latency`` too).
+
+    ``store="spram"`` keeps the buffer in one iCE40UP5K SB_SPRAM256KA (16K x 16): bank b is
+    the b-th ``16 / banks``-bit slice of each word (``banks`` ≤ 4 and ``data_bits`` ≤ that
+    slice). It is single-ported: a write takes the port for its cycle (a read issued then
+    reads nothing), and it writes one value per cycle, ``wr_data[0]`` (post_lanes = 1), by
+    its slice's write mask. An engine that only reads or only writes a buffer during an op
+    (a chain, ping-ponging) never asks for both. Off iCE40 (``platform.family``) the same
+    port is an Amaranth memory with the primitive's behaviour (its output holds while it
+    writes), for simulation.
     """
 
     WIDE_LATENCY = 3
@@ -42,9 +53,13 @@ class FeatureBuffer(wiring.Component):
         write_reg: bool = False,
         wide_read: bool = False,
         read_reg: bool = False,
+        store: str = "bram",
     ):
         assert banks & (banks - 1) == 0
-        self.depth, self.data_bits, self.banks = depth, data_bits, banks
+        if store == "spram":
+            assert banks <= 4 and data_bits <= SPRAM_WIDTH // banks and not wide_read
+            assert -(-depth // banks) <= SPRAM_DEPTH, "one SPRAM holds 16K words"
+        self.depth, self.data_bits, self.banks, self.store = depth, data_bits, banks, store
         self.write_reg, self.wide_read, self.read_reg = write_reg, wide_read, read_reg
         self.wide_latency = self.WIDE_LATENCY + int(read_reg)
         ports = {
@@ -67,12 +82,75 @@ class FeatureBuffer(wiring.Component):
         m = Module()
         n, B = self.banks, self.banks.bit_length() - 1
         rows = -(-self.depth // n)
-        datas, sel = [], Signal(range(n))
+        sel = Signal(range(n))
         m.d.sync += sel.eq(self.rd_addr if n == 1 else self.rd_addr[:B])
         if self.read_reg:  # (the words come a cycle later: so does their select)
             sel_q = Signal(range(n), name="sel_q")
             m.d.sync += sel_q.eq(sel)
             sel = sel_q
+        if self.store == "spram":
+            datas = self._spram(m, platform, rows)
+        else:
+            datas = self._banks(m, rows)
+        m.d.comb += self.rd_data.eq(Array(datas)[sel] if n > 1 else datas[0])
+        m.d.comb += [self.rd_banks[b].eq(datas[b]) for b in range(n)]
+        return m
+
+    def _read_reg(self, m, data, b):
+        """Bank ``b``'s word ``data``, through its output register with ``read_reg``."""
+        if not self.read_reg:
+            return data
+        q = Signal(signed(self.data_bits), name=f"rd_q{b}", reset_less=True)
+        m.d.sync += q.eq(data)
+        return q
+
+    def _spram(self, m, platform, rows):
+        """The banks as slices of one single-ported 16-bit SPRAM word (see the class)."""
+        n, B, D = self.banks, self.banks.bit_length() - 1, self.data_bits
+        slot = SPRAM_WIDTH // n
+        we, row = Signal(name="spram_we"), Signal(range(rows), name="spram_wr_row")
+        din, mask = Signal(SPRAM_WIDTH, name="spram_din"), Signal(4, name="spram_mask")
+        s = self.wr_addr[:B] if n > 1 else 0
+        en = self.wr_en[0]
+        value = Cat(self.wr_data[0], Const(0, slot - D)) if slot > D else self.wr_data[0]
+        domain = m.d.sync if self.write_reg else m.d.comb
+        domain += [
+            we.eq(en),
+            row.eq(self.wr_addr >> B),
+            din.eq(Cat(*[value] * n)),
+            mask.eq(Cat(*[(en & (s == b)).replicate(slot // 4) for b in range(n)])),
+        ]
+        addr = Signal(range(SPRAM_DEPTH), name="spram_addr")
+        dout = Signal(SPRAM_WIDTH, name="spram_dout")
+        m.d.comb += addr.eq(Mux(we, row, self.rd_addr >> B))
+        if str(getattr(platform, "family", "")).lower() == "ice40":  # (amaranth: "iCE40")
+            m.submodules.spram = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=addr,
+                i_DATAIN=din,
+                i_MASKWREN=mask,
+                i_WREN=we,
+                i_CHIPSELECT=1,
+                i_CLOCK=ClockSignal(),
+                i_STANDBY=0,
+                i_SLEEP=0,
+                i_POWEROFF=1,
+                o_DATAOUT=dout,
+            )
+        else:  # the primitive's behaviour: a read unless writing, output held while writing
+            mem = memory.Memory(shape=SPRAM_WIDTH, depth=rows, init=[])
+            m.submodules.spram = mem
+            rd = mem.read_port(transparent_for=())
+            wr = mem.write_port(granularity=4)
+            m.d.comb += [rd.addr.eq(addr), rd.en.eq(~we), wr.addr.eq(addr), wr.data.eq(din)]
+            m.d.comb += wr.en.eq(mask)
+            m.d.comb += dout.eq(rd.data)
+        return [self._read_reg(m, dout[b * slot : b * slot + D].as_signed(), b) for b in range(n)]
+
+    def _banks(self, m, rows):
+        """One simple-dual-port memory per bank (block RAM)."""
+        n, B = self.banks, self.banks.bit_length() - 1
+        datas = []
         # writes: element i goes to bank (wr_addr + i) mod n, so bank b takes element
         # (b − s) mod n (s = wr_addr mod n: a rotation, log2(n) levels of 2:1 muxes) at row
         # wr_addr / n, or the row after it when b < s (one adder for all banks)
@@ -113,23 +191,16 @@ class FeatureBuffer(wiring.Component):
                 m.d.comb += rd.addr.eq(Mux(self.wrd_en, wrows[b], self.rd_addr >> B))
             else:
                 m.d.comb += rd.addr.eq(self.rd_addr >> B)
-            if self.read_reg:
-                q = Signal(signed(self.data_bits), name=f"rd_q{b}", reset_less=True)
-                m.d.sync += q.eq(rd.data)
-                datas.append(q)
-            else:
-                datas.append(rd.data)
+            datas.append(self._read_reg(m, rd.data, b))
             v = Signal(self.data_bits + 1, name=f"wr_vec{b}")
             row = Signal(range(rows + 1), name=f"wr_row{b}")
             domain = m.d.sync if self.write_reg else m.d.comb
             domain += [v.eq(vec[b]), row.eq(wr_rows[b])]
             m.d.comb += [wr.addr.eq(row), wr.data.eq(v[:-1]), wr.en.eq(v[-1])]
-        m.d.comb += self.rd_data.eq(Array(datas)[sel] if n > 1 else datas[0])
-        m.d.comb += [self.rd_banks[b].eq(datas[b]) for b in range(n)]
         if self.wide_read:  # word i of the wide read is in bank (s + i) mod n
             vec = datas
             for k in range(B):
                 step = 1 << k
                 vec = [Mux(ws_q[k], vec[(i + step) % n], vec[i]) for i in range(n)]
             m.d.sync += [self.wrd_data[i].eq(vec[i]) for i in range(n)]
-        return m
+        return datas

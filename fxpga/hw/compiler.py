@@ -60,6 +60,8 @@ from ..quant.qmodel import QLayer, QModel
 ENGINE_OPS = (
     "conv", "linear", "relu", "clip", "pad", "maxpool", "avgpool", "flatten", "add", "concat"
 )  # fmt: skip
+# the iCE40UP5K's SB_SPRAM256KA: 16K words of 16 bits (a write mask per nibble), four of them
+SPRAM_DEPTH, SPRAM_WIDTH, SPRAM_COUNT = 16384, 16, 4
 MAX_LEFT_SHIFT = 7  # requantization may scale up by at most 2^7 (fl_out - fl_in - fl_w <= 7)
 
 _DEPTH = (1, MAX_MEMORY_DEPTH, "the configuration port's index field is 20 bits")
@@ -138,12 +140,18 @@ class EngineConfig:
     # muxes (the block RAMs' outputs are slow): one more cycle from a tap to its product,
     # so one more drain cycle per op (ECP5 fmax with many banks)
     fmap_read_reg: bool = False
+    # "spram": each feature-map buffer is one iCE40UP5K SPRAM (16K words of 16 bits, a bank
+    # in each 16 / banks-bit slice; single-ported), for maps the block RAM cannot hold (DS-CNN
+    # on the iCEBreaker). Chains only (an op reads one buffer and writes the other), one
+    # post-processing lane (one write per cycle), at most 16 / data_bits banks
+    fmap_store: str = "bram"
 
     def __post_init__(self):
-        if self.weight_store not in ("bram", "spram"):
-            raise FxpgaError(
-                f"EngineConfig.weight_store must be 'bram' or 'spram', not {self.weight_store!r}"
-            )
+        for name in ("weight_store", "fmap_store"):
+            if getattr(self, name) not in ("bram", "spram"):
+                raise FxpgaError(
+                    f"EngineConfig.{name} must be 'bram' or 'spram', not {getattr(self, name)!r}"
+                )
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name in (
@@ -160,7 +168,7 @@ class EngineConfig:
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
                 continue
-            if f.name == "weight_store" or (v is None and f.default is None):
+            if f.name in ("weight_store", "fmap_store") or (v is None and f.default is None):
                 continue
             if f.name == "operand_regs":
                 if v not in (0, 1, 2):
@@ -203,6 +211,34 @@ class EngineConfig:
                 f"EngineConfig.fmap_banks must be a power of two dividing lanes={self.lanes}, "
                 f"at least post_lanes={p}, not {b}"
             )
+
+        if self.fmap_store == "spram":
+            self._check_spram_maps()
+
+    def _check_spram_maps(self):
+        why = []
+        if self.branches:
+            why.append("a graph that branches reads and writes one buffer in an op")
+        if self.post_lanes != 1:
+            why.append(f"they take one write per cycle, not post_lanes={self.post_lanes}")
+        if self.data_bits * self.banks > SPRAM_WIDTH:
+            why.append(
+                f"{self.banks} banks of {self.data_bits}-bit words exceed its "
+                f"{SPRAM_WIDTH}-bit word"
+            )
+        if (self.fmap_depth or 0) > SPRAM_DEPTH * self.banks:
+            why.append(
+                f"fmap_depth={self.fmap_depth} exceeds one SPRAM's {SPRAM_DEPTH} words of "
+                f"{self.banks} value(s)"
+            )
+        spram = 2 + (-(-self.lanes // 2) if self.weight_store == "spram" else 0)
+        if spram > SPRAM_COUNT:
+            why.append(
+                f"with {self.lanes} lanes' weights in SPRAM too they need {spram} of the "
+                f"{SPRAM_COUNT} SPRAMs (at most {2 * (SPRAM_COUNT - 2)} lanes)"
+            )
+        if why:
+            raise FxpgaError("EngineConfig.fmap_store='spram' (single-ported): " + "; ".join(why))
 
     @property
     def banks(self) -> int:
@@ -249,6 +285,8 @@ class EngineConfig:
                 if getattr(la.node, "groups", 1) > 1:
                     c = la.node.in_shape[0]
                     banks = min(banks, c & -c)
+            if cfg.fmap_store == "spram":  # as many as one SPRAM word holds
+                banks = min(banks, 1 << (SPRAM_WIDTH // cfg.data_bits).bit_length() - 1)
             if banks > cfg.post_lanes:
                 cfg = dataclasses.replace(cfg, fmap_banks=banks)
         return cfg
@@ -283,7 +321,7 @@ def desc_fields(cfg: EngineConfig) -> tuple[str, ...]:
     """The descriptor's fields on an engine built with ``cfg``, in program order."""
     return (
         DESC_FIELDS
-        + (("kx_inc", "dw") if cfg.depthwise else ())
+        + (("kx_inc", "dw", "g_c") if cfg.depthwise else ())
         + (AVG_FIELDS if cfg.avg_divide else ())
         + (BRANCH_FIELDS if cfg.branches else ())
     )
@@ -354,6 +392,9 @@ class Op:
     # 1: one channel per tap; 3 (bank-aligned): `banks` channels per tap, one per lane
     dw: int = 0
     banks: int = 1  # with dw = 3: the channels each tap reads
+    # a depthwise op over several groups of `lanes` channels (one op per layer, not one per
+    # group): group g reads the window of C channels from c0 + g·g_c; 0: one window
+    g_c: int = 0
     # where it reads and writes (compile_model's allocation): the tensors (IR names), the
     # buffers and the base addresses of their regions
     src: str = ir.INPUT
@@ -395,8 +436,12 @@ class Op:
 
     @property
     def lane_weights(self) -> int:
-        """Weights each lane keeps per group: its taps, or a depthwise op's kernel."""
-        return self.KH * self.KW if self.dw else self.CKK
+        """Weights each lane keeps per group: its taps, or a depthwise op's kernel (over
+        several groups, ``g_c``: its kernel at the start of a group's ``taps``, which is
+        what the engine steps the weight address by from one group to the next)."""
+        if self.dw:
+            return self.taps if self.g_c else self.KH * self.KW
+        return self.CKK
 
     @property
     def bounds(self) -> tuple[int, int]:
@@ -461,6 +506,7 @@ class Op:
         if depthwise:  # from the last channel read to the next pixel's first
             d["kx_inc"] = C - (self.passes - 1) * (self.banks if self.dw == 3 else 1)
             d["dw"] = self.dw
+            d["g_c"] = self.g_c
         elif self.C != C or self.dw:
             raise FxpgaError(f"op '{self.name}' reads a channel window: it needs depthwise")
         if divide_bits is not None:
@@ -887,17 +933,26 @@ def _make_ops(
 def _split_groups(op: Op, groups: int, lanes: int, banks: int = 1) -> list[Op]:
     """A grouped conv as one op per ``lanes`` output channels: each reads the window of input
     channels its outputs need, with each output's weights at its own group's channels of the
-    window and zeros elsewhere. MACs count the real products only. A depthwise op whose
-    channel window starts at a multiple of ``banks`` in a map of a multiple of ``banks``
-    channels reads ``banks`` of them per tap (``dw = 3``)."""
+    window and zeros elsewhere. MACs count the real products only. A depthwise conv's whole
+    groups of ``lanes`` channels are one op (``g_c``: its window moves by ``lanes`` channels
+    a group), the rest another. A depthwise op whose channel window starts at a multiple of
+    ``banks`` in a map of a multiple of ``banks`` channels reads ``banks`` of them per tap
+    (``dw = 3``)."""
     og, cg = op.O // groups, op.C // groups
+    whole = op.O // lanes if cg == og == 1 else 0
+    if whole > 1:
+        spans = [(0, whole * lanes)] + ([(whole * lanes, op.O)] if op.O % lanes else [])
+    else:
+        spans = [(lo, min(op.O, lo + lanes)) for lo in range(0, op.O, lanes)]
     ops = []
-    for lo in range(0, op.O, lanes):
-        hi = min(op.O, lo + lanes)
+    for lo, hi in spans:
+        merged = hi - lo > lanes  # (depthwise: each group's window is its lanes' channels)
         c_lo, c_hi = (lo // og) * cg, ((hi - 1) // og + 1) * cg
+        if merged:
+            c_hi = c_lo + lanes
         w = np.zeros((hi - lo, c_hi - c_lo, op.KH, op.KW), dtype=np.int64)
         for o in range(lo, hi):
-            c = (o // og) * cg - c_lo
+            c = (o - lo) % lanes if merged else (o // og) * cg - c_lo
             w[o - lo, c : c + cg] = op.weights[o]
         part = dataclasses.replace(
             op,
@@ -909,6 +964,7 @@ def _split_groups(op: Op, groups: int, lanes: int, banks: int = 1) -> list[Op]:
             o0=lo,
             weights=w,
             bias=op.bias[lo:hi],
+            g_c=lanes if merged else 0,
         )
         part.macs = (hi - lo) * op.OH * op.OW * cg * op.KH * op.KW
         part.dw = int(cg == 1 and og == 1)
@@ -1152,13 +1208,16 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     fmap_need = max(
         [op.in_addr + op.in_size for op in ops] + [op.out_addr + op.out_size for op in ops]
     )
+    fmap_have = cfg.fmap_depth
+    if cfg.fmap_store == "spram":  # one SPRAM per buffer, `banks` values per word
+        fmap_have = min(fmap_have or MAX_MEMORY_DEPTH, SPRAM_DEPTH * cfg.banks)
     # (what, entries needed, the engine's, the most an engine has: checked before allocating)
     for what, need, have, most in (
-        ("feature-map buffer", fmap_need, cfg.fmap_depth, MAX_MEMORY_DEPTH),
+        ("feature-map buffer", fmap_need, fmap_have, MAX_MEMORY_DEPTH),
         (
             "weight bank (per lane)",
             w_off,
-            16384 if cfg.weight_store == "spram" else cfg.wmem_depth,  # weights.SPRAM_DEPTH
+            SPRAM_DEPTH if cfg.weight_store == "spram" else cfg.wmem_depth,
             MAX_MEMORY_DEPTH,
         ),
         ("bias memory", b_off, cfg.bmem_depth, MAX_MEMORY_DEPTH),
@@ -1182,10 +1241,10 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
             g, lane = divmod(o, lanes)
             base = op.w_base + g * op.lane_weights
             if op.dw:  # its own channel's kernel, (ky, kx) order
-                taps = op.weights[o, o].reshape(-1)
+                taps = op.weights[o, o % op.C].reshape(-1)
             else:
                 taps = op.weights[o].transpose(1, 2, 0).reshape(-1)  # (ky, kx, c) order
-            wmem[lane][base : base + op.lane_weights] = [int(v) for v in taps]
+            wmem[lane][base : base + taps.size] = [int(v) for v in taps]
             bmem[op.b_base + g * lanes + lane] = int(op.bias[o])
     last = ops[-1]
     prog = Program(
@@ -1207,6 +1266,24 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     return prog
 
 
+def _groups_apart(ops: list[Op], lanes: int):
+    """The ops, a depthwise op over several groups (``g_c``) as one op per group."""
+    for op in ops:
+        if not op.g_c:
+            yield op
+            continue
+        for g in range(op.groups(lanes)):
+            yield dataclasses.replace(
+                op,
+                O=min(lanes, op.O - g * lanes),
+                c0=op.c0 + g * op.g_c,
+                o0=op.o0 + g * lanes,
+                w_base=op.w_base + g * op.lane_weights,
+                b_base=op.b_base + g * lanes,
+                g_c=0,
+            )
+
+
 def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
     """Execute the op list on one integer sample (C-order in, C-order out) as the engine does.
 
@@ -1221,7 +1298,7 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
     buf = [np.zeros(prog.fmap_depth, dtype=np.int64) for _ in range(2)]
     x = prog.to_engine(np.asarray(x_int, dtype=np.int64).reshape(1, -1))[0]
     buf[0][: x.size] = x
-    for op in prog.ops:
+    for op in _groups_apart(prog.ops, lanes):
         hwc = buf[op.in_buf][op.in_addr : op.in_addr + op.in_size].reshape(op.H, op.W, op.CP)
         xin = hwc[:, :, op.c0 : op.c0 + op.C].transpose(2, 0, 1)
         w = np.zeros((op.O, op.C, op.KH, op.KW), dtype=np.int64)

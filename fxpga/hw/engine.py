@@ -22,7 +22,7 @@ from .mac import MACArray
 from .onehot import OneHotFSM
 from .postproc import PostProcessor
 from .taps import TapGenerator
-from .weights import SPRAM_DEPTH, WeightBanks
+from .weights import WeightBanks
 
 REGION_PROGRAM, REGION_BIAS, REGION_WEIGHTS = 0, 1, 2
 
@@ -105,6 +105,9 @@ class Engine(wiring.Component):
         self.max_ops = max_ops or cfg.max_ops or (len(p.ops) if p else 16)
         for k in ("fmap_depth", "wmem_depth", "bmem_depth", "max_ops"):  # before any memory
             check_range(f"Engine {k}", getattr(self, k), *compiler.CONFIG_BOUNDS[k])
+        if cfg.fmap_store == "spram":  # one SPRAM per buffer
+            most = compiler.SPRAM_DEPTH * cfg.banks
+            check_range("Engine fmap_depth", self.fmap_depth, 1, most, "one SPRAM per buffer")
         self.prog_depth = HEADER_WORDS + len(desc_fields(cfg)) * self.max_ops
         self.field_bits = engine_field_bits(cfg, self.fmap_depth, self.wmem_depth, self.bmem_depth)
         # coordinates sized to the baked program; a run-time program may need the full width
@@ -145,6 +148,7 @@ class Engine(wiring.Component):
                 write_reg=cfg.fmap_write_reg,
                 wide_read=cfg.branches,
                 read_reg=cfg.fmap_read_reg,
+                store=cfg.fmap_store,
             )
             for _ in range(2)
         ]
@@ -153,7 +157,7 @@ class Engine(wiring.Component):
         m.submodules.weights = weights = WeightBanks(
             lanes,
             WB,
-            SPRAM_DEPTH if spram else self.wmem_depth,
+            compiler.SPRAM_DEPTH if spram else self.wmem_depth,
             init=p.wmem if p and not spram else None,
             store=cfg.weight_store,
             copies=cfg.broadcast_copies,

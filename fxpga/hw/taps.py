@@ -119,6 +119,10 @@ class TapGenerator(wiring.Component):
         iy0_p, ix0_p, iy0, ix0 = regs("iy0_p", "ix0_p", "iy0", "ix0", shape=P)
         ra0_p, xc0_p, ra0, xc0 = regs("ra0_p", "xc0_p", "ra0", "xc0")
         wg, bbase, out_g, out_addr = regs("wg", "bbase", "out_g", "out_addr")
+        # a depthwise op over several groups (g_c): the next group's ra0, its window g_c
+        # channels on (else every group starts at the descriptor's ra0)
+        groups_move = "g_c" in self.fields
+        ra_g = regs("ra_g")[0] if groups_move else d.ra0
         pending = Signal()  # the sequencer holds a window the walker has not taken
 
         # ---- tap walker: the current window
@@ -238,6 +242,8 @@ class TapGenerator(wiring.Component):
                 wg.eq(d.w_base), bbase.eq(d.b_base), out_g.eq(d.out_base),
                 out_addr.eq(d.out_base),
             ]  # fmt: skip
+            if groups_move:
+                m.d.sync += ra_g.eq(d.ra0 + d.g_c)
         with m.Elif(took):
             with m.If(step[0]):
                 m.d.sync += [*dx.step, ox.eq(ox + 1), ix0.eq(ix0 + d.SW), xc0.eq(xc0 + d.SWC)]
@@ -269,16 +275,18 @@ class TapGenerator(wiring.Component):
                     oy.eq(oy_p + d.PSH), iy0.eq(iy0_p + d.PSH_SH),
                     ra0.eq(ra0_p + d.PSH_SHWC),
                 ]  # fmt: skip
-            with m.If(wrap[3]):
+            with m.If(wrap[3]):  # (with g_c the next group's window)
                 m.d.sync += [
-                    *py.restart, oy_p.eq(d.oy0), iy0_p.eq(d.iy0), ra0_p.eq(d.ra0),
-                    oy.eq(d.oy0), iy0.eq(d.iy0), ra0.eq(d.ra0),
+                    *py.restart, oy_p.eq(d.oy0), iy0_p.eq(d.iy0), ra0_p.eq(ra_g),
+                    oy.eq(d.oy0), iy0.eq(d.iy0), ra0.eq(ra_g),
                 ]  # fmt: skip
             with m.If(step[4]):  # after wrap[1]: out_addr starts the next group
                 m.d.sync += [
                     *g.step, wg.eq(wg + d.CKK), bbase.eq(bbase + items),
                     out_g.eq(out_g + lanes), out_addr.eq(out_g + lanes),
                 ]  # fmt: skip
+                if groups_move:
+                    m.d.sync += ra_g.eq(ra_g + d.g_c)
             with m.If(wrap[4]):
                 m.d.sync += pending.eq(0)
         return m

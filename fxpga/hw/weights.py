@@ -6,11 +6,9 @@ from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from .compiler import SPRAM_COUNT, SPRAM_DEPTH
 from .ecp5 import dp16kd_memory
 from .fanout import register_copies, share
-
-SPRAM_DEPTH = 16384  # SB_SPRAM256KA: 16K x 16 bits
-SPRAM_COUNT = 4  # on the iCE40UP5K
 
 
 class WeightBanks(wiring.Component):
