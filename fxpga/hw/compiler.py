@@ -321,7 +321,7 @@ def desc_fields(cfg: EngineConfig) -> tuple[str, ...]:
     """The descriptor's fields on an engine built with ``cfg``, in program order."""
     return (
         DESC_FIELDS
-        + (("kx_inc", "dw", "g_c") if cfg.depthwise else ())
+        + (("kx_inc", "dw", "g_c", "w_g") if cfg.depthwise else ())
         + (AVG_FIELDS if cfg.avg_divide else ())
         + (BRANCH_FIELDS if cfg.branches else ())
     )
@@ -436,12 +436,8 @@ class Op:
 
     @property
     def lane_weights(self) -> int:
-        """Weights each lane keeps per group: its taps, or a depthwise op's kernel (over
-        several groups, ``g_c``: its kernel at the start of a group's ``taps``, which is
-        what the engine steps the weight address by from one group to the next)."""
-        if self.dw:
-            return self.taps if self.g_c else self.KH * self.KW
-        return self.CKK
+        """Weights each lane keeps per group: its taps, or a depthwise op's kernel."""
+        return self.KH * self.KW if self.dw else self.CKK
 
     @property
     def bounds(self) -> tuple[int, int]:
@@ -506,7 +502,7 @@ class Op:
         if depthwise:  # from the last channel read to the next pixel's first
             d["kx_inc"] = C - (self.passes - 1) * (self.banks if self.dw == 3 else 1)
             d["dw"] = self.dw
-            d["g_c"] = self.g_c
+            d["g_c"], d["w_g"] = self.g_c, self.lane_weights
         elif self.C != C or self.dw:
             raise FxpgaError(f"op '{self.name}' reads a channel window: it needs depthwise")
         if divide_bits is not None:
@@ -1244,7 +1240,7 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
                 taps = op.weights[o, o % op.C].reshape(-1)
             else:
                 taps = op.weights[o].transpose(1, 2, 0).reshape(-1)  # (ky, kx, c) order
-            wmem[lane][base : base + taps.size] = [int(v) for v in taps]
+            wmem[lane][base : base + op.lane_weights] = [int(v) for v in taps]
             bmem[op.b_base + g * lanes + lane] = int(op.bias[o])
     last = ops[-1]
     prog = Program(

@@ -120,7 +120,8 @@ class TapGenerator(wiring.Component):
         ra0_p, xc0_p, ra0, xc0 = regs("ra0_p", "xc0_p", "ra0", "xc0")
         wg, bbase, out_g, out_addr = regs("wg", "bbase", "out_g", "out_addr")
         # a depthwise op over several groups (g_c): the next group's ra0, its window g_c
-        # channels on (else every group starts at the descriptor's ra0)
+        # channels on (else every group starts at the descriptor's ra0); a group's weights
+        # are w_g on (its lanes' kernels; else CKK, its taps)
         groups_move = "g_c" in self.fields
         ra_g = regs("ra_g")[0] if groups_move else d.ra0
         pending = Signal()  # the sequencer holds a window the walker has not taken
@@ -282,7 +283,7 @@ class TapGenerator(wiring.Component):
                 ]  # fmt: skip
             with m.If(step[4]):  # after wrap[1]: out_addr starts the next group
                 m.d.sync += [
-                    *g.step, wg.eq(wg + d.CKK), bbase.eq(bbase + items),
+                    *g.step, wg.eq(wg + (d.w_g if groups_move else d.CKK)), bbase.eq(bbase + items),
                     out_g.eq(out_g + lanes), out_addr.eq(out_g + lanes),
                 ]  # fmt: skip
                 if groups_move:
