@@ -1013,6 +1013,7 @@ def test_feature_maps_in_spram(lanes, extra):
     assert any(op.dw == 3 for op in prog.ops) == (lanes == 4)
 
 
+@pytest.mark.filterwarnings("ignore:.*created but never used")
 def test_spram_feature_maps_are_checked():
     """What single-ported 16-bit SPRAM buffers cannot do, each named in one line."""
     for kw, why in (
