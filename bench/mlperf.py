@@ -28,14 +28,16 @@ from fxpga.boards import build as boards  # noqa: E402
 from fxpga.errors import FxpgaError  # noqa: E402
 from fxpga.quant import data, frontend, quantizer, zoo  # noqa: E402
 
-# MODEL:BOARD[:LANES] (default: the board's lanes). DS-CNN's and ResNet-8's layers have 64
-# channels at most, so 64 lanes run them in the cycles of 128 with a smaller engine
+# MODEL:BOARD[:LANES] (default: the board's lanes). ResNet-8's layers have 64 channels at
+# most, and MobileNetV1-0.25's cycles are in its early, narrow layers, so 64 lanes run them
+# in the cycles of 128 with a smaller engine
 BUILDS = (
     "ds-cnn:icebreaker",
     "ds-cnn:orangecrab-25f",
     "ds-cnn:ulx3s-85f",
     "ds-cnn:ulx3s-85f:64",
     "mobilenet-v1-0.25:ulx3s-85f",
+    "mobilenet-v1-0.25:ulx3s-85f:64",
     "resnet8:ulx3s-85f:64",
 )
 DEFAULT = ("ds-cnn:orangecrab-25f",)

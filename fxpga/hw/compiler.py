@@ -145,6 +145,14 @@ class EngineConfig:
     # on the iCEBreaker). Chains only (an op reads one buffer and writes the other), one
     # post-processing lane (one write per cycle), at most 16 / data_bits banks
     fmap_store: str = "bram"
+    # a conv whose output channels leave lanes idle (ResNet-8's 16- and 32-channel stacks at
+    # 64 lanes) may split its input channels over them instead: it reads `banks` channels
+    # of a pixel per tap, one per lane (as a wide depthwise op), lanes o·banks … o·banks +
+    # banks − 1 each sum a share of output channel o's window, and an adder tree sums them
+    # before the accumulators (lanes / banks output channels a group). The compiler takes
+    # it per op where it is faster. The tree's log2(banks) registered levels delay every
+    # product as long: lanes x product-width x log2(banks) flip-flops (ECP5)
+    channel_split: bool = False
 
     def __post_init__(self):
         for name in ("weight_store", "fmap_store"):
@@ -164,6 +172,7 @@ class EngineConfig:
                 "depthwise",
                 "branches",
                 "fmap_read_reg",
+                "channel_split",
             ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
@@ -214,6 +223,17 @@ class EngineConfig:
 
         if self.fmap_store == "spram":
             self._check_spram_maps()
+        if self.channel_split and self.banks < 2:
+            raise FxpgaError(
+                "EngineConfig.channel_split reads `banks` channels a tap: it needs fmap_banks "
+                f">= 2 (lanes={self.lanes}, post_lanes={self.post_lanes})"
+            )
+
+    @property
+    def wide_reads(self) -> bool:
+        """Ops may read a channel window or ``banks`` channels a tap (the descriptor's
+        ``kx_inc``, ``dw``, ...): ``depthwise`` or ``channel_split``."""
+        return self.depthwise or self.channel_split
 
     def _check_spram_maps(self):
         why = []
@@ -321,7 +341,7 @@ def desc_fields(cfg: EngineConfig) -> tuple[str, ...]:
     """The descriptor's fields on an engine built with ``cfg``, in program order."""
     return (
         DESC_FIELDS
-        + (("kx_inc", "dw", "g_c", "w_g") if cfg.depthwise else ())
+        + (("kx_inc", "dw", "g_c", "w_g") if cfg.wide_reads else ())
         + (AVG_FIELDS if cfg.avg_divide else ())
         + (BRANCH_FIELDS if cfg.branches else ())
     )
@@ -389,9 +409,11 @@ class Op:
     out_layer: str = ""  # the IR layer whose output (or part of it) this op writes
     # a depthwise op (one input channel per output, C = O): each lane keeps only its own
     # channel's KH x KW weights, and the engine zeroes the other lanes' weights at each tap.
-    # 1: one channel per tap; 3 (bank-aligned): `banks` channels per tap, one per lane
+    # 1: one channel per tap; 3 (bank-aligned): `banks` channels per tap, one per lane.
+    # 2: not depthwise, a channel-split op (EngineConfig.channel_split): `banks` channels
+    # per tap, lane o·banks + j summing output channel o's channels ≡ j (mod banks)
     dw: int = 0
-    banks: int = 1  # with dw = 3: the channels each tap reads
+    banks: int = 1  # with dw = 2, 3: the channels each tap reads
     # a depthwise op over several groups of `lanes` channels (one op per layer, not one per
     # group): group g reads the window of C channels from c0 + g·g_c; 0: one window
     g_c: int = 0
@@ -427,17 +449,17 @@ class Op:
     def taps(self) -> int:
         """Taps per window: KH·KW·C, or for a bank-aligned depthwise op KH·KW per
         ``banks`` channels."""
-        return self.KH * self.KW * self.passes if self.dw == 3 else self.CKK
+        return self.KH * self.KW * self.passes if self.dw in (2, 3) else self.CKK
 
     @property
     def passes(self) -> int:
         """The channel loop's count: C, or C / banks (rounded up) for a wide depthwise op."""
-        return -(-self.C // self.banks) if self.dw == 3 else self.C
+        return -(-self.C // self.banks) if self.dw in (2, 3) else self.C
 
     @property
     def lane_weights(self) -> int:
         """Weights each lane keeps per group: its taps, or a depthwise op's kernel."""
-        return self.KH * self.KW if self.dw else self.CKK
+        return self.KH * self.KW if self.dw & 1 else self.taps
 
     @property
     def bounds(self) -> tuple[int, int]:
@@ -453,7 +475,11 @@ class Op:
         return (self.OW + 2 * self.PPW - self.PKW) // self.PSW + 1
 
     def groups(self, lanes: int) -> int:
-        return -(-self.O // lanes)
+        return -(-self.O // self.group_channels(lanes))
+
+    def group_channels(self, lanes: int) -> int:
+        """Output channels a group computes: ``lanes``, or ``lanes / banks`` channel-split."""
+        return lanes // self.banks if self.dw == 2 else lanes
 
     @property
     def in_size(self) -> int:
@@ -485,7 +511,8 @@ class Op:
             "CKK": self.taps, "lead": max(0, lanes // post_lanes - self.taps), "WC": W * C,
             "OH": self.OH, "OW": self.OW, "dy_max": self.PKH - 1, "dx_max": self.PKW - 1,
             "py_max": self.POH - 1, "px_max": self.POW - 1, "g_max": G - 1, "O": self.OP,
-            "O_last": self.O - (G - 1) * lanes, "out_base": self.out_addr + self.o0,
+            "O_last": self.O - (G - 1) * self.group_channels(lanes),
+            "out_base": self.out_addr + self.o0,
             "w_base": self.w_base,
             "b_base": self.b_base // post_lanes,
             "oy0": -self.PPH, "ox0": -self.PPW, "iy0": iy0, "ix0": ix0, "xc0": ix0 * C,
@@ -500,7 +527,7 @@ class Op:
         }  # fmt: skip
         assert tuple(d) == DESC_FIELDS
         if depthwise:  # from the last channel read to the next pixel's first
-            d["kx_inc"] = C - (self.passes - 1) * (self.banks if self.dw == 3 else 1)
+            d["kx_inc"] = C - (self.passes - 1) * (self.banks if self.dw in (2, 3) else 1)
             d["dw"] = self.dw
             d["g_c"], d["w_g"] = self.g_c, self.lane_weights
         elif self.C != C or self.dw:
@@ -562,8 +589,16 @@ def drain_cycles(cfg: EngineConfig) -> int:
 
 
 def tap_to_acc(cfg: EngineConfig) -> int:
-    """Cycles from a tap leaving the address generator to its product in the accumulators."""
-    return TAP_TO_ACC + cfg.operand_regs + int(cfg.broadcast_copies > 1) + int(cfg.fmap_read_reg)
+    """Cycles from a tap leaving the address generator to its product in the accumulators
+    (with ``channel_split``, through the adder tree's log2(banks) levels)."""
+    tree = cfg.banks.bit_length() - 1 if cfg.channel_split else 0
+    return (
+        TAP_TO_ACC
+        + cfg.operand_regs
+        + int(cfg.broadcast_copies > 1)
+        + int(cfg.fmap_read_reg)
+        + tree
+    )
 
 
 def fetch_words(cfg: EngineConfig) -> int:
@@ -647,7 +682,7 @@ class Program:
         cfg = self.config
         bits = cfg.data_bits if cfg.avg_divide else None
         return [
-            op.descriptor(cfg.lanes, cfg.post_lanes, bits, cfg.depthwise, cfg.branches)
+            op.descriptor(cfg.lanes, cfg.post_lanes, bits, cfg.wide_reads, cfg.branches)
             for op in self.ops
         ]
 
@@ -970,6 +1005,17 @@ def _split_groups(op: Op, groups: int, lanes: int, banks: int = 1) -> list[Op]:
     return ops
 
 
+def _channel_split(op: Op, cfg: EngineConfig):
+    """Make ``op`` channel-split (``dw = 2``) where its channels sit bank-aligned and that
+    takes fewer cycles."""
+    NB = cfg.banks
+    if op.dw or op.C % NB or op.CP % NB or op.c0 % NB or op.in_addr % NB:
+        return
+    split = dataclasses.replace(op, dw=2, banks=NB)
+    if run_cycles(split, cfg) < run_cycles(op, cfg):
+        op.dw, op.banks = 2, NB
+
+
 def _align_shift(src: QFormat, dst: QFormat, data_bits: int) -> int:
     """The rounding shift that aligns ``src`` to ``dst`` (``golden.align``), limited to
     ±``data_bits``: a longer shift either way gives what that one does."""
@@ -1195,6 +1241,9 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
             f"layer '{worst.name}' needs a {need_acc}-bit accumulator, the engine "
             f"has acc_bits={cfg.acc_bits}"
         )
+    if cfg.channel_split:
+        for op in ops:
+            _channel_split(op, cfg)
     # memories
     w_off = b_off = 0
     for op in ops:
@@ -1233,6 +1282,9 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     wmem = [[0] * w_off for _ in range(lanes)]
     bmem = [0] * b_off
     for op in ops:
+        if op.dw == 2:
+            _split_weights(op, lanes, wmem, bmem)
+            continue
         for o in range(op.O):
             g, lane = divmod(o, lanes)
             base = op.w_base + g * op.lane_weights
@@ -1260,6 +1312,21 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     )
     prog.estimate = program_cycles(ops, cfg)
     return prog
+
+
+def _split_weights(op: Op, lanes: int, wmem, bmem):
+    """A channel-split op's memory images: group g's output channel g·(lanes / banks) + o
+    is lanes o·banks + j (j < banks), lane o·banks + j keeping its weights at channels
+    pass·banks + j in (ky, kx, pass) order; its bias at b_base + g·lanes + o."""
+    NB, per = op.banks, op.group_channels(lanes)
+    for oc in range(op.O):
+        g, o = divmod(oc, per)
+        base = op.w_base + g * op.lane_weights
+        w = op.weights[oc].reshape(op.passes, NB, op.KH, op.KW)  # (pass, j, ky, kx)
+        for j in range(NB):
+            taps = w[:, j].transpose(1, 2, 0).reshape(-1)
+            wmem[o * NB + j][base : base + op.lane_weights] = [int(v) for v in taps]
+        bmem[op.b_base + g * lanes + o] = int(op.bias[oc])
 
 
 def _groups_apart(ops: list[Op], lanes: int):
@@ -1299,15 +1366,21 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
         xin = hwc[:, :, op.c0 : op.c0 + op.C].transpose(2, 0, 1)
         w = np.zeros((op.O, op.C, op.KH, op.KW), dtype=np.int64)
         b = np.zeros(op.O, dtype=np.int64)
+        per, NB = op.group_channels(lanes), op.banks
         for o in range(op.O):
-            g, lane = divmod(o, lanes)
+            g, lane = divmod(o, per)
             base = op.w_base + g * op.lane_weights
+            b[o] = prog.bmem[op.b_base + g * lanes + lane]
+            if op.dw == 2:  # its channels ≡ j (mod banks) in lane lane·banks + j
+                for j in range(NB):
+                    taps = np.array(prog.wmem[lane * NB + j][base : base + op.lane_weights])
+                    w[o, j::NB] = taps.reshape(op.KH, op.KW, op.passes).transpose(2, 0, 1)
+                continue
             taps = np.array(prog.wmem[lane][base : base + op.lane_weights])
             if op.dw:
                 w[o, o] = taps.reshape(op.KH, op.KW)
             else:
                 w[o] = taps.reshape(op.KH, op.KW, op.C).transpose(2, 0, 1)
-            b[o] = prog.bmem[op.b_base + g * lanes + lane]
         # zeros: PH / PW before (top, left), as many after as the output size reads
         below = max(0, (op.OH - 1) * op.SH + op.KH - op.H - op.PH)
         right = max(0, (op.OW - 1) * op.SW + op.KW - op.W - op.PW)

@@ -200,8 +200,11 @@ class Engine(wiring.Component):
 
         # ---- datapath
         names = desc_fields(cfg)
-        m.submodules.taps = taps = TapGenerator(lanes, cfg.items, FB, CB, names, NB)
-        wide_dw = cfg.depthwise and NB > 1  # depthwise ops may read NB channels per tap
+        m.submodules.taps = taps = TapGenerator(
+            lanes, cfg.items, FB, CB, names, NB, split=cfg.channel_split
+        )
+        # depthwise and channel-split ops may read NB channels per tap
+        wide_dw = cfg.wide_reads and NB > 1
         m.submodules.mac = mac = MACArray(
             lanes,
             D,
@@ -212,6 +215,7 @@ class Engine(wiring.Component):
             clear=cfg.acc_clear,
             w_pre=cfg.operand_regs - int(cfg.weight_out_reg),
             words=NB if wide_dw else 1,
+            reduce=NB if cfg.channel_split else 1,
         )
         m.submodules.post = post = PostProcessor(
             lanes,
@@ -228,6 +232,10 @@ class Engine(wiring.Component):
         )
         desc = Signal(descriptor_layout(FB, CB, names))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
+        if cfg.channel_split:  # (the descriptor is steady while an op runs and drains)
+            split_op = Signal(name="split_op")
+            m.d.sync += split_op.eq(desc.dw[1] & ~desc.dw[0])
+            m.d.comb += mac.split.eq(split_op)
 
         in_buf = desc.in_buf[0]
         tap = taps.tap

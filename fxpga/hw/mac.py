@@ -38,6 +38,12 @@ class MACArray(wiring.Component):
       and ``en`` are presented one cycle before their ``w``.
     - ``words > 1``: lane ``l`` takes ``a_wide[l mod words]`` instead of ``a`` (all equal but
       for a wide depthwise op, whose channels go one per lane); same timing.
+    - ``reduce > 1`` (channel-split ops): a tree of ``log2(reduce)`` registered adder levels
+      sums the products of lanes ``o·reduce … o·reduce + reduce − 1``, and while ``split``
+      is high lane ``o < lanes / reduce`` accumulates that sum instead of its own product;
+      every product passes as many registers, so latency is ``LATENCY + pre +
+      log2(reduce)``. ``split`` must be steady from ``LATENCY + pre`` cycles before the
+      first product it selects (it is an op's, and ops drain between them).
     """
 
     LATENCY = 3
@@ -53,9 +59,11 @@ class MACArray(wiring.Component):
         clear: bool = False,
         w_pre: int | None = None,
         words: int = 1,
+        reduce: int = 1,
     ):
         self.lanes, self.pre, self.groups, self.clear_acc = lanes, pre, groups, clear
-        self.words = words
+        self.words, self.reduce = words, reduce
+        assert reduce & (reduce - 1) == 0 and lanes % reduce == 0
         self.w_pre = pre if w_pre is None else w_pre
         if not 0 <= self.w_pre <= pre:
             raise ValueError(f"w_pre must be 0..pre ({pre}), not {w_pre}")
@@ -63,6 +71,8 @@ class MACArray(wiring.Component):
         ports = {}
         if words > 1:
             ports = {"a_wide": In(signed(data_bits)).array(words)}
+        if reduce > 1:
+            ports |= {"split": In(1)}
         super().__init__(
             ports
             | {
@@ -75,8 +85,37 @@ class MACArray(wiring.Component):
             }
         )
 
+    def _reduce(self, m, products):
+        """The products as the accumulators take them with ``reduce`` (see the class)."""
+        r = self.reduce
+        levels = r.bit_length() - 1
+        sums, delayed = list(products), list(products)
+        for k in range(levels):
+            width = self.data_bits + self.weight_bits + k + 1
+            nxt = []
+            for i in range(len(sums) // 2):
+                s = Signal(signed(width), name=f"tree{k}_{i}", reset_less=True)
+                m.d.sync += s.eq(sums[2 * i] + sums[2 * i + 1])
+                nxt.append(s)
+            sums = nxt  # (after the last level: one sum per group of r lanes)
+            for lane, p in enumerate(delayed):
+                q = Signal(
+                    signed(self.data_bits + self.weight_bits),
+                    name=f"p_d{k + 1}_{lane}",
+                    reset_less=True,
+                )
+                m.d.sync += q.eq(p)
+                delayed[lane] = q
+        split = Signal(name="split_q")
+        m.d.sync += split.eq(self.split)
+        return [
+            Mux(split, sums[lane], p) if lane < len(sums) else p for lane, p in enumerate(delayed)
+        ]
+
     def _accumulate(self, m, platform, products):
         """``acc`` per lane from its registered product (see the class doc for ``clear``)."""
+        if self.reduce > 1:
+            products = self._reduce(m, products)
         clears = [None] * self.lanes
         if self.clear_acc:
             if self.groups > 1:

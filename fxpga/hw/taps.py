@@ -65,9 +65,10 @@ class TapGenerator(wiring.Component):
         field_bits: int = 24,
         coord_bits: int | None = None,
         fields: tuple[str, ...] = DESC_FIELDS,  # the descriptor's (compiler.desc_fields)
-        banks: int = 1,  # the channels a wide depthwise op's tap reads (dw = 3)
+        banks: int = 1,  # the channels a wide op's tap reads (dw = 2, 3)
+        split: bool = False,  # channel-split ops (dw = 2): a group is lanes / banks channels
     ):
-        self.lanes, self.banks = lanes, banks
+        self.lanes, self.banks, self.split = lanes, banks, split
         self.fields = fields
         self.items = items or lanes
         self.field_bits = field_bits
@@ -123,6 +124,10 @@ class TapGenerator(wiring.Component):
         # channels on (else every group starts at the descriptor's ra0); a group's weights
         # are w_g on (its lanes' kernels; else CKK, its taps)
         groups_move = "g_c" in self.fields
+        # output channels a group: lanes, or lanes / banks for a channel-split op (dw = 2)
+        per_group = lanes
+        if self.split:
+            per_group = Mux(d.dw[1] & ~d.dw[0], lanes // self.banks, lanes)
         ra_g = regs("ra_g")[0] if groups_move else d.ra0
         pending = Signal()  # the sequencer holds a window the walker has not taken
 
@@ -167,7 +172,7 @@ class TapGenerator(wiring.Component):
                 w_first.eq(dy.first & dx.first),
                 w_lastp.eq(dy.last & dx.last),
                 w_out.eq(out_addr), w_b.eq(bbase),
-                w_nvalid.eq(Mux(g.last, d.O_last, lanes)),
+                w_nvalid.eq(Mux(g.last, d.O_last, per_group)),
                 iy.eq(iy0), ix.eq(ix0), w_ix0.eq(ix0),
                 a.eq(ra0 + xc0), row.eq(ra0 + xc0), w.eq(wg), *c.restart, *kx.restart, ci.eq(0),
                 lead_cnt.eq(Mux(pad, items - 1, d.lead)),
@@ -284,7 +289,7 @@ class TapGenerator(wiring.Component):
             with m.If(step[4]):  # after wrap[1]: out_addr starts the next group
                 m.d.sync += [
                     *g.step, wg.eq(wg + (d.w_g if groups_move else d.CKK)), bbase.eq(bbase + items),
-                    out_g.eq(out_g + lanes), out_addr.eq(out_g + lanes),
+                    out_g.eq(out_g + per_group), out_addr.eq(out_g + per_group),
                 ]  # fmt: skip
                 if groups_move:
                     m.d.sync += ra_g.eq(ra_g + d.g_c)
