@@ -41,7 +41,6 @@ def run(args) -> int:
     import serial
 
     from ..boards import protocol
-    from ..hw import compiler
     from ..progress import bar
     from ..quant import artifact, golden
     from ..sim.simulate import to_engine_order
@@ -54,13 +53,7 @@ def run(args) -> int:
         raise FxpgaError(f"{args.port}: cannot open the serial port: {e}") from e
     link = protocol.Link(port, timeout=args.timeout)
     ident = link.identify()
-    cfg = compiler.EngineConfig.for_model(
-        qm,
-        ident.lanes,
-        post_lanes=ident.post_lanes,
-        weight_store="spram" if ident.weights_at_runtime else "bram",
-    )
-    prog = compiler.compile_model(qm, cfg)
+    prog = board_program(qm, ident)
     if ident.model_hash != protocol.model_hash(prog):
         raise FxpgaError(
             f"the board at {args.port} runs a different model or engine "
@@ -93,3 +86,29 @@ def run(args) -> int:
     if bad:
         raise FxpgaError(f"{bad} of {n} board outputs differ from the golden model")
     return 0
+
+
+def board_program(qm, ident):
+    """``qm`` compiled for the engine the board identifies as: the engine some board
+    builds for it at that many lanes (``Board.engine_config``, which IDENT does not
+    spell out: banks, feature maps in SPRAM, channel split) whose program hashes as the
+    board's, else the plain engine of its lanes, post-processing lanes and weight store."""
+    from ..boards import build as boards
+    from ..boards import protocol
+    from ..hw import compiler
+
+    want = (ident.lanes, ident.post_lanes, "spram" if ident.weights_at_runtime else "bram")
+    plain = compiler.EngineConfig.for_model(
+        qm, ident.lanes, post_lanes=ident.post_lanes, weight_store=want[2]
+    )
+    for name in boards.BOARDS:
+        try:
+            cfg = boards.board(name).engine_config(qm, ident.lanes)
+            if (cfg.lanes, cfg.post_lanes, cfg.weight_store) != want:
+                continue
+            prog = compiler.compile_model(qm, cfg)
+        except FxpgaError:
+            continue
+        if protocol.model_hash(prog) == ident.model_hash:
+            return prog
+    return compiler.compile_model(qm, plain)
