@@ -93,8 +93,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--builds", nargs="+", default=list(DEFAULT), choices=list(BUILDS))
     args = ap.parse_args()
-    keep = {row_key(s) for s in BUILDS}
-    rows, ok = {k: v for k, v in previous_rows().items() if k in keep}, True
+    new, ok = {}, True
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     for spec in args.builds:
         name, board, *lanes = spec.split(":")
@@ -117,7 +116,7 @@ def main() -> int:
         f = rep.fmax_mhz or 0.0
         ok &= rep.timing_met
         ms = rep.cycles / (clock * 1e3)
-        rows[(name, board, str(rep.lanes))] = [
+        new[(name, board, str(rep.lanes))] = [
             name,
             board,
             str(rep.lanes),
@@ -132,6 +131,9 @@ def main() -> int:
             ANCHORS.get(name, ""),
             today,
         ]
+    # (the other rows as they are now: another run may have written since this one began)
+    keep = {row_key(s) for s in BUILDS}
+    rows = {k: v for k, v in previous_rows().items() if k in keep} | new
     table = markdown_table(HEADER, [rows[k] for k in sorted(rows)])
     print(table)
     body = (

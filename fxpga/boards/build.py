@@ -56,7 +56,9 @@ class Board:
     weight_out_reg: bool = False
     program_read_reg: bool = False  # EngineConfig.program_read_reg: program words registered
     # EngineConfig.fmap_read_reg where the engine has more feature-map banks than
-    # post-processing lanes (fast depthwise): the banks' words fan out to every lane
+    # post-processing lanes, or reads them wide (fast depthwise, channel split): the banks'
+    # words fan out to every lane (MobileNetV1-0.25 at 64 lanes on the ULX3S without it:
+    # 55.6 MHz for 75, a DP16KD's 5.8 ns clock-to-out, then the read muxes, to a broadcast)
     fmap_read_reg: bool = False
     # the most feature-map banks its engines take (0: as many as fit): many small banks end
     # up in logic, and their words fan out to every lane
@@ -120,8 +122,6 @@ class Board:
                 break
             except FxpgaError:
                 cfg = dataclasses.replace(cfg, fmap_banks=cfg.fmap_banks // 2)
-        if self.fmap_read_reg and cfg.banks > cfg.post_lanes:
-            cfg = dataclasses.replace(cfg, fmap_read_reg=True)
         if self.channel_split and cfg.banks > 1:
             # its adder tree (lanes x 16 x log2(banks) flip-flops) where it saves 5% or more
             split = dataclasses.replace(cfg, channel_split=True)
@@ -133,6 +133,8 @@ class Board:
                     cfg = split
             except FxpgaError:
                 pass  # (build names what does not fit)
+        if self.fmap_read_reg and (cfg.banks > cfg.post_lanes or cfg.wide_reads and cfg.banks > 1):
+            cfg = dataclasses.replace(cfg, fmap_read_reg=True)
         return cfg
 
     def _engine_config(self, qm: QModel, lanes: int | None, **overrides) -> EngineConfig:
