@@ -6,8 +6,9 @@ import re
 import pytest
 
 from fxpga.boards import build as boards
-from fxpga.boards.fit import blocks, estimate
+from fxpga.boards.fit import blocks, check_fit, estimate
 from fxpga.cli import main
+from fxpga.errors import FxpgaError
 from fxpga.hw.compiler import EngineConfig, compile_model
 from fxpga.quant import artifact
 
@@ -76,13 +77,15 @@ def test_the_average_divider_counts_its_multipliers():
 
 
 def test_boards_narrow_the_engine_to_what_they_hold():
-    """DS-CNN on the ECP5 boards. With the average divider, a board whose multipliers cannot
+    """DS-CNN on the boards. With the average divider, a board whose multipliers cannot
     also hold one divider per post-processing lane takes fewer post-processing lanes (its
     25x5 average on the OrangeCrab's 28 and the ULX3S's 156 MULT18X18D). Its depthwise
     layers want a feature-map bank per lane, as many as its 64 channels divide: the
     OrangeCrab's 24 lanes get 8, with the read registers that build needs (64 banks would not
-    fit its DP16KD); the ULX3S takes at most 8 (its post-processing lanes: no read
-    registers), as its larger bank counts did not route."""
+    fit its DP16KD); the ULX3S takes at most 8, as its larger bank counts did not route.
+    Both read the banks through registers (the words fan out to the lanes). On the
+    iCEBreaker its 8,000-value maps would take 32 of the 30 EBR: they go to two SPRAMs,
+    with 4 lanes' weights in the other two, two banks a word."""
     import dataclasses
 
     from fxpga.quant import data, frontend, quantizer, zoo
@@ -94,10 +97,17 @@ def test_boards_narrow_the_engine_to_what_they_hold():
         b = boards.board(name)
         cfg = b.engine_config(qm)
         assert (cfg.lanes, cfg.post_lanes, cfg.avg_divide, cfg.depthwise) == (lanes, post, 1, 1)
-        assert (cfg.banks, cfg.fmap_read_reg) == (banks, banks > post)
+        assert (cfg.banks, cfg.fmap_read_reg) == (banks, True)
         est = estimate(compile_model(qm, cfg), b.family)
         assert est["MULT18X18D"][0] <= b.available["MULT18X18D"] < lanes + 2 * post * 2
         assert est["DP16KD"][0] <= b.available["DP16KD"]
+    ib = boards.board("icebreaker")
+    cfg = ib.engine_config(qm)
+    assert (cfg.lanes, cfg.fmap_store, cfg.weight_store, cfg.banks) == (4, "spram", "spram", 2)
+    est = check_fit(compile_model(qm, cfg), ib.name, ib.family, ib.available)
+    assert est["ICESTORM_SPRAM"][0] == 4 and est["ICESTORM_RAM"][0] <= 30
+    with pytest.raises(FxpgaError, match=r"needs \d+ ICESTORM_RAM \(feature maps 32"):
+        check_fit(compile_model(qm, ib.engine_config(qm, 8)), ib.name, ib.family, ib.available)
     oc = boards.board("orangecrab-25f").engine_config(qm)
     more = compile_model(qm, dataclasses.replace(oc, lanes=64, fmap_banks=64))
     assert estimate(more, "ecp5")["DP16KD"][0] > 56

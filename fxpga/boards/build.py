@@ -435,6 +435,12 @@ def build(
     prog = compile_model(qm, cfg)
     check_fit(prog, board_name, spec.family, spec.available)
     check_sizes(prog)
+    if cfg.fmap_store == "spram":
+        info(
+            f"note: the feature maps ({prog.fmap_depth:,} values a buffer) overflow "
+            f"{board_name}'s block RAM: they live in two SPRAMs, whose other two hold "
+            f"{cfg.lanes} lanes' weights"
+        )
     fewer = fewest_lanes_as_fast(qm, spec, prog)
     if fewer < cfg.lanes:
         info(
