@@ -64,10 +64,14 @@ HEADER = [
 ]
 
 
-def row_key(spec: str) -> tuple[str, str, str]:
-    """(model, board, lanes) of a build in BUILDS."""
-    name, board, *lanes = spec.split(":")
-    return name, board, lanes[0] if lanes else str(boards.board(board).lanes)
+def kept(key: tuple[str, str, str]) -> bool:
+    """Is this (model, board, lanes) row one of BUILDS's? (A build without lanes takes what
+    the board gives the model: the iCEBreaker's DS-CNN has 4, not its default 8.)"""
+    for spec in BUILDS:
+        name, board, *lanes = spec.split(":")
+        if (name, board) == key[:2] and (not lanes or lanes[0] == key[2]):
+            return True
+    return False
 
 
 def previous_rows(path: Path = RESULTS) -> dict[tuple[str, str, str], list[str]]:
@@ -113,6 +117,10 @@ def main() -> int:
             continue
         for line in rep.lines():
             print(line)
+        if not rep.timing_met:  # (the build directory goes: its critical path, here)
+            print("  critical path (last segments):")
+            for seg in rep.critical_path:
+                print(f"    {seg}")
         f = rep.fmax_mhz or 0.0
         ok &= rep.timing_met
         ms = rep.cycles / (clock * 1e3)
@@ -132,8 +140,7 @@ def main() -> int:
             today,
         ]
     # (the other rows as they are now: another run may have written since this one began)
-    keep = {row_key(s) for s in BUILDS}
-    rows = {k: v for k, v in previous_rows().items() if k in keep} | new
+    rows = {k: v for k, v in previous_rows().items() if kept(k)} | new
     table = markdown_table(HEADER, [rows[k] for k in sorted(rows)])
     print(table)
     body = (
