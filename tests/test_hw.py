@@ -1086,6 +1086,25 @@ def test_channel_split(net, lanes, banks, extra):
         EngineConfig(lanes=8, channel_split=True)
 
 
+def test_weights_without_a_write_port():
+    """EngineConfig.weight_writes=False (the ULX3S): the weights are the bitstream's, with no
+    write port (on ECP5 no write-address copies to the lanes' DP16KDs); bit- and cycle-exact;
+    SPRAM weights need the port."""
+    from types import SimpleNamespace
+
+    from amaranth.back import verilog
+
+    qm, x = quantized(*narrow_net(), 3)
+    regs = ECP5_REGS | {"lanes": 8}
+    for writable in (True, False):
+        cfg = EngineConfig.for_model(qm, weight_writes=writable, **regs)
+        prog = check_engine(qm, x, 8, n=1, gaps=random.Random(5), config=cfg)
+        text = verilog.convert(Engine(cfg, prog), platform=SimpleNamespace(family="ecp5"))
+        assert ("wr_addr0_0" in text) == writable
+    with pytest.raises(FxpgaError, match="weight_writes=False needs weights in block RAM"):
+        EngineConfig(weight_store="spram", weight_writes=False)
+
+
 def test_fmap_banks_are_checked():
     for bad in (3, 16, 1):
         with pytest.raises(FxpgaError, match="fmap_banks must be a power of two dividing"):

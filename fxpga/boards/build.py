@@ -69,6 +69,7 @@ class Board:
     # EngineConfig.channel_split where some op of the model takes it (convs narrower than
     # the lanes: ResNet-8 at 64 lanes)
     channel_split: bool = False
+    weight_writes: bool = True  # EngineConfig.weight_writes
     nextpnr: str = ""  # extra nextpnr options
 
     def engine_config(self, qm: QModel, lanes: int | None = None) -> EngineConfig:
@@ -149,6 +150,7 @@ class Board:
             fmap_write_reg=self.fmap_write_reg,
             weight_out_reg=self.weight_out_reg,
             program_read_reg=self.program_read_reg,
+            weight_writes=self.weight_writes,
             **overrides,
         )
 
@@ -271,6 +273,9 @@ BOARDS = {
         # lanes with 64 banks (125 words each, mapped to logic): 57.2 MHz placed
         max_fmap_banks=8,
         channel_split=True,
+        # baked weights only: the run-time write port's address reached 201 DP16KD over
+        # 16.4 ns of routing (MobileNetV1-0.25 at 64 lanes, 58.1 MHz for 75)
+        weight_writes=False,
         # (128 lanes, seed 1: the program block RAM → a LUT → the descriptor had 8.9 ns of
         # routing, 68.0 MHz)
         program_read_reg=True,

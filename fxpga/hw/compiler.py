@@ -153,6 +153,10 @@ class EngineConfig:
     # it per op where it is faster. The tree's log2(banks) registered levels delay every
     # product as long: lanes x product-width x log2(banks) flip-flops (ECP5)
     channel_split: bool = False
+    # the host may rewrite the weights at run time (Engine.cfg); off: the weights are the
+    # bitstream's, and the weight memories have no write port (on the ULX3S its write
+    # address's routes to every lane's block RAM were the critical path)
+    weight_writes: bool = True
 
     def __post_init__(self):
         for name in ("weight_store", "fmap_store"):
@@ -173,6 +177,7 @@ class EngineConfig:
                 "branches",
                 "fmap_read_reg",
                 "channel_split",
+                "weight_writes",
             ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
@@ -223,6 +228,8 @@ class EngineConfig:
 
         if self.fmap_store == "spram":
             self._check_spram_maps()
+        if not self.weight_writes and self.weight_store != "bram":
+            raise FxpgaError("EngineConfig.weight_writes=False needs weights in block RAM")
         if self.channel_split and self.banks < 2:
             raise FxpgaError(
                 "EngineConfig.channel_split reads `banks` channels a tap: it needs fmap_banks "

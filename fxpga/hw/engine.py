@@ -162,6 +162,7 @@ class Engine(wiring.Component):
             store=cfg.weight_store,
             copies=cfg.broadcast_copies,
             out_reg=cfg.weight_out_reg,
+            writable=cfg.weight_writes,
         )
         brows = -(-self.bmem_depth // W)
         bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]

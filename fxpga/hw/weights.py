@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal, signed
+from amaranth import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,6 +41,7 @@ class WeightBanks(wiring.Component):
         store="bram",
         copies: int = 1,
         out_reg: bool = False,
+        writable: bool = True,
     ):
         if store not in ("bram", "spram"):
             raise ValueError(f"store must be 'bram' or 'spram', not {store!r}")
@@ -51,7 +52,9 @@ class WeightBanks(wiring.Component):
         if out_reg and store != "bram":
             raise ValueError("out_reg needs block-RAM weights")
         self.lanes, self.weight_bits, self.depth, self.copies = lanes, weight_bits, depth, copies
-        self.out_reg = out_reg
+        if not writable and store != "bram":
+            raise ValueError("SPRAM weights are written at run time: they need writable")
+        self.out_reg, self.writable = out_reg, writable
         self.init, self.store = init, store
         abits = max(1, (depth - 1).bit_length())
         super().__init__(
@@ -70,16 +73,19 @@ class WeightBanks(wiring.Component):
         if self.store == "bram":
             n = self.copies
             rd_addr, wr_addr, wr_data = [self.rd_addr], [self.wr_addr], [self.wr_data]
+            if not self.writable:  # (no write port: constants, which the tools remove)
+                wr_addr, wr_data = [Const(0, len(self.wr_addr))], [Const(0, self.weight_bits)]
             if n > 1:
                 rd_addr = register_copies(m, self.rd_addr, n, platform, "rd_addr")
+            if n > 1 and self.writable:
                 wr_addr = register_copies(m, self.wr_addr, n, platform, "wr_addr")
                 wr_data = register_copies(m, self.wr_data, n, platform, "wr_data")
             rd_addr, wr_addr, wr_data = (share(c, self.lanes) for c in (rd_addr, wr_addr, wr_data))
             ecp5 = self.out_reg and getattr(platform, "family", None) == "ecp5"
             for lane in range(self.lanes):
                 init = self.init[lane] if self.init else []
-                en = self.wr_en & (self.wr_lane == lane)
-                if n > 1:  # the lane's write enable, decoded and registered
+                en = self.wr_en & (self.wr_lane == lane) if self.writable else Const(0)
+                if n > 1 and self.writable:  # the lane's write enable, decoded and registered
                     we = Signal(name=f"we{lane}")
                     m.d.sync += we.eq(en)
                     en = we
@@ -100,13 +106,15 @@ class WeightBanks(wiring.Component):
                     continue
                 mem = memory.Memory(shape=signed(self.weight_bits), depth=self.depth, init=init)
                 m.submodules[f"lane{lane}"] = mem
-                rd, wr = mem.read_port(), mem.write_port()
-                m.d.comb += [
-                    rd.addr.eq(rd_addr[lane]),
-                    wr.addr.eq(wr_addr[lane]),
-                    wr.data.eq(wr_data[lane]),
-                    wr.en.eq(en),
-                ]
+                rd = mem.read_port()
+                m.d.comb += rd.addr.eq(rd_addr[lane])
+                if self.writable:
+                    wr = mem.write_port()
+                    m.d.comb += [
+                        wr.addr.eq(wr_addr[lane]),
+                        wr.data.eq(wr_data[lane]),
+                        wr.en.eq(en),
+                    ]
                 if self.out_reg:
                     q = Signal(signed(self.weight_bits), name=f"rd_q{lane}", reset_less=True)
                     m.d.sync += q.eq(rd.data)
