@@ -96,6 +96,9 @@ def cell(rep, kinds) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--builds", nargs="+", default=list(DEFAULT), choices=list(BUILDS))
+    ap.add_argument(
+        "--seed", type=int, default=1, help="nextpnr's placement seed (the row says so if not 1)"
+    )
     args = ap.parse_args()
     new, ok = {}, True
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
@@ -109,7 +112,12 @@ def main() -> int:
         try:
             with tempfile.TemporaryDirectory() as d:
                 rep = boards.build(
-                    qm, board, Path(d) / board, lanes=int(lanes[0]) if lanes else None, info=print
+                    qm,
+                    board,
+                    Path(d) / board,
+                    lanes=int(lanes[0]) if lanes else None,
+                    seed=args.seed,
+                    info=print,
                 )
         except FxpgaError as e:
             print(f"{spec}: {e}")
@@ -131,7 +139,9 @@ def main() -> int:
             cell(rep, ("ICESTORM_DSP", "MULT18X18D")),
             cell(rep, ("ICESTORM_RAM", "DP16KD")),
             cell(rep, ("ICESTORM_LC", "TRELLIS_COMB")),
-            f"{f:.1f}" + ("" if rep.timing_met else " (**not met**)"),
+            f"{f:.1f}"
+            + ("" if rep.timing_met else " (**not met**)")
+            + (f" (seed {args.seed})" if args.seed != 1 else ""),
             f"{clock:.0f}",
             f"{rep.cycles:,}",
             f"{ms:.2f} ms",
