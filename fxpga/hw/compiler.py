@@ -109,8 +109,10 @@ class EngineConfig:
     # instead of keeping it running and subtracting snapshots: no lanes x acc_bits snapshot
     # registers (ECP5, whose accumulators are fabric; on iCE40 it keeps them out of SB_MAC16)
     acc_clear: bool = False
-    # the feature-map writes (after their bank rotation) wait a cycle in a register before
-    # the memories: one more drain cycle per op (ECP5 fmax at many lanes)
+    # the feature-map writes wait a cycle in a register of each buffer's before their bank
+    # rotation and another after it, before the memories: two more drain cycles per op (ECP5
+    # fmax at many lanes and banks: MobileNetV1-0.25's rotation, fed from the post-processor,
+    # was the 64-lane ULX3S's critical path at 64.2 MHz)
     fmap_write_reg: bool = False
     # the weight memories' output register (ECP5: DP16KD's own) stands in for the first weight
     # operand register, which needs operand_regs >= 1: no extra cycle (ECP5 fmax at many lanes)
@@ -592,7 +594,7 @@ def drain_cycles(cfg: EngineConfig) -> int:
     """Cycles the sequencer waits after the last window for the final writes to land."""
     # the divider's product has a stage of its own, the residual add six
     post = POST_LATENCY + int(cfg.avg_divide) + ADD_STAGES * int(cfg.branches)
-    return tap_to_acc(cfg) + post + cfg.items - 1 + int(cfg.fmap_write_reg)
+    return tap_to_acc(cfg) + post + cfg.items - 1 + 2 * int(cfg.fmap_write_reg)
 
 
 def tap_to_acc(cfg: EngineConfig) -> int:
