@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .compiler import SPRAM_DEPTH, SPRAM_WIDTH
+from .ice40 import sb_spram256ka
 
 
 class FeatureBuffer(wiring.Component):
@@ -124,19 +125,8 @@ class FeatureBuffer(wiring.Component):
         dout = Signal(SPRAM_WIDTH, name="spram_dout")
         m.d.comb += addr.eq(Mux(we, row, self.rd_addr >> B))
         if str(getattr(platform, "family", "")).lower() == "ice40":  # (amaranth: "iCE40")
-            m.submodules.spram = Instance(
-                "SB_SPRAM256KA",
-                i_ADDRESS=addr,
-                i_DATAIN=din,
-                i_MASKWREN=mask,
-                i_WREN=we,
-                i_CHIPSELECT=1,
-                i_CLOCK=ClockSignal(),
-                i_STANDBY=0,
-                i_SLEEP=0,
-                i_POWEROFF=1,
-                o_DATAOUT=dout,
-            )
+            out = sb_spram256ka(m, "spram", address=addr, data_in=din, mask=mask, write=we)
+            m.d.comb += dout.eq(out)
         else:  # the primitive's behaviour: a read unless writing, output held while writing
             mem = memory.Memory(shape=SPRAM_WIDTH, depth=rows, init=[])
             m.submodules.spram = mem

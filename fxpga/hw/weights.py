@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .compiler import SPRAM_COUNT, SPRAM_DEPTH
 from .ecp5 import dp16kd_memory
 from .fanout import register_copies, share
+from .ice40 import sb_spram256ka
 
 
 class WeightBanks(wiring.Component):
@@ -131,20 +132,14 @@ class WeightBanks(wiring.Component):
         m.d.sync += odd.eq(self.wr_lane[0])
         for j in range((self.lanes + 1) // 2):
             we = Signal(name=f"we{j}")
-            dout = Signal(16, name=f"dout{j}")
             m.d.sync += we.eq(self.wr_en & (self.wr_lane[1:] == j))
-            m.submodules[f"spram{j}"] = Instance(
-                "SB_SPRAM256KA",
-                i_ADDRESS=Mux(we, wr_addr, self.rd_addr)[:14],
-                i_DATAIN=Cat(byte, byte),
-                i_MASKWREN=Mux(odd, 0b1100, 0b0011),
-                i_WREN=we,
-                i_CHIPSELECT=1,
-                i_CLOCK=ClockSignal(),
-                i_STANDBY=0,
-                i_SLEEP=0,
-                i_POWEROFF=1,
-                o_DATAOUT=dout,
+            dout = sb_spram256ka(
+                m,
+                f"spram{j}",
+                address=Mux(we, wr_addr, self.rd_addr)[:14],
+                data_in=Cat(byte, byte),
+                mask=Mux(odd, 0b1100, 0b0011),
+                write=we,
             )
             for k in range(2):
                 if 2 * j + k < self.lanes:
