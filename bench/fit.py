@@ -89,8 +89,10 @@ def main() -> int:
                 est = fit.check_fit(prog, bname, b.family, b.available)
                 cell = fit.BRAM_CELL[b.family]
                 dsp = fit.DSP_CELL[b.family]
+                lanes = prog.config.lanes
                 row.append(
-                    f"**yes**: {est[cell][0]}/{b.available[cell]} {cell}, "
+                    f"**yes**{f' at {lanes} lanes' if lanes != b.lanes else ''}: "
+                    f"{est[cell][0]}/{b.available[cell]} {cell}, "
                     f"{est[dsp][0]}/{b.available[dsp]} {dsp}"
                 )
             except FxpgaError as e:
@@ -123,7 +125,8 @@ def main() -> int:
         "engine lacks a layer, and otherwise what "
         "the board's engine takes (`boards.fit`, which predicts yosys's memory mapping: "
         "weights in one bank per lane, so a model can overflow a board whose total memory "
-        "would hold it).\n\n"
+        "would hold it), at the board's default lanes or, where those do not fit, the most "
+        "that do.\n\n"
         f"{table}\n\nWhat the engine lacks, per model (the first layer it cannot run):\n\n"
         + "\n".join(notes)
         + "\n"

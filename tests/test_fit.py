@@ -111,3 +111,27 @@ def test_boards_narrow_the_engine_to_what_they_hold():
     oc = boards.board("orangecrab-25f").engine_config(qm)
     more = compile_model(qm, dataclasses.replace(oc, lanes=64, fmap_banks=64))
     assert estimate(more, "ecp5")["DP16KD"][0] > 56
+
+
+def test_boards_take_the_most_lanes_that_fit():
+    """The FC autoencoder's weights overflow the ULX3S at its default 128 lanes (2,184 a lane:
+    two DP16KD each) and at 64 (4,240: three); at 32 lanes (8,352: five, 160 in all) they fit,
+    and the board takes those. Lanes asked for are not narrowed, and build says why."""
+    from fxpga.quant import data, frontend, quantizer, zoo
+
+    model, ds_name = zoo.builtin("fc-ae")
+    ds = data.load(ds_name)
+    qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(16))
+    b = boards.board("ulx3s-85f")
+    cfg = b.engine_config(qm)
+    prog = compile_model(qm, cfg)
+    assert cfg.lanes == 32 and prog.wmem_depth == 8352
+    assert estimate(prog, "ecp5")["DP16KD"][0] <= b.available["DP16KD"]
+    for lanes in (64, 128):
+        wide = compile_model(qm, b.engine_config(qm, lanes))
+        assert wide.config.lanes == lanes
+        with pytest.raises(FxpgaError, match=r"needs \d+ DP16KD \(.*weights (192|256),"):
+            check_fit(wide, b.name, b.family, b.available)
+    notes = boards.engine_notes(qm, b, prog, None)
+    assert any(n.startswith("32 lanes, the most that fit: at 128 it does not fit") for n in notes)
+    assert not any("most that fit" in n for n in boards.engine_notes(qm, b, prog, 32))

@@ -79,7 +79,22 @@ class Board:
         with more feature-map banks than post-processing lanes (``fmap_banks``, for fast
         depthwise convs), fewer banks where its block RAM would not hold them. On the
         iCEBreaker, an engine whose maps overflow its block RAM keeps them in SPRAM, with
-        at most ``spram_fmap_lanes`` lanes (when ``lanes`` asks for no more)."""
+        at most ``spram_fmap_lanes`` lanes (when ``lanes`` asks for no more). Without
+        ``lanes``, a model that does not fit the default lanes gets the most that fit, halving
+        (fewer lanes keep more weights each, but in fewer memories: the FC autoencoder's
+        2,184 weights a lane at 128 take two DP16KD each on the ULX3S, at 32 five in four
+        lanes' worth); where none fit, the default (``check_fit`` names the overflow)."""
+        cfg = self._narrowed(qm, lanes)
+        k = cfg.lanes // 2
+        if lanes is None and not self._fits(qm, cfg):
+            while k >= 1:
+                fewer = self._narrowed(qm, k)
+                if self._fits(qm, fewer):
+                    return fewer
+                k //= 2
+        return cfg
+
+    def _narrowed(self, qm: QModel, lanes: int | None) -> EngineConfig:
         cfg = self._fitted(qm, lanes)
         n = self.spram_fmap_lanes
         if n and (lanes or 0) <= n and not self._fits(qm, cfg):
@@ -422,6 +437,33 @@ def fewest_lanes_as_fast(qm: QModel, spec: Board, prog) -> int:
     return lanes
 
 
+def engine_notes(qm: QModel, spec: Board, prog: Program, lanes: int | None) -> list[str]:
+    """What ``build`` tells the user about the engine it chose for ``qm`` (``prog``'s, for
+    ``lanes`` asked or the default): why it has the lanes it has."""
+    cfg, notes = prog.config, []
+    if cfg.fmap_store == "spram":
+        notes.append(
+            f"the feature maps ({prog.fmap_depth:,} values a buffer) overflow {spec.name}'s "
+            f"block RAM: they live in two SPRAMs, whose other two hold {cfg.lanes} lanes' "
+            "weights"
+        )
+    default = spec._narrowed(qm, None) if lanes is None else cfg
+    if default.lanes > cfg.lanes:
+        try:
+            check_fit(compile_model(qm, default), spec.name, spec.family, spec.available)
+        except FxpgaError as e:
+            why = str(e).split("; try")[0]
+            notes.append(f"{cfg.lanes} lanes, the most that fit: at {default.lanes} it {why}")
+    fewer = fewest_lanes_as_fast(qm, spec, prog)
+    if fewer < cfg.lanes:
+        notes.append(
+            f"{fewer} lanes run this model in the same {prog.total_cycles:,} cycles (the "
+            f"lanes compute output channels, and its layers have at most "
+            f"{max(op.O for op in prog.ops)}): --lanes {fewer} builds a smaller engine"
+        )
+    return notes
+
+
 def build(
     qm: QModel,
     board_name: str,
@@ -440,19 +482,8 @@ def build(
     prog = compile_model(qm, cfg)
     check_fit(prog, board_name, spec.family, spec.available)
     check_sizes(prog)
-    if cfg.fmap_store == "spram":
-        info(
-            f"note: the feature maps ({prog.fmap_depth:,} values a buffer) overflow "
-            f"{board_name}'s block RAM: they live in two SPRAMs, whose other two hold "
-            f"{cfg.lanes} lanes' weights"
-        )
-    fewer = fewest_lanes_as_fast(qm, spec, prog)
-    if fewer < cfg.lanes:
-        info(
-            f"note: {fewer} lanes run this model in the same {prog.total_cycles:,} cycles (the "
-            f"lanes compute output channels, and its layers have at most "
-            f"{max(op.O for op in prog.ops)}): --lanes {fewer} builds a smaller engine"
-        )
+    for note in engine_notes(qm, spec, prog, lanes):
+        info(f"note: {note}")
     freq = freq_mhz * 1e6 if freq_mhz else spec.freq_hz
     pll = None if freq == spec.clock_hz else pll_for(spec.family, spec.clock_hz, freq)
     target = (pll.f_out if pll else freq) / 1e6
