@@ -21,9 +21,14 @@ class FeatureBuffer(wiring.Component):
       writes ``banks`` channels of one pixel (HWC layout) per cycle.
 
     ``banks`` must be a power of two; with 1 bank this is a plain simple-dual-port memory.
-    With ``write_reg`` each bank's write (after the rotation below) waits in a register for
-    one cycle: a write presented in cycle t is in the memory for reads issued from t + 2 on
-    (t + 1 without), and the rotation's muxes are off the memories' write-decode path.
+    With ``write_reg`` = 1 each bank's write (after the rotation below) waits in a register
+    for one cycle: a write presented in cycle t is in the memory for reads issued from t + 2
+    on (t + 1 without), and the rotation's muxes are off the memories' write-decode path.
+    With ``write_reg`` = 2 the write is registered before that too, in a copy of its own for
+    each bank (address, data, enables): reads see it from t + 3, and each bank's rotation
+    and row adder work from registers the placer can put beside its block RAMs (the banks
+    sit all over a large device, and a shared register's nets to them were the critical
+    path).
 
     With ``wide_read``, a second way to read: while ``wrd_en`` is held, the banks read for
     ``wrd_addr`` instead of ``rd_addr``, and ``wrd_data[i]`` holds the word at ``wrd_addr + i``
@@ -56,12 +61,12 @@ class FeatureBuffer(wiring.Component):
         read_reg: bool = False,
         store: str = "bram",
     ):
-        assert banks & (banks - 1) == 0
+        assert banks & (banks - 1) == 0 and write_reg in (0, 1, 2)
         if store == "spram":
             assert banks <= 4 and data_bits <= SPRAM_WIDTH // banks and not wide_read
             assert -(-depth // banks) <= SPRAM_DEPTH, "one SPRAM holds 16K words"
         self.depth, self.data_bits, self.banks, self.store = depth, data_bits, banks, store
-        self.write_reg, self.wide_read, self.read_reg = write_reg, wide_read, read_reg
+        self.write_reg, self.wide_read, self.read_reg = int(write_reg), wide_read, read_reg
         self.wide_latency = self.WIDE_LATENCY + int(read_reg)
         ports = {
             "rd_addr": In(addr_bits),
@@ -90,7 +95,11 @@ class FeatureBuffer(wiring.Component):
             m.d.sync += sel_q.eq(sel)
             sel = sel_q
         if self.store == "spram":
-            datas = self._spram(m, platform, rows)
+            write = (self.wr_addr, self.wr_data[0], self.wr_en[0])
+            if self.write_reg == 2:
+                addr, data, en = self._write_copy(m, "spram_in")
+                write = (addr, data[0], en[0])
+            datas = self._spram(m, platform, rows, *write)
         else:
             datas = self._banks(m, rows)
         m.d.comb += self.rd_data.eq(Array(datas)[sel] if n > 1 else datas[0])
@@ -105,19 +114,30 @@ class FeatureBuffer(wiring.Component):
         m.d.sync += q.eq(data)
         return q
 
-    def _spram(self, m, platform, rows):
+    def _write_copy(self, m, name):
+        """The write's address, data and enables, a cycle later in registers of their own."""
+        addr = Signal.like(self.wr_addr, name=f"{name}_addr", reset_less=True)
+        data = [
+            Signal.like(d, name=f"{name}_d{i}", reset_less=True) for i, d in enumerate(self.wr_data)
+        ]
+        en = [Signal(name=f"{name}_en{i}") for i in range(self.banks)]
+        m.d.sync += addr.eq(self.wr_addr)
+        m.d.sync += [q.eq(d) for q, d in zip(data, self.wr_data, strict=True)]
+        m.d.sync += [q.eq(e) for q, e in zip(en, self.wr_en, strict=True)]
+        return addr, data, en
+
+    def _spram(self, m, platform, rows, wr_addr, wr_data, en):
         """The banks as slices of one single-ported 16-bit SPRAM word (see the class)."""
         n, B, D = self.banks, self.banks.bit_length() - 1, self.data_bits
         slot = SPRAM_WIDTH // n
         we, row = Signal(name="spram_we"), Signal(range(rows), name="spram_wr_row")
         din, mask = Signal(SPRAM_WIDTH, name="spram_din"), Signal(4, name="spram_mask")
-        s = self.wr_addr[:B] if n > 1 else 0
-        en = self.wr_en[0]
-        value = Cat(self.wr_data[0], Const(0, slot - D)) if slot > D else self.wr_data[0]
+        s = wr_addr[:B] if n > 1 else 0
+        value = Cat(wr_data, Const(0, slot - D)) if slot > D else wr_data
         domain = m.d.sync if self.write_reg else m.d.comb
         domain += [
             we.eq(en),
-            row.eq(self.wr_addr >> B),
+            row.eq(wr_addr >> B),
             din.eq(Cat(*[value] * n)),
             mask.eq(Cat(*[(en & (s == b)).replicate(slot // 4) for b in range(n)])),
         ]
@@ -154,11 +174,23 @@ class FeatureBuffer(wiring.Component):
             m.d.comb += [row0.eq(addr >> B), row1.eq(row0 + 1)]
             return [Mux(b < addr[:B], row1, row0) if n > 1 else row0 for b in range(n)]
 
-        wr_rows = bank_rows(self.wr_addr, "wr")
-        vec = [Cat(self.wr_data[i], self.wr_en[i]) for i in range(n)]
-        for k in range(B):
-            step = 1 << k
-            vec = [Mux(s_[k], vec[(b - step) % n], vec[b]) for b in range(n)]
+        def rotated(data, en, s):
+            """Bank b's (data, enable) of the write: element (b − s) mod n."""
+            vec = [Cat(data[i], en[i]) for i in range(n)]
+            for k in range(B):
+                step = 1 << k
+                vec = [Mux(s[k], vec[(b - step) % n], vec[b]) for b in range(n)]
+            return vec
+
+        if self.write_reg < 2:
+            wr_rows = bank_rows(self.wr_addr, "wr")
+            vec = rotated(self.wr_data, self.wr_en, s_)
+        else:  # each bank's rotation and rows from its own copy of the write (only its
+            wr_rows, vec = [], []  # output's cone of the rotation is left)
+            for b in range(n):
+                addr, data, en = self._write_copy(m, f"wr{b}_in")
+                wr_rows.append(bank_rows(addr, f"wr{b}")[b])
+                vec.append(rotated(data, en, addr[:B] if n > 1 else 0)[b])
         if self.wide_read:
             # the wide read's rows, like the write's: bank b holds word (b − s) mod n of it,
             # at row wrd_addr / n or the one after (registered); the words come out rotated

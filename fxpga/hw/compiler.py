@@ -109,10 +109,11 @@ class EngineConfig:
     # instead of keeping it running and subtracting snapshots: no lanes x acc_bits snapshot
     # registers (ECP5, whose accumulators are fabric; on iCE40 it keeps them out of SB_MAC16)
     acc_clear: bool = False
-    # the feature-map writes wait a cycle in a register of each buffer's before their bank
-    # rotation and another after it, before the memories: two more drain cycles per op (ECP5
-    # fmax at many lanes and banks: MobileNetV1-0.25's rotation, fed from the post-processor,
-    # was the 64-lane ULX3S's critical path at 64.2 MHz)
+    # the feature-map writes wait a cycle in registers of each bank's own before their bank
+    # rotation and another after it, before the memories (FeatureBuffer write_reg = 2): two
+    # more drain cycles per op (ECP5 fmax at many lanes and banks: MobileNetV1-0.25's
+    # rotation, fed from the post-processor, was the 64-lane ULX3S's critical path at 64.2
+    # MHz; fed from one register per buffer, at 67.6)
     fmap_write_reg: bool = False
     # the weight memories' output register (ECP5: DP16KD's own) stands in for the first weight
     # operand register, which needs operand_regs >= 1: no extra cycle (ECP5 fmax at many lanes)

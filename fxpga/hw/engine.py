@@ -145,7 +145,7 @@ class Engine(wiring.Component):
                 D,
                 NB,
                 FB,
-                write_reg=cfg.fmap_write_reg,
+                write_reg=2 * int(cfg.fmap_write_reg),
                 wide_read=cfg.branches,
                 read_reg=cfg.fmap_read_reg,
                 store=cfg.fmap_store,
@@ -395,12 +395,6 @@ class Engine(wiring.Component):
             active = desc.out_buf[0] == b if cfg.branches else in_buf != b
             wr_addr, wr_data = post.wr_addr, list(post.wr_data)
             wr_en = [post.wr_en[i] & active for i in range(W)]
-            if cfg.fmap_write_reg:  # a register of each buffer's own before its rotation
-                wr_addr = _registered(m, wr_addr, f"fmap{b}_wa")
-                wr_data = [_registered(m, v, f"fmap{b}_wd{i}") for i, v in enumerate(wr_data)]
-                wr_en = [
-                    _registered(m, v, f"fmap{b}_we{i}", reset=True) for i, v in enumerate(wr_en)
-                ]
             m.d.comb += f.wr_addr.eq(wr_addr)
             m.d.comb += [f.wr_data[i].eq(wr_data[i]) for i in range(W)]
             m.d.comb += [f.wr_en[i].eq(wr_en[i]) for i in range(W)]
@@ -493,10 +487,3 @@ class Engine(wiring.Component):
                 with m.Else():
                     fsm.next("OUT_READ")
         return m
-
-
-def _registered(m, value, name: str, reset: bool = False) -> Signal:
-    """``value`` a cycle later, in a register of its own (``reset``: cleared by reset)."""
-    reg = Signal.like(value, name=name, reset_less=not reset)
-    m.d.sync += reg.eq(value)
-    return reg
