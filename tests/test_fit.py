@@ -114,9 +114,13 @@ def test_boards_narrow_the_engine_to_what_they_hold():
 
 
 def test_boards_take_the_most_lanes_that_fit():
-    """The FC autoencoder's weights overflow the ULX3S at its default 128 lanes (2,184 a lane:
-    two DP16KD each) and at 64 (4,240: three); at 32 lanes (8,352: five, 160 in all) they fit,
-    and the board takes those. Lanes asked for are not narrowed, and build says why."""
+    """The FC autoencoder's weights overflow the ULX3S at its default 128 lanes: 2,184 a lane,
+    two DP16KD each (256), or three a pair packed (192, with the rest 211 of 208). At 64
+    lanes 4,240 a lane take three DP16KD each (219 in all), but five a pair packed, 16-bit
+    words (EngineConfig.weight_pack): 187. The board takes those, and build says why. Lanes
+    asked for are not narrowed; a board without packing halves them once more."""
+    import dataclasses
+
     from fxpga.quant import data, frontend, quantizer, zoo
 
     model, ds_name = zoo.builtin("fc-ae")
@@ -125,13 +129,26 @@ def test_boards_take_the_most_lanes_that_fit():
     b = boards.board("ulx3s-85f")
     cfg = b.engine_config(qm)
     prog = compile_model(qm, cfg)
-    assert cfg.lanes == 32 and prog.wmem_depth == 8352
-    assert estimate(prog, "ecp5")["DP16KD"][0] <= b.available["DP16KD"]
-    for lanes in (64, 128):
-        wide = compile_model(qm, b.engine_config(qm, lanes))
-        assert wide.config.lanes == lanes
-        with pytest.raises(FxpgaError, match=r"needs \d+ DP16KD \(.*weights (192|256),"):
-            check_fit(wide, b.name, b.family, b.available)
+    assert (cfg.lanes, cfg.weight_pack, prog.wmem_depth) == (64, 2, 4240)
+    est = check_fit(prog, b.name, b.family, b.available)
+    assert est["DP16KD"][0] == 187 and "weights 160" in est["DP16KD"][1]
+    with pytest.raises(FxpgaError, match=r"needs 219 DP16KD \(.*weights 192,"):
+        check_fit(
+            compile_model(qm, dataclasses.replace(cfg, weight_pack=1)), b.name, "ecp5", b.available
+        )
+    wide = compile_model(qm, b.engine_config(qm, 128))
+    assert (wide.config.lanes, wide.config.weight_pack) == (128, 1)
+    with pytest.raises(FxpgaError, match=r"needs 275 DP16KD \(weights 256,"):
+        check_fit(wide, b.name, b.family, b.available)
+    with pytest.raises(FxpgaError, match=r"needs 211 DP16KD \(weights 192,"):
+        check_fit(
+            compile_model(qm, dataclasses.replace(wide.config, weight_pack=2)),
+            b.name,
+            "ecp5",
+            b.available,
+        )
     notes = boards.engine_notes(qm, b, prog, None)
-    assert any(n.startswith("32 lanes, the most that fit: at 128 it does not fit") for n in notes)
-    assert not any("most that fit" in n for n in boards.engine_notes(qm, b, prog, 32))
+    assert any(n.startswith("64 lanes, the most that fit: at 128 it does not fit") for n in notes)
+    assert not any("most that fit" in n for n in boards.engine_notes(qm, b, prog, 64))
+    unpacked = dataclasses.replace(b, weight_pack=1).engine_config(qm)
+    assert (unpacked.lanes, compile_model(qm, unpacked).wmem_depth) == (32, 8352)

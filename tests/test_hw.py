@@ -1106,6 +1106,29 @@ def test_weights_without_a_write_port():
         EngineConfig(weight_store="spram", weight_writes=False)
 
 
+@pytest.mark.parametrize(("lanes", "pack", "wbits"), [(8, 2, 8), (5, 2, 8), (6, 4, 4)])
+def test_packed_weights(lanes, pack, wbits):
+    """EngineConfig.weight_pack: ``pack`` lanes' weights in one memory word (the last group
+    short where ``pack`` does not divide the lanes): bit- and cycle-exact with the ULX3S's
+    registers, each group one memory (on ECP5 DP16KDs of 16-bit words, read through their
+    output register). Packing needs baked weights and at most 18 bits a word."""
+    from types import SimpleNamespace
+
+    from amaranth.back import verilog
+
+    qm, x = quantized(*narrow_net(), 3, wbits=wbits)
+    regs = ECP5_REGS | {"lanes": lanes, "broadcast_copies": 1}
+    cfg = EngineConfig.for_model(
+        qm, weight_bits=wbits, weight_writes=False, weight_pack=pack, **regs
+    )
+    prog = check_engine(qm, x, lanes, n=1, gaps=random.Random(lanes), config=cfg)
+    text = verilog.convert(Engine(cfg, prog), platform=SimpleNamespace(family="ecp5"))
+    assert text.count("DP16KD #(") == -(-lanes // pack)  # a block a group (the rest inferred)
+    for bad in ({"weight_pack": 3}, {"weight_pack": 4}, {"weight_pack": 2, "weight_writes": True}):
+        with pytest.raises(FxpgaError, match="weight_pack=.* must be a power of two"):
+            EngineConfig(**({"weight_writes": False} | bad))
+
+
 def test_fmap_banks_are_checked():
     for bad in (3, 16, 1):
         with pytest.raises(FxpgaError, match="fmap_banks must be a power of two dividing"):

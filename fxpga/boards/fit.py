@@ -43,7 +43,8 @@ def memories(prog: Program) -> list[tuple[str, int, int, int]]:
         ("host output buffer", 1, prog.out_size * vbytes, 8),
     ]
     if cfg.weight_store == "bram":
-        out.insert(0, ("weights", cfg.lanes, prog.wmem_depth, cfg.weight_bits))
+        k = cfg.weight_pack
+        out.insert(0, ("weights", -(-cfg.lanes // k), prog.wmem_depth, k * cfg.weight_bits))
     if cfg.fmap_store == "bram":
         out.insert(0, ("feature maps", 2 * NB, -(-prog.fmap_depth // NB), cfg.data_bits))
     return out

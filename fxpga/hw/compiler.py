@@ -83,6 +83,7 @@ CONFIG_BOUNDS = {
     "post_lanes": (1, MAX_LANES, "at most one per lane"),
     "fmap_banks": (1, MAX_LANES, "at most one per lane"),
     "broadcast_copies": (1, MAX_LANES, "at most one per lane"),
+    "weight_pack": (1, 16, "a word of one-bit weights in an 18-bit DP16KD port"),
 }
 
 
@@ -160,6 +161,12 @@ class EngineConfig:
     # bitstream's, and the weight memories have no write port (on the ULX3S its write
     # address's routes to every lane's block RAM were the critical path)
     weight_writes: bool = True
+    # lanes whose weights share a memory word (all lanes read the same address): lane l's
+    # weight is slice l mod pack of its group's word. Where a lane's weights run just over a
+    # block RAM, a pair's take fewer blocks (the FC autoencoder's 4,240 a lane at 64 lanes:
+    # three 2048 x 9 DP16KD each, five 1024 x 18 a pair). Baked weights only (no per-lane
+    # write), at most 18 bits a word (a DP16KD's widest true-dual-port word)
+    weight_pack: int = 1
 
     def __post_init__(self):
         for name in ("weight_store", "fmap_store"):
@@ -233,6 +240,13 @@ class EngineConfig:
             self._check_spram_maps()
         if not self.weight_writes and self.weight_store != "bram":
             raise FxpgaError("EngineConfig.weight_writes=False needs weights in block RAM")
+        k = self.weight_pack
+        if k > 1 and (k & (k - 1) or k * self.weight_bits > 18 or self.weight_writes):
+            raise FxpgaError(
+                f"EngineConfig.weight_pack={k} must be a power of two, with baked weights "
+                f"(weight_writes=False) and at most 18 bits a word ({self.weight_bits}-bit "
+                "weights)"
+            )
         if self.channel_split and self.banks < 2:
             raise FxpgaError(
                 "EngineConfig.channel_split reads `banks` channels a tap: it needs fmap_banks "

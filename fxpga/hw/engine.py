@@ -163,6 +163,7 @@ class Engine(wiring.Component):
             copies=cfg.broadcast_copies,
             out_reg=cfg.weight_out_reg,
             writable=cfg.weight_writes,
+            pack=cfg.weight_pack,
         )
         brows = -(-self.bmem_depth // W)
         bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
@@ -421,12 +422,28 @@ class Engine(wiring.Component):
                 fsm.next("LOAD")
             with m.Else():
                 m.d.sync += [pf_cnt.eq(pf_cnt + 1), pf_addr.eq(pf_addr + 1)]
-        with fsm.state("LOAD"):
+        load_write = (cnt, self.i.payload, self.i.valid)
+        if cfg.fmap_write_reg:
+            # LOAD's writes wait a cycle in registers of their own too: the host's input
+            # buffer (a block RAM, 5.8 ns clock-to-out) through this select to the banks'
+            # write registers was MobileNetV1-0.25's critical path (ULX3S, 67.6 MHz for 75).
+            # LOAD's last valid in cycle t is then in the memory for reads from t + 1 + 3
+            # (this register, the buffer's two); the first op's first tap is read from
+            # t + 2 + TAP_LATENCY on (NEXT sets start)
+            assert 2 + compiler.TAP_LATENCY >= 1 + 3
+            loading = Signal(name="loading")
+            ld_addr, ld_data = Signal.like(cnt, name="ld_addr"), Signal.like(self.i.payload)
+            ld_en = Signal(name="ld_en")
+            m.d.sync += [loading.eq(fsm.ongoing("LOAD")), ld_addr.eq(cnt)]
+            m.d.sync += [ld_data.eq(self.i.payload), ld_en.eq(fsm.ongoing("LOAD") & self.i.valid)]
+            load_write = (ld_addr, ld_data, ld_en)
+        with m.If(loading if cfg.fmap_write_reg else fsm.ongoing("LOAD")):
             m.d.comb += [
-                fmap[0].wr_addr.eq(cnt),
-                fmap[0].wr_data[0].eq(self.i.payload),
-                fmap[0].wr_en[0].eq(self.i.valid),
+                fmap[0].wr_addr.eq(load_write[0]),
+                fmap[0].wr_data[0].eq(load_write[1]),
+                fmap[0].wr_en[0].eq(load_write[2]),
             ]
+        with fsm.state("LOAD"):
             with m.If(self.i.valid):
                 m.d.sync += [cnt.eq(cnt + 1), at_last.eq(cnt == in_m2)]
                 with m.If(at_last):

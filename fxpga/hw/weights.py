@@ -31,6 +31,10 @@ class WeightBanks(wiring.Component):
     ECP5 it is the block RAM's own output register (DP16KD ``REGMODE_B="OUTREG"``, instances
     from ``ecp5.dp16kd_memory``): its clock-to-out is the register's, not the array's (5.8 ns
     at speed 6), so it can stand in for an operand register in front of the multipliers.
+
+    ``pack > 1`` (block RAM, not ``writable``): lanes ``g·pack`` … ``g·pack + pack − 1`` share
+    one memory of ``pack``-weight words, lane ``l`` in slice ``l mod pack`` (all lanes read
+    the same address): ``EngineConfig.weight_pack``.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class WeightBanks(wiring.Component):
         copies: int = 1,
         out_reg: bool = False,
         writable: bool = True,
+        pack: int = 1,
     ):
         if store not in ("bram", "spram"):
             raise ValueError(f"store must be 'bram' or 'spram', not {store!r}")
@@ -55,7 +60,9 @@ class WeightBanks(wiring.Component):
         self.lanes, self.weight_bits, self.depth, self.copies = lanes, weight_bits, depth, copies
         if not writable and store != "bram":
             raise ValueError("SPRAM weights are written at run time: they need writable")
-        self.out_reg, self.writable = out_reg, writable
+        if pack > 1 and (store != "bram" or writable):
+            raise ValueError("packed weights (pack > 1) are baked block RAM: not writable")
+        self.out_reg, self.writable, self.pack = out_reg, writable, pack
         self.init, self.store = init, store
         abits = max(1, (depth - 1).bit_length())
         super().__init__(
@@ -83,6 +90,9 @@ class WeightBanks(wiring.Component):
                 wr_data = register_copies(m, self.wr_data, n, platform, "wr_data")
             rd_addr, wr_addr, wr_data = (share(c, self.lanes) for c in (rd_addr, wr_addr, wr_data))
             ecp5 = self.out_reg and getattr(platform, "family", None) == "ecp5"
+            if self.pack > 1:
+                self._packed(m, rd_addr, ecp5)
+                return m
             for lane in range(self.lanes):
                 init = self.init[lane] if self.init else []
                 en = self.wr_en & (self.wr_lane == lane) if self.writable else Const(0)
@@ -145,3 +155,47 @@ class WeightBanks(wiring.Component):
                 if 2 * j + k < self.lanes:
                     m.d.comb += self.rd_data[2 * j + k].eq(dout[8 * k : 8 * k + self.weight_bits])
         return m
+
+    def _packed(self, m, rd_addr, ecp5):
+        """Groups of ``pack`` lanes, one memory each (read only), read at the address copy of
+        the group's first lane."""
+        k, bits = self.pack, self.weight_bits
+        mask = (1 << bits) - 1
+        for g in range(-(-self.lanes // k)):
+            group = range(g * k, min(self.lanes, (g + 1) * k))
+            init = []
+            if self.init:  # (lanes' lists may be shorter than the depth: zeros past them)
+                cols = [list(self.init[lane]) for lane in group]
+                n = max(len(c) for c in cols)
+                init = [
+                    sum(
+                        (c[a] & mask if a < len(c) else 0) << (bits * j) for j, c in enumerate(cols)
+                    )
+                    for a in range(n)
+                ]
+            width = bits * len(group)
+            if ecp5:
+                word = dp16kd_memory(
+                    m,
+                    f"group{g}",
+                    bits=width,
+                    depth=self.depth,
+                    rd_addr=rd_addr[group[0]],
+                    wr_addr=Const(0, len(self.wr_addr)),
+                    wr_data=Const(0, width),
+                    wr_en=Const(0),
+                    init=init,
+                    out_reg=True,
+                )
+            else:
+                mem = memory.Memory(shape=width, depth=self.depth, init=init)
+                m.submodules[f"group{g}"] = mem
+                rd = mem.read_port()
+                m.d.comb += rd.addr.eq(rd_addr[group[0]])
+                word = rd.data
+                if self.out_reg:
+                    q = Signal(width, name=f"rd_q{g}", reset_less=True)
+                    m.d.sync += q.eq(word)
+                    word = q
+            for j, lane in enumerate(group):
+                m.d.comb += self.rd_data[lane].eq(word[bits * j : bits * (j + 1)].as_signed())
