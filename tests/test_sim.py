@@ -347,8 +347,8 @@ def test_mlperf_as_the_ulx3s_builds_it(name, lanes, images, tmp_path):
     model, ds_name = zoo.builtin(name)
     ds = data.load(ds_name)
     qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(64))
-    prog = compiler.compile_model(qm, boards.board("ulx3s-85f").engine_config(qm))
-    assert prog.config.lanes == lanes
+    prog = compiler.compile_model(qm, boards.board("ulx3s-85f").engine_config(qm, lanes))
+    assert prog.config.weight_pack == (2 if name == "fc-ae" else 1)
     text = runner.engine_verilog(prog, platform=SimpleNamespace(family="ecp5"))
     build_dir = runner.build(None, "verilator", verilog=text, extra_sources=(ECP5_MODELS,))
     r = run_against_golden(qm, prog, ds.x_test[:images], build_dir, tmp_path, seed=11)
