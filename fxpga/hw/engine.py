@@ -154,16 +154,24 @@ class Engine(wiring.Component):
         ]
         m.submodules.fmap0, m.submodules.fmap1 = fmap
         spram = cfg.weight_store == "spram"
+        # with fmap_read_reg the weight address waits a cycle for the activation: with
+        # broadcast copies that register is the first level of a tree of copies (one per
+        # broadcast copy, then one per two lanes), so no copy drives many block RAMs
+        tree = cfg.fmap_read_reg and cfg.broadcast_copies > 1 and lanes >= 2 * cfg.broadcast_copies
+        weight_tree = {"copies": cfg.broadcast_copies}
+        if tree:
+            bc = cfg.broadcast_copies
+            weight_tree = {"copies": bc * (lanes // (2 * bc)), "pre_copies": bc}
         m.submodules.weights = weights = WeightBanks(
             lanes,
             WB,
             compiler.SPRAM_DEPTH if spram else self.wmem_depth,
             init=p.wmem if p and not spram else None,
             store=cfg.weight_store,
-            copies=cfg.broadcast_copies,
             out_reg=cfg.weight_out_reg,
             writable=cfg.weight_writes,
             pack=cfg.weight_pack,
+            **weight_tree,
         )
         brows = -(-self.bmem_depth // W)
         bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
@@ -260,7 +268,7 @@ class Engine(wiring.Component):
                 bank_j = Mux(in_buf, fmap[1].rd_banks[j], fmap[0].rd_banks[j])
                 m.d.comb += mac.a_wide[j].eq(Mux(desc.dw[1], bank_j, in_data))
         w_addr = tap.w_addr
-        if FR:
+        if FR and not tree:  # (else the tree's first level)
             w_addr = Signal.like(tap.w_addr, name="w_addr_d")
             m.d.sync += w_addr.eq(tap.w_addr)
         m.d.comb += weights.rd_addr.eq(w_addr)
