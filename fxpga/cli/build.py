@@ -20,7 +20,9 @@ def add(sub, common):
     )
     b.add_argument("model", metavar="MODEL.fxq")
     b.add_argument("--board", required=True, choices=BOARDS)
-    b.add_argument("--lanes", type=lanes, help="MAC lanes [the board's default]")
+    b.add_argument(
+        "--lanes", type=lanes, help="MAC lanes [the board's default, or the most that fit]"
+    )
     b.add_argument(
         "--freq",
         type=bounded(limits.MIN_FREQ_MHZ, limits.MAX_FREQ_MHZ, "MHz"),

@@ -214,7 +214,7 @@ class Engine(wiring.Component):
             lanes, cfg.items, FB, CB, names, NB, split=cfg.channel_split
         )
         # depthwise and channel-split ops may read NB channels per tap
-        wide_dw = cfg.wide_reads and NB > 1
+        wide_reads = cfg.wide_reads and NB > 1
         m.submodules.mac = mac = MACArray(
             lanes,
             D,
@@ -224,7 +224,7 @@ class Engine(wiring.Component):
             groups=cfg.broadcast_copies,
             clear=cfg.acc_clear,
             w_pre=cfg.operand_regs - int(cfg.weight_out_reg),
-            words=NB if wide_dw else 1,
+            words=NB if wide_reads else 1,
             reduce=NB if cfg.channel_split else 1,
         )
         m.submodules.post = post = PostProcessor(
@@ -259,7 +259,7 @@ class Engine(wiring.Component):
             mac_d1 = mq
         in_data = Mux(in_buf, fmap[1].rd_data, fmap[0].rd_data)
         m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(in_data)]
-        if wide_dw:
+        if wide_reads:
             # word j of the operands: the word read (rd_data), or in a wide depthwise op
             # bank j's (channel j of an aligned pixel: lanes j, j + NB, ... take it). A 2:1
             # mux per word after the one shared narrow read mux: logic linear in the banks
@@ -284,7 +284,7 @@ class Engine(wiring.Component):
         for lane in range(lanes):
             w_lane = weights.rd_data[lane]
             if cfg.depthwise:  # (a wide op's tap feeds the lanes of one pass: lane / NB)
-                mine = Mux(desc.dw[1], lane // NB, lane) if wide_dw else lane
+                mine = Mux(desc.dw[1], lane // NB, lane) if wide_reads else lane
                 w_lane = Mux(masked & (sel != mine), 0, w_lane)
             m.d.comb += mac.w[lane].eq(w_lane)
 
