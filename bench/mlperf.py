@@ -31,8 +31,8 @@ from fxpga.quant import data, frontend, quantizer, zoo  # noqa: E402
 # MODEL:BOARD[:LANES] (default: the board's lanes). DS-CNN's and ResNet-8's layers have 64
 # channels at most, and MobileNetV1-0.25's cycles are in its early, narrow layers, so on the
 # ULX3S 64 lanes run them in the cycles of 128 (or fewer) with a smaller engine. The FC
-# autoencoder's weights fit the ULX3S at 64 lanes at most (two lanes a word), which the
-# board takes. The table keeps the rows of these builds only
+# autoencoder's 266k weights fit the ULX3S's 128 lanes two lanes a word (the board packs
+# them). The table keeps the rows of these builds only
 BUILDS = (
     "ds-cnn:icebreaker",
     "ds-cnn:orangecrab-25f",

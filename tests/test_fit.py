@@ -114,11 +114,12 @@ def test_boards_narrow_the_engine_to_what_they_hold():
 
 
 def test_boards_take_the_most_lanes_that_fit():
-    """The FC autoencoder's weights overflow the ULX3S at its default 128 lanes: 2,184 a lane,
-    two DP16KD each (256), or three a pair packed (192, with the rest 211 of 208). At 64
-    lanes 4,240 a lane take three DP16KD each (219 in all), but five a pair packed, 16-bit
-    words (EngineConfig.weight_pack): 187. The board takes those, and build says why. Lanes
-    asked for are not narrowed; a board without packing halves them once more."""
+    """The FC autoencoder on the ULX3S (biases in LUT RAM): at its default 128 lanes, 2,184
+    weights a lane take two DP16KD each (259 in all, of 208), but three a pair packed into
+    16-bit words (EngineConfig.weight_pack): 195, which the board takes. A board without
+    packing halves the lanes until they fit: at 64, 4,240 a lane take three DP16KD each (211
+    in all); at 32, 8,352 take five (171); build says why. Lanes asked for are not
+    narrowed."""
     import dataclasses
 
     from fxpga.quant import data, frontend, quantizer, zoo
@@ -129,26 +130,20 @@ def test_boards_take_the_most_lanes_that_fit():
     b = boards.board("ulx3s-85f")
     cfg = b.engine_config(qm)
     prog = compile_model(qm, cfg)
-    assert (cfg.lanes, cfg.weight_pack, prog.wmem_depth) == (64, 2, 4240)
+    assert (cfg.lanes, cfg.weight_pack, prog.wmem_depth) == (128, 2, 2184)
     est = check_fit(prog, b.name, b.family, b.available)
-    assert est["DP16KD"][0] == 187 and "weights 160" in est["DP16KD"][1]
-    with pytest.raises(FxpgaError, match=r"needs 219 DP16KD \(.*weights 192,"):
-        check_fit(
-            compile_model(qm, dataclasses.replace(cfg, weight_pack=1)), b.name, "ecp5", b.available
-        )
-    wide = compile_model(qm, b.engine_config(qm, 128))
-    assert (wide.config.lanes, wide.config.weight_pack) == (128, 1)
-    with pytest.raises(FxpgaError, match=r"needs 275 DP16KD \(weights 256,"):
-        check_fit(wide, b.name, b.family, b.available)
-    with pytest.raises(FxpgaError, match=r"needs 211 DP16KD \(weights 192,"):
-        check_fit(
-            compile_model(qm, dataclasses.replace(wide.config, weight_pack=2)),
-            b.name,
-            "ecp5",
-            b.available,
-        )
-    notes = boards.engine_notes(qm, b, prog, None)
-    assert any(n.startswith("64 lanes, the most that fit: at 128 it does not fit") for n in notes)
-    assert not any("most that fit" in n for n in boards.engine_notes(qm, b, prog, 64))
-    unpacked = dataclasses.replace(b, weight_pack=1).engine_config(qm)
-    assert (unpacked.lanes, compile_model(qm, unpacked).wmem_depth) == (32, 8352)
+    assert est["DP16KD"][0] == 195 and "weights 192" in est["DP16KD"][1]
+    assert not any("most that fit" in n for n in boards.engine_notes(qm, b, prog, None))
+    unpacked = dataclasses.replace(cfg, weight_pack=1)
+    with pytest.raises(FxpgaError, match=r"needs 259 DP16KD \(weights 256,"):
+        check_fit(compile_model(qm, unpacked), b.name, b.family, b.available)
+    nopack = dataclasses.replace(b, weight_pack=1)
+    with pytest.raises(FxpgaError, match=r"needs 211 DP16KD \(feature maps 16, weights 192,"):
+        check_fit(compile_model(qm, nopack.engine_config(qm, 64)), b.name, "ecp5", b.available)
+    cfg = nopack.engine_config(qm)
+    prog = compile_model(qm, cfg)
+    assert (cfg.lanes, cfg.weight_pack, prog.wmem_depth) == (32, 1, 8352)
+    assert estimate(prog, "ecp5")["DP16KD"][0] == 171
+    notes = boards.engine_notes(qm, nopack, prog, None)
+    assert any(n.startswith("32 lanes, the most that fit: at 128 it does not fit") for n in notes)
+    assert not any("most that fit" in n for n in boards.engine_notes(qm, nopack, prog, 32))

@@ -127,3 +127,23 @@ def test_the_average_divider_maps_as_fit_counts_it(family, cell, per_lane):
         fields = desc_fields(EngineConfig(avg_divide=divide))
         pp = PostProcessor(8, 8, 24, 6, post_lanes=2, field_bits=16, fields=fields)
         assert yosys_cells(pp, family, "pp").get(cell, 0) == want
+
+
+def test_bias_lutram_keeps_the_biases_out_of_block_ram(digits_q8):
+    """EngineConfig.bias_lutram: yosys maps the bias memory (122 rows of 24 bits: a DP16KD
+    otherwise) to LUT RAM, and boards.fit counts it out."""
+    from fxpga.boards.fit import estimate
+    from fxpga.hw.compiler import compile_model
+    from fxpga.hw.engine import Engine
+
+    ecp5 = SimpleNamespace(family="ecp5")
+    got, est = {}, {}
+    for lut in (False, True):
+        cfg = EngineConfig(lanes=2, post_lanes=1, bias_lutram=lut)
+        prog = compile_model(digits_q8, cfg)
+        cells = yosys_cells(Engine(cfg, prog), "ecp5", platform=ecp5)
+        got[lut] = (cells.get("DP16KD", 0), cells.get("TRELLIS_DPR16X4", 0))
+        est[lut] = estimate(prog, "ecp5")["DP16KD"]
+    assert "biases 1" in est[False][1] and "biases" not in est[True][1]
+    assert got[False][0] - got[True][0] == est[False][0] - est[True][0] == 1
+    assert got[True][1] > got[False][1]

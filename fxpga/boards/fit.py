@@ -32,7 +32,8 @@ def blocks(family: str, depth: int, width: int) -> int:
 
 
 def memories(prog: Program) -> list[tuple[str, int, int, int]]:
-    """(name, count, depth, width) of the engine's and the host interface's memories."""
+    """(name, count, depth, width) of the engine's and the host interface's memories in block
+    RAM (not the biases with ``EngineConfig.bias_lutram``, which are LUT RAM)."""
     cfg = prog.config
     W, NB = cfg.post_lanes, cfg.banks
     vbytes = value_bytes(cfg.data_bits)
@@ -42,6 +43,8 @@ def memories(prog: Program) -> list[tuple[str, int, int, int]]:
         ("host input buffer", 1, prog.in_size * vbytes, 8),
         ("host output buffer", 1, prog.out_size * vbytes, 8),
     ]
+    if cfg.bias_lutram:
+        out.pop(0)
     if cfg.weight_store == "bram":
         k = cfg.weight_pack
         out.insert(0, ("weights", -(-cfg.lanes // k), prog.wmem_depth, k * cfg.weight_bits))

@@ -167,6 +167,12 @@ class EngineConfig:
     # three 2048 x 9 DP16KD each, five 1024 x 18 a pair). Baked weights only (no per-lane
     # write), at most 18 bits a word (a DP16KD's widest true-dual-port word)
     weight_pack: int = 1
+    # the bias memories in LUT RAM (yosys `ram_style = "distributed"`; ECP5): their reads
+    # leave a flip-flop, not a block RAM's 5.8 ns clock-to-out, and the block RAMs they
+    # would take are free (MobileNetV1-0.25 on the ULX3S: a bias DP16KD 6.2 ns from its
+    # post-processing lane was the critical path, 69.1 MHz for 75, with 201 of 208 DP16KD
+    # used). Not for iCE40, which has no LUT RAM
+    bias_lutram: bool = False
 
     def __post_init__(self):
         for name in ("weight_store", "fmap_store"):
@@ -188,6 +194,7 @@ class EngineConfig:
                 "fmap_read_reg",
                 "channel_split",
                 "weight_writes",
+                "bias_lutram",
             ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")

@@ -131,8 +131,8 @@ class Engine(wiring.Component):
         lanes, D, WB, A = cfg.lanes, cfg.data_bits, cfg.weight_bits, cfg.acc_bits
 
         # ---- memories
-        def mem(name, shape, depth, init):
-            mm = memory.Memory(shape=shape, depth=depth, init=init)
+        def mem(name, shape, depth, init, attrs=None):
+            mm = memory.Memory(shape=shape, depth=depth, init=init, attrs=attrs)
             m.submodules[name] = mm
             return mm, mm.read_port(), mm.write_port()
 
@@ -174,7 +174,8 @@ class Engine(wiring.Component):
             **weight_tree,
         )
         brows = -(-self.bmem_depth // W)
-        bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else []) for i in range(W)]
+        lut = {"ram_style": "distributed"} if cfg.bias_lutram else None
+        bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else [], lut) for i in range(W)]
         pwords = program_words(p, FB, CB) if p else []
         _, prd, pwr = mem("program", unsigned(32), self.prog_depth, pwords)
         # program words as the sequencer takes them: `lag` cycles after their address
