@@ -84,9 +84,10 @@ class Board:
         iCEBreaker, an engine whose maps overflow its block RAM keeps them in SPRAM, with
         at most ``spram_fmap_lanes`` lanes (when ``lanes`` asks for no more). Without
         ``lanes``, a model that does not fit the default lanes gets the most that fit, halving
-        (fewer lanes keep more weights each, but in fewer memories: the FC autoencoder's
-        2,184 weights a lane at 128 take two DP16KD each on the ULX3S, at 32 five in four
-        lanes' worth); where none fit, the default (``check_fit`` names the overflow)."""
+        (fewer lanes keep more weights each, but in fewer memories, whose depth is rounded
+        up to whole block RAMs: digits-vgg's 24 lanes on the OrangeCrab take 62 DP16KD, its
+        12 lanes 44); where none fit, the default (``check_fit`` names the overflow). With
+        ``weight_pack``, an engine that does not fit packs its weights first."""
         cfg = self._narrowed(qm, lanes)
         k = cfg.lanes // 2
         if lanes is None and not self._fits(qm, cfg):
