@@ -262,6 +262,7 @@ BOARDS = {
         {
             "TRELLIS_COMB": 24288,
             "TRELLIS_FF": 24288,
+            "TRELLIS_RAMW": 3036,
             "DP16KD": 56,
             "MULT18X18D": 28,
             "EHXPLLL": 2,
@@ -282,6 +283,7 @@ BOARDS = {
         {
             "TRELLIS_COMB": 83640,
             "TRELLIS_FF": 83640,
+            "TRELLIS_RAMW": 10455,  # LUT RAM (nextpnr counts one per 8 LUTs)
             "DP16KD": 208,
             "MULT18X18D": 156,
             "EHXPLLL": 4,
