@@ -73,9 +73,8 @@ class _ROM(wiring.Component):
         m.submodules.mem = mem = memory.Memory(
             shape=self.bits, depth=len(self.init), init=self.init
         )
-        rd, wr = mem.read_port(), mem.write_port()
+        rd = mem.read_port()
         m.d.comb += [rd.addr.eq(self.addr), self.data.eq(rd.data)]
-        m.d.comb += [wr.addr.eq(self.wa), wr.data.eq(self.wd), wr.en.eq(self.we)]
         return m
 
 
