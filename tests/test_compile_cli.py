@@ -23,9 +23,13 @@ def test_compile_writes_program_images_and_verilog(digits_fxq, tmp_path, capsys)
     )
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["bias.hex", "fxpga_engine.v", "program.hex", "program.json"] + [
-        f"wbank{i}.hex" for i in range(8)
-    ]
+    assert names == [
+        ".fxpga-outputs.json",
+        "bias.hex",
+        "fxpga_engine.v",
+        "program.hex",
+        "program.json",
+    ] + [f"wbank{i}.hex" for i in range(8)]
     assert "module fxpga_engine" in (out / "fxpga_engine.v").read_text()
     prog = json.loads((out / "program.json").read_text())
     assert [op["name"] for op in prog["ops"]] == ["conv1", "conv2", "fc1", "fc2"]

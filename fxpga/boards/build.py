@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from amaranth.build import Attrs, Pins, Resource, Subsignal
 from ..errors import FxpgaError
 from ..hw.compiler import EngineConfig, Program, compile_model
 from ..limits import MAX_FREQ_MHZ, MAX_SEED, MIN_FREQ_MHZ, check_range
+from ..outdir import OutputDir
 from ..quant.qmodel import QModel
 from .clocks import PLL, PLLDomain, pll_for
 from .fit import DSP_CELL, check_fit, divider_multipliers
@@ -479,10 +479,14 @@ def engine_notes(qm: QModel, spec: Board, prog: Program, lanes: int | None) -> l
     return notes
 
 
+class ToolsFailed(FxpgaError):
+    """yosys or nextpnr failed: their logs are kept where the message says."""
+
+
 def build(
     qm: QModel,
     board_name: str,
-    out_dir: Path,
+    out_dir: Path | OutputDir,
     *,
     lanes: int | None = None,
     freq_mhz: float | None = None,
@@ -490,6 +494,7 @@ def build(
     info=lambda msg: None,
 ) -> BuildReport:
     spec = board(board_name)
+    out = out_dir if isinstance(out_dir, OutputDir) else OutputDir(out_dir)
     if freq_mhz is not None:
         check_range("freq_mhz", freq_mhz, MIN_FREQ_MHZ, MAX_FREQ_MHZ, FREQ_WHY)
     check_range("seed", seed, 0, MAX_SEED, "nextpnr reads it as a C int")
@@ -504,9 +509,21 @@ def build(
     target = (pll.f_out if pll else freq) / 1e6
     divisor = uart_divisor(target * 1e6, spec.baud)  # fails before synthesis
     platform = spec.platform()
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    out_dir = out.path
+    work = out.stage()
+    try:
+        return _build_in(
+            out, work, board_name, spec, cfg, prog, pll, target, divisor, platform, seed, info
+        )
+    except ToolsFailed:
+        raise  # the staging directory stays, named in the message, for its logs
+    except BaseException:
+        out.discard()
+        raise
+
+
+def _build_in(out, work, board_name, spec, cfg, prog, pll, target, divisor, platform, seed, info):
+    out_dir = out.path
     env = tool_env()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -530,7 +547,7 @@ def build(
     except Exception as e:
         log = work / "fxpga.tim"
         tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-        raise FxpgaError(
+        raise ToolsFailed(
             f"{board_name} build failed: {' | '.join(tail) or e}; logs in {work}"
         ) from e
     finally:
@@ -569,8 +586,6 @@ def build(
             indent=1,
         )
     )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(work, out_dir)
+    out.commit()
     rep.bitstream = out_dir / bit.name if bit else None
     return rep  # whether a missed fmax is an error is the caller's call (rep.timing_met)

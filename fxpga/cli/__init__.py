@@ -7,11 +7,15 @@ Errors are one line on stderr and exit status 1 (``--debug`` shows the traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
+import threading
 
 from .. import __version__
-from ..errors import FxpgaError
+from ..errors import FxpgaError, Terminated
 from .common import Parser
 
 # in the order of the flow; each names a module of this package
@@ -30,21 +34,75 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+class _Stdout:
+    """``sys.stdout`` that remembers whether writing to it failed (a full disk, a closed pipe),
+    so that the error names standard output, not the file the command was writing."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.failed: OSError | None = None
+
+    def write(self, s):
+        try:
+            return self.stream.write(s)
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def silence(self):
+        """Nothing more reaches it: the interpreter's exit must not fail on it again."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    debug = False
+    stdout = sys.stdout = _Stdout(sys.stdout)
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+        debug = args.debug
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except FxpgaError as e:
-        if args.debug:
+        if debug:
             raise
         print(f"fxpga: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fxpga: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("fxpga: terminated", file=sys.stderr)
+        return 143
+    except OSError as e:  # the machine's, not fxpga's: a full disk, a read-only file system
+        if debug:
+            raise
+        if stdout.failed is not None:
+            stdout.silence()
+            where = "standard output"
+        else:
+            where = e.filename or "writing a file"
+        print(f"fxpga: error: {where}: {e.strerror or e}", file=sys.stderr)
+        return 1
     except Exception as e:
-        if args.debug:
+        if debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else ""
         print(
@@ -53,3 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        sys.stdout = stdout.stream
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .. import limits
 from ..errors import FxpgaError
 from .common import BOARDS, bounded, info, lanes, seed
@@ -40,15 +38,17 @@ def add(sub, common):
 
 def run(args) -> int:
     from ..boards import build as boards
+    from ..outdir import OutputDir
     from ..quant import artifact
 
+    out_dir = OutputDir(args.output)  # refused before any work
     qm = artifact.load(args.model)
     spec = boards.board(args.board)
-    out = Path(args.output)
+    out = out_dir.path
     rep = boards.build(
         qm,
         args.board,
-        out,
+        out_dir,
         lanes=args.lanes,
         freq_mhz=args.freq,
         seed=args.seed,

@@ -66,9 +66,11 @@ def info(args, msg: str):
 
 
 def check_output(out: Path, suffixes: tuple[str, ...], what: str):
-    """``-o``: the right suffix, and a directory that exists."""
+    """``-o``: the right suffix, not a directory, and in a directory that exists."""
     if out.suffix not in suffixes:
         raise FxpgaError(f"-o {out}: {what} must end in {' or '.join(suffixes)}")
+    if out.is_dir():
+        raise FxpgaError(f"-o {out}: is a directory; {what} is a file")
     if not out.parent.is_dir():
         raise FxpgaError(f"-o {out}: directory '{out.parent}' does not exist")
 

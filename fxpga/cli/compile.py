@@ -38,8 +38,10 @@ def add(sub, common):
 
 def run(args) -> int:
     from ..hw import compiler, output
+    from ..outdir import OutputDir
     from ..quant import artifact, report
 
+    out_dir = OutputDir(args.output)  # refused before any work
     qm = artifact.load(args.model)
     cfg = compiler.EngineConfig.for_model(
         qm,
@@ -55,7 +57,7 @@ def run(args) -> int:
     )
     prog = compiler.compile_model(qm, cfg)
     out = output.write(
-        prog, args.output, verilog=not args.no_verilog, model_sha=qm.provenance.get("model_sha256")
+        prog, out_dir, verilog=not args.no_verilog, model_sha=qm.provenance.get("model_sha256")
     )
     print(report.table(output.estimate_rows(prog), output.ESTIMATE_HEADER))
     print(

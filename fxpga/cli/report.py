@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FxpgaError
-from .common import check_output, dataset_for, info, lanes
+from .common import dataset_for, info, lanes
 
 
 def add(sub, common):
@@ -38,7 +38,7 @@ def run(args) -> int:
 
     qm = artifact.load(args.model)
     out = Path(args.output)
-    check_output(out, (".html", ".md"), "the report")
+    files = report.output_dir(out)  # refused before any work
     ds = dataset_for(args, qm)
     if not ds.labelled:
         raise FxpgaError(
@@ -54,6 +54,6 @@ def run(args) -> int:
         lanes=args.lanes,
         progress=not args.quiet,
     )
-    written = report.write(rep, out)
+    written = report.write(rep, out, files)
     print(f"wrote {' and '.join(str(p) for p in written)}")
     return 0

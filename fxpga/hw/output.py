@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from ..errors import FxpgaError
+from ..outdir import OutputDir
 from .compiler import Program, desc_fields
 from .engine import Engine, program_words
 
@@ -97,21 +94,16 @@ def program_json(prog: Program, model_sha: str | None = None) -> dict:
 
 def write(
     prog: Program,
-    out_dir: str | Path,
+    out_dir: str | Path | OutputDir,
     *,
     verilog: bool = True,
     model_sha: str | None = None,
     name: str = "fxpga_engine",
 ) -> Path:
-    """Write everything into ``out_dir`` atomically (a temp dir renamed into place)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FxpgaError(f"-o {out}: exists and is not a directory")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise FxpgaError(f"-o {out}: directory '{parent}' does not exist")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}."))
-    try:
+    """Write everything into ``out_dir`` (new, empty, or written by fxpga before: see
+    :mod:`fxpga.outdir`), staged and then moved into place."""
+    out = out_dir if isinstance(out_dir, OutputDir) else OutputDir(out_dir)
+    with out as tmp:
         cfg = prog.config
         (tmp / "program.json").write_text(json.dumps(program_json(prog, model_sha), indent=1))
         (tmp / "program.hex").write_text(_hex(program_words(prog), 32))
@@ -123,10 +115,5 @@ def write(
 
             text = back.convert(Engine(cfg, prog), name=name)
             (tmp / f"{name}.v").write_text(text)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = out.path
     return out

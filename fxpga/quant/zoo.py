@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import FxpgaError
+from ..outdir import atomic_write
 from ..progress import bar as progress_bar
 from . import data, mlperf_tiny
 
@@ -384,10 +385,8 @@ def save_state(model: nn.Module, path: Path, info: dict) -> dict:
             "date": time.strftime("%Y-%m-%d"),
             "sha256": sha,
         }
-        mtmp = path.with_suffix(".json.tmp")
-        mtmp.write_text(json.dumps(man, indent=1) + "\n")
         os.replace(tmp, path)
-        os.replace(mtmp, path.with_suffix(".json"))
+        atomic_write(path.with_suffix(".json"), (json.dumps(man, indent=1) + "\n").encode())
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -10,15 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FxpgaError
+from ..limits import MAX_LANES
+from ..outdir import OutputDir, atomic_write
 from ..quant import quantizer, sweep
 from ..quant.data import Dataset
 from ..quant.qmodel import QModel
@@ -192,22 +191,65 @@ def _accuracy(
     )
 
 
+MAX_BUILD_REPORT_BYTES = 1 << 20  # fxpga build writes ~500 bytes
+
+
 def _build_info(build_dir: Path) -> dict:
     f = build_dir / "build_report.json"
     if not f.is_file():
         raise FxpgaError(
             f"--build {build_dir}: no build_report.json (not an fxpga build directory)"
         )
+    if f.stat().st_size > MAX_BUILD_REPORT_BYTES:
+        raise FxpgaError(
+            f"{f}: larger than {MAX_BUILD_REPORT_BYTES} bytes (not written by fxpga build)"
+        )
     try:
-        build = json.loads(f.read_text())
+        build = json.loads(f.read_bytes())
     except json.JSONDecodeError as e:
         raise FxpgaError(f"{f}: not valid JSON: {e.msg} (line {e.lineno})") from e
+    except (ValueError, RecursionError) as e:
+        raise FxpgaError(f"{f}: not valid JSON ({type(e).__name__})") from None
     missing = [
         k for k in ("board", "lanes", "cycles") if not isinstance(build, dict) or k not in build
     ]
     if missing:
         raise FxpgaError(f"{f}: no {', '.join(missing)} (not written by fxpga build?)")
+    _check_build_fields(f, build)
     return build
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and 0 < v < 1e6
+
+
+def _check_build_fields(f: Path, build: dict):
+    """Each field's type and range, as ``fxpga build`` writes them."""
+    from ..boards.build import BOARDS
+
+    def bad(key, what):
+        raise FxpgaError(f"{f}: '{key}' must be {what}, not {build.get(key)!r:.40}")
+
+    if build["board"] not in BOARDS:
+        bad("board", f"one of {', '.join(sorted(BOARDS))}")
+    if not _is_int(build["lanes"]) or not 1 <= build["lanes"] <= MAX_LANES:
+        bad("lanes", f"an integer 1..{MAX_LANES}")
+    if not _is_int(build["cycles"]) or build["cycles"] < 1:
+        bad("cycles", "a positive integer")
+    if build.get("fmax_mhz") is not None and not _is_num(build["fmax_mhz"]):
+        bad("fmax_mhz", "a frequency in MHz or null")
+    if build.get("fmax_mhz") is not None and not _is_num(build.get("target_mhz")):
+        bad("target_mhz", "a frequency in MHz")
+    for key in ("used", "available"):
+        table = build.get(key, {})
+        if not isinstance(table, dict) or not all(
+            isinstance(k, str) and _is_int(v) and 0 <= v < 1 << 40 for k, v in table.items()
+        ):
+            bad(key, "a table of resource counts")
 
 
 def _engine(qm: QModel, lanes: int, build: dict | None) -> tuple[Section, object]:
@@ -369,39 +411,34 @@ def to_markdown(rep: Report, files: str) -> str:
     return "\n".join(out)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_text(path: Path, text: str):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write(rep: Report, path: Path) -> list[Path]:
-    """``path`` ending in .html (self-contained) or .md (+ ``<stem>_files/`` of PNGs).
-    Written to temporary names and renamed into place; returns what was written."""
+def output_dir(path: Path) -> OutputDir | None:
+    """The ``<stem>_files/`` directory of a Markdown report, checked before any work (None for
+    HTML, which is one file)."""
     path = Path(path)
     if path.suffix not in (".html", ".md"):
         raise FxpgaError(f"-o {path}: the report must end in .html or .md")
+    if path.is_dir():
+        raise FxpgaError(f"-o {path}: is a directory; the report is a file")
     if not path.parent.is_dir():
         raise FxpgaError(f"-o {path}: directory '{path.parent}' does not exist")
     if path.suffix == ".html":
-        _atomic_text(path, to_html(rep))
+        return None
+    return OutputDir(path.with_name(f"{path.stem}_files"), opt=f"-o {path}: images in")
+
+
+def write(rep: Report, path: Path, files: OutputDir | None = None) -> list[Path]:
+    """``path`` ending in .html (self-contained) or .md (+ ``<stem>_files/`` of PNGs, a
+    directory fxpga owns: see :mod:`fxpga.outdir`). Written to temporary names and renamed into
+    place; returns what was written."""
+    path = Path(path)
+    if files is None:
+        files = output_dir(path)
+    if path.suffix == ".html":
+        atomic_write(path, to_html(rep).encode())
         return [path]
-    files = path.with_name(f"{path.stem}_files")
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{files.name}."))
-    tmp.chmod(0o777 & ~_umask())
-    for s in rep.sections:
-        for img in s.images:
-            (tmp / f"{img.name}.png").write_bytes(img.png)
-    if files.exists():
-        shutil.rmtree(files)
-    os.replace(tmp, files)
-    _atomic_text(path, to_markdown(rep, files.name))
-    return [path, files]
+    with files as tmp:
+        for s in rep.sections:
+            for img in s.images:
+                (tmp / f"{img.name}.png").write_bytes(img.png)
+    atomic_write(path, to_markdown(rep, files.path.name).encode())
+    return [path, files.path]
