@@ -57,6 +57,9 @@ engine_bits = bounded(
 acc_bits = bounded(limits.MIN_ACC_BITS, limits.MAX_ACC_BITS, "accumulator bits")
 images = bounded(1, limits.MAX_SAMPLES, "images")
 seed = bounded(0, limits.MAX_SEED, "seed")
+# --timeout: up to a day (a factory that trains its model first is slow, not stuck)
+MAX_LOAD_SECONDS = 86_400
+load_seconds = bounded(1, MAX_LOAD_SECONDS, "seconds")
 
 
 def info(args, msg: str):
@@ -95,14 +98,33 @@ def input_shape(v: str) -> tuple[int, ...]:
 input_shape.__name__ = "shape"
 
 
-def load_graph(spec: str, weights: str | None, shape: tuple[int, ...] | None = None):
+def load_graph(
+    spec: str,
+    weights: str | None,
+    shape: tuple[int, ...] | None = None,
+    *,
+    trust_pickle: bool = False,
+    timeout: int | None = None,
+):
     """MODEL → (nn.Module or ir.Graph, default dataset name or None, provenance dict);
-    ``shape``: the per-sample input shape of an .onnx model whose input is dynamic."""
+    ``shape``: the per-sample input shape of an .onnx model whose input is dynamic;
+    ``trust_pickle``: load a .pt2 through torch.export.load as it is (it can run code stored in
+    the file); ``timeout``: seconds the loading (the user's import and factory included) may
+    take."""
+    from ..quant import frontend
+
+    with frontend.time_limit(timeout, f"loading {spec}"):
+        return _load_graph(spec, weights, shape, trust_pickle)
+
+
+def _load_graph(spec, weights, shape, trust_pickle):
     from ..quant import frontend, onnx_import, zoo
 
     prov = {"model": spec}
     if shape is not None and not spec.endswith(".onnx"):
         raise FxpgaError("--input-shape applies to an .onnx model only")
+    if trust_pickle and not spec.endswith(".pt2"):
+        raise FxpgaError("--trust-pickle applies to a .pt2 archive only")
     if spec in zoo.HARDWARE_ONLY:
         model, ds_name = zoo.builtin(spec, weights=Path(weights) if weights else None)
         prov["weights"] = {"seeded": zoo.SEEDED_SEED, "sha256": zoo.SEEDED_SHA256[spec]}
@@ -121,8 +143,9 @@ def load_graph(spec: str, weights: str | None, shape: tuple[int, ...] | None = N
         p = Path(spec)
         if not p.is_file():
             raise FxpgaError(f"{spec}: no such file")
+        graph = frontend.from_export(p, trust_pickle=trust_pickle)  # bounds the file's size
         prov["file_sha256"] = sha256_of(p)
-        return frontend.from_export(p), None, prov
+        return graph, None, prov
     if spec.endswith(".onnx"):
         if weights:
             raise FxpgaError("--weights does not apply to an .onnx model (it holds its weights)")

@@ -7,7 +7,16 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FxpgaError
-from .common import bits, check_output, graph_digest, images, info, input_shape, load_graph
+from .common import (
+    bits,
+    check_output,
+    graph_digest,
+    images,
+    info,
+    input_shape,
+    load_graph,
+    load_seconds,
+)
 
 
 def add(sub, common):
@@ -44,6 +53,20 @@ def add(sub, common):
         help="state_dict for a file.py:factory model (torch.load weights_only=True), or a "
         ".npz written by fxpga train for a built-in model [its shipped weights]",
     )
+    q.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load a .pt2 through torch.export.load as it is, which can run code stored in the "
+        "file (pickled objects, Python expressions): only for an archive you made or trust "
+        "[without it, fxpga loads only the plain program and weights and refuses the rest]",
+    )
+    q.add_argument(
+        "--timeout",
+        type=load_seconds,
+        metavar="SECONDS",
+        help="give up loading MODEL (importing file.py and running its factory included) "
+        "after this long, 1..86400 [no limit]",
+    )
     q.add_argument("--bits", type=bits, default=8, help="word width everywhere [8]")
     q.add_argument("--conv-bits", type=bits, help="conv weight width [--bits]")
     q.add_argument("--fc-bits", type=bits, help="fully-connected weight width [--bits]")
@@ -78,7 +101,13 @@ def run(args) -> int:
     if args.config:
         config = quantizer.Config.from_json(artifact.read_json(args.config), args.config)
     widths = quantizer.Widths(args.bits, args.conv_bits, args.fc_bits)
-    model, default_ds, prov = load_graph(args.model, args.weights, args.input_shape)
+    model, default_ds, prov = load_graph(
+        args.model,
+        args.weights,
+        args.input_shape,
+        trust_pickle=args.trust_pickle,
+        timeout=args.timeout,
+    )
     ds_spec = args.data or default_ds
     if ds_spec is None:
         raise FxpgaError(
@@ -87,7 +116,8 @@ def run(args) -> int:
         )
     ds = data.load(ds_spec)
     if isinstance(model, nn.Module):
-        graph = frontend.from_module(model, ds.sample_shape)
+        with frontend.time_limit(args.timeout, f"tracing {args.model}"):
+            graph = frontend.from_module(model, ds.sample_shape)
     else:
         graph = model
     if ds.sample_shape != graph.input_shape:
