@@ -121,10 +121,12 @@ class OutputDir:
     ``with OutputDir(path) as staging: ...write into staging...`` commits on success and removes
     the staging directory on any exception (Ctrl-C included)."""
 
-    def __init__(self, path: str | Path, opt: str = "-o"):
+    def __init__(self, path: str | Path, opt: str = "-o", *, make_parents: bool = False):
+        """``make_parents``: a missing parent directory is made when the work starts."""
         self.resolved = refuse_special(path, opt)
         self.path = Path(path)
         self.opt = opt
+        self.make_parents = make_parents
         self.staging: Path | None = None
         self.check()
 
@@ -139,7 +141,7 @@ class OutputDir:
             raise FxpgaError(f"{self._where()}: is a symbolic link; name a real directory")
         if p.exists() and not p.is_dir():
             raise FxpgaError(f"{self._where()}: exists and is not a directory")
-        if not p.parent.is_dir():
+        if not p.parent.is_dir() and not (self.make_parents and not p.parent.exists()):
             raise FxpgaError(f"{self._where()}: directory '{p.parent}' does not exist")
         if not p.exists():
             return {}
@@ -171,6 +173,8 @@ class OutputDir:
     def stage(self) -> Path:
         """A new, empty staging directory beside the target (removed by :meth:`discard`)."""
         try:
+            if self.make_parents:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(
                 tempfile.mkdtemp(dir=self.path.parent, prefix=f"{STAGING_PREFIX}{self.path.name}.")
             )

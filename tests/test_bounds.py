@@ -109,7 +109,7 @@ def test_report_build_with_too_many_lanes(digits_fxq, tmp_path, capsys, monkeypa
     )
     out = tmp_path / "r.md"
     code, _, err = run(capsys, "report", str(digits_fxq), "--build", str(b), "-o", str(out), "-q")
-    assert_one_line_error(code, err, "EngineConfig.lanes must be in 1..256, not 100000")
+    assert_one_line_error(code, err, "'lanes' must be an integer 1..256, not 100000")
     assert not out.exists()
 
 

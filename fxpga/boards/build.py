@@ -494,7 +494,6 @@ def build(
     info=lambda msg: None,
 ) -> BuildReport:
     spec = board(board_name)
-    out = out_dir if isinstance(out_dir, OutputDir) else OutputDir(out_dir)
     if freq_mhz is not None:
         check_range("freq_mhz", freq_mhz, MIN_FREQ_MHZ, MAX_FREQ_MHZ, FREQ_WHY)
     check_range("seed", seed, 0, MAX_SEED, "nextpnr reads it as a C int")
@@ -509,7 +508,7 @@ def build(
     target = (pll.f_out if pll else freq) / 1e6
     divisor = uart_divisor(target * 1e6, spec.baud)  # fails before synthesis
     platform = spec.platform()
-    out_dir = out.path
+    out = out_dir if isinstance(out_dir, OutputDir) else OutputDir(out_dir, make_parents=True)
     work = out.stage()
     try:
         return _build_in(

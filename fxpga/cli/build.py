@@ -41,7 +41,7 @@ def run(args) -> int:
     from ..outdir import OutputDir
     from ..quant import artifact
 
-    out_dir = OutputDir(args.output)  # refused before any work
+    out_dir = OutputDir(args.output, make_parents=True)  # refused before any work
     qm = artifact.load(args.model)
     spec = boards.board(args.board)
     out = out_dir.path

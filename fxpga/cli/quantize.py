@@ -97,6 +97,7 @@ def run(args) -> int:
     t0 = time.monotonic()
     out = Path(args.output)
     check_output(out, (".fxq",), "the output")
+    artifact.check_destination(out)  # before the work: both names free, directory writable
     config = None
     if args.config:
         config = quantizer.Config.from_json(artifact.read_json(args.config), args.config)
