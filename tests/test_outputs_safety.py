@@ -228,3 +228,14 @@ def test_a_full_stdout_is_a_one_line_error(digits_fxq, tmp_path, monkeypatch, ca
     assert main(["compile", str(digits_fxq), "--no-verilog", "-o", str(tmp_path / "e")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "fxpga: error: standard output: No space left on device"
+
+
+def test_ctrl_c_while_the_commands_load_is_exit_130(monkeypatch, capsys):
+    import fxpga.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt  # torch's import takes ~2 s of the parser's set-up
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["--version"]) == 130
+    assert capsys.readouterr().err == "fxpga: interrupted\n"
