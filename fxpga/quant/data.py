@@ -145,25 +145,19 @@ def load_npz(path: str | Path) -> Dataset:
     any of their data is read; other arrays in the file are not read.
     """
     p = Path(path)
+    if p.is_dir():
+        raise FxpgaError(f"{p}: is a directory; --data takes a .npz file with arrays x and y")
     if not p.is_file():
         raise FxpgaError(f"{p}: no such dataset file")
     try:
-        for k, shape in npz_shapes(p).items():
-            if k in ("x", "y", "x_calib"):
-                _check_size(p, k, shape)
-        with np.load(p, allow_pickle=False) as z:
-            for k in ("x",):
-                if k not in z.files:
-                    raise FxpgaError(
-                        f"{p}: missing array '{k}' (has: {', '.join(z.files) or 'nothing'})"
-                    )
-            arrays = {k: z[k] for k in ("x", "y", "x_calib") if k in z.files}
-    except ValueError as e:
-        raise FxpgaError(f"{p}: refusing to load: {e}") from e
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        with zipfile.ZipFile(p) as zf:
+            names = set(zf.namelist())
+            if "x.npy" not in names:
+                have = ", ".join(sorted(n.removesuffix(".npy") for n in names)) or "nothing"
+                raise FxpgaError(f"{p}: missing array 'x' (has: {have})")
+            arrays = {k: _read_npy(zf, p, k) for k in ("x", "y", "x_calib") if f"{k}.npy" in names}
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as e:
         raise FxpgaError(f"{p}: not a readable .npz file: {e}") from e
-    for k, a in arrays.items():  # (a member whose header npz_shapes could not read)
-        _check_size(p, k, a.shape)
     x, y = arrays["x"], arrays.get("y")
     _check_x(p, "x", x)
     if y is not None:
@@ -171,6 +165,11 @@ def load_npz(path: str | Path) -> Dataset:
             raise FxpgaError(f"{p}: 'y' must be a 1-D integer array, got {y.dtype} {y.shape}")
         if len(y) != len(x):
             raise FxpgaError(f"{p}: 'x' has {len(x)} samples but 'y' has {len(y)}")
+        if len(y) and (y.min() < 0 or y.max() > MAX_LABEL):  # in y's own dtype: no wrap
+            bad = y.min() if y.min() < 0 else y.max()
+            raise FxpgaError(
+                f"{p}: 'y' has the label {bad}; labels are class numbers 0..{MAX_LABEL}"
+            )
         y = y.astype(np.int64)
     xc = arrays.get("x_calib")
     note = ""
@@ -184,6 +183,39 @@ def load_npz(path: str | Path) -> Dataset:
                 f"{p}: 'x_calib' samples are {xc.shape[1:]}, 'x' samples are {x.shape[1:]}"
             )
     return Dataset(p.name, xc.astype(np.float32), x.astype(np.float32), y, note=note)
+
+
+# a label names a class: a classifier has at most as many outputs as a tensor has values
+MAX_LABEL = MAX_TENSOR_ELEMENTS - 1
+NPY_HEADER_BYTES = 10_000  # numpy's own limit on a .npy header
+
+
+def _read_npy(zf: zipfile.ZipFile, p: Path, k: str) -> np.ndarray:
+    """Member ``k`` of the dataset ``p``: its ``.npy`` header (version, dtype, shape) is checked
+    against ``fxpga.limits`` before its data is read, and only the bytes the header declares
+    are decompressed."""
+    fmt = np.lib.format
+    bad = f"{p}: '{k}' is not a valid .npy array"
+    with zf.open(f"{k}.npy") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f, NPY_HEADER_BYTES)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f, NPY_HEADER_BYTES)
+            else:
+                raise ValueError(f"format version {version}")
+        except Exception as e:  # numpy parses the header with ast/tokenize: any error
+            raise FxpgaError(f"{bad} ({str(e).splitlines()[0][:100] if str(e) else e!r})") from None
+        if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8:
+            raise FxpgaError(f"{p}: '{k}' must be numbers, not {dtype}")
+        shape = tuple(int(d) for d in shape)
+        _check_size(p, k, shape)
+        n = math.prod(shape) * dtype.itemsize
+        data = f.read(n)
+    if len(data) != n:
+        raise FxpgaError(f"{p}: '{k}' is cut short ({len(data):,} of {n:,} bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def npz_shapes(p: Path) -> dict[str, tuple[int, ...]]:

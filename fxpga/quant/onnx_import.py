@@ -56,6 +56,12 @@ _FLOAT_TYPES = {
     onnx.TensorProto.FLOAT16,
     onnx.TensorProto.BFLOAT16,
 }
+# opset 1's Pad names its attribute `paddings`; from opset 2 on each op's form is read by its
+# converter (Pad, Clip, MaxPool, Softmax change), and before opset 7 an Add/Sub/Mul/Div with a
+# broadcast `axis` is refused. The newest is the installed onnx package's, against which its
+# checker validates the model.
+MIN_OPSET = 2
+MAX_OPSET = onnx.defs.onnx_opset_version()
 _UNBOUNDED = 3.4e38  # Clip before opset 11 defaults to ±FLT_MAX: no bound
 
 
@@ -251,7 +257,7 @@ class _Importer:
         self.model, self.path, self.graph = model, path, model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.const: dict[str, np.ndarray] = {
-            t.name: numpy_helper.to_array(t) for t in self.graph.initializer
+            t.name: self.initializer(t) for t in self.graph.initializer
         }
         self.values: dict[str, _Value] = {}
         self.nodes: list[ir.Node] = []
@@ -263,6 +269,15 @@ class _Importer:
 
     def fail(self, why: str):
         raise FxpgaError(f"{self.path}: {why}")
+
+    def initializer(self, t: onnx.TensorProto) -> np.ndarray:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            self.fail(f"initializer '{t.name}' is stored in an external file; fxpga reads one file")
+        try:
+            return numpy_helper.to_array(t)
+        except Exception as e:
+            why = f"unknown data type {t.data_type}" if isinstance(e, KeyError) else _first_line(e)
+            self.fail(f"initializer '{t.name}' cannot be read: {why}")
 
     def unique(self, base: str) -> str:
         name, k = base, 1
@@ -371,6 +386,12 @@ class _Importer:
         ctx = _Ctx(self, node, self.unique(node.name or f"{node.op_type}_{k}"))
         if node.domain not in ("", "ai.onnx"):
             ctx.fail(f"op from domain '{node.domain}' is not supported; supported are {SUPPORTED}")
+        if (
+            self.opset < 7
+            and node.op_type in ("Add", "Sub", "Mul", "Div")
+            and any(a.name == "axis" for a in node.attribute)
+        ):
+            ctx.fail("broadcasting along an 'axis' (before opset 7) is not supported")
         present = [i for i in node.input if i]
         if node.op_type in _FOLD and all(i in self.const for i in present):
             args = [self.const[i] if i else None for i in node.input]
@@ -924,7 +945,16 @@ def load(path) -> onnx.ModelProto:
             f"can hold"
         )
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)  # no file but `path` is read
+    except Exception as e:
+        raise FxpgaError(f"{path}: not a readable ONNX model: {_first_line(e)}") from e
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise FxpgaError(
+            f"{path}: opset {opset} is not supported; fxpga reads ONNX opsets "
+            f"{MIN_OPSET}..{MAX_OPSET} of the default domain"
+        )
+    try:
         onnx.checker.check_model(model)
     except Exception as e:
         raise FxpgaError(f"{path}: not a readable ONNX model: {_first_line(e)}") from e
