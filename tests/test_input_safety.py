@@ -58,10 +58,8 @@ def test_a_bomb_behind_a_small_header_decompresses_only_what_it_declares(tmp_pat
 def test_a_huge_unsigned_label_is_reported_as_itself(tmp_path):
     y = np.array([0, 1, 2, np.iinfo(np.uint64).max], np.uint64)
     p = npz(tmp_path / "d.npz", x=X, y=y)
-    with pytest.raises(FxpgaError, match=r"'y' has the label 18446744073709551615"):
+    with pytest.raises(FxpgaError, match=r"label y\[3\] = 18446744073709551615 is not a class"):
         data.load_npz(p)
-    with pytest.raises(FxpgaError, match=r"'y' has the label -3"):
-        data.load_npz(npz(tmp_path / "n.npz", x=X, y=np.array([0, 1, -3, 2])))
 
 
 def test_data_naming_a_directory(tmp_path, capsys):

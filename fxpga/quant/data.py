@@ -165,11 +165,10 @@ def load_npz(path: str | Path) -> Dataset:
             raise FxpgaError(f"{p}: 'y' must be a 1-D integer array, got {y.dtype} {y.shape}")
         if len(y) != len(x):
             raise FxpgaError(f"{p}: 'x' has {len(x)} samples but 'y' has {len(y)}")
-        if len(y) and (y.min() < 0 or y.max() > MAX_LABEL):  # in y's own dtype: no wrap
-            bad = y.min() if y.min() < 0 else y.max()
-            raise FxpgaError(
-                f"{p}: 'y' has the label {bad}; labels are class numbers 0..{MAX_LABEL}"
-            )
+        big = np.flatnonzero(y > np.iinfo(np.int64).max) if y.dtype.kind == "u" else ()
+        if len(big):  # checked in y's own dtype: the int64 the rest reads would wrap
+            i = int(big[0])
+            raise FxpgaError(f"{p}: label y[{i}] = {y[i]} is not a class number (too large)")
         y = y.astype(np.int64)
     xc = arrays.get("x_calib")
     note = ""
@@ -185,8 +184,6 @@ def load_npz(path: str | Path) -> Dataset:
     return Dataset(p.name, xc.astype(np.float32), x.astype(np.float32), y, note=note)
 
 
-# a label names a class: a classifier has at most as many outputs as a tensor has values
-MAX_LABEL = MAX_TENSOR_ELEMENTS - 1
 NPY_HEADER_BYTES = 10_000  # numpy's own limit on a .npy header
 
 
@@ -207,7 +204,9 @@ def _read_npy(zf: zipfile.ZipFile, p: Path, k: str) -> np.ndarray:
                 raise ValueError(f"format version {version}")
         except Exception as e:  # numpy parses the header with ast/tokenize: any error
             raise FxpgaError(f"{bad} ({str(e).splitlines()[0][:100] if str(e) else e!r})") from None
-        if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8:
+        if dtype.hasobject:
+            raise FxpgaError(f"{p}: refusing to load '{k}': {dtype} arrays need pickle")
+        if dtype.kind not in "biuf" or dtype.itemsize > 8:
             raise FxpgaError(f"{p}: '{k}' must be numbers, not {dtype}")
         shape = tuple(int(d) for d in shape)
         _check_size(p, k, shape)
