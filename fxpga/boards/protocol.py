@@ -227,17 +227,30 @@ def check_reply(cmd: int, reply: tuple[int, bytes]) -> bytes:
 
 class Link:
     """Request/response over a byte stream with ``write(bytes)`` and ``read(n)`` (pyserial's
-    ``Serial`` with a read timeout). Each request gets one reply or a timeout error."""
+    ``Serial`` with a read timeout). Each request gets one reply or a timeout error; a port
+    that fails (``OSError``, pyserial's ``SerialException``: the adapter unplugged) is a
+    one-line error naming the port (``name``)."""
 
-    def __init__(self, port, timeout: float = 2.0, retries: int = 2):
+    def __init__(self, port, timeout: float = 2.0, retries: int = 2, name: str | None = None):
         check_range("Link timeout (s)", timeout, MIN_TIMEOUT_S, MAX_TIMEOUT_S)
         self.port, self.timeout, self.retries = port, timeout, retries
+        self.name = name or str(getattr(port, "port", None) or "the serial port")
         self.decoder = Decoder()
+
+    def _io(self, what: str, call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            why = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise FxpgaError(
+                f"{self.name}: the serial port failed while {what}: {why} (is the adapter "
+                f"still plugged in?)"
+            ) from e
 
     def request(self, cmd: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
         last = None
         for _ in range(self.retries + 1):
-            self.port.write(encode(cmd, payload))
+            self._io("writing", self.port.write, encode(cmd, payload))
             try:
                 return check_reply(cmd, self._reply(timeout or self.timeout))
             except FxpgaError as e:  # a NAK for a corrupted request is worth one retry
@@ -249,7 +262,7 @@ class Link:
     def _reply(self, timeout: float) -> tuple[int, bytes]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            frames = self.decoder.feed(self.port.read(64) or b"")
+            frames = self.decoder.feed(self._io("reading", self.port.read, 64) or b"")
             if frames:
                 return frames[0]
         raise FxpgaError(
@@ -260,10 +273,20 @@ class Link:
     def identify(self) -> Ident:
         return Ident.parse(self.request(IDENT))
 
-    def infer(self, values, ident: Ident, timeout: float = 10.0) -> tuple[list[int], int]:
+    def infer(self, values, ident: Ident, run_time: float = 0.0) -> tuple[list[int], int]:
+        """One inference: the board replies to RUN when it is done, so RUN's reply is awaited
+        for the larger of the link's timeout and ``run_time`` (the inference's estimated
+        seconds); the output must be ``ident.out_size`` values and the cycle count."""
         self.request(WRITE_INPUT, pack_values(values, ident.data_bits))
-        self.request(RUN, timeout=timeout)
+        self.request(RUN, timeout=max(self.timeout, run_time))
         reply = self.request(READ_OUTPUT)
+        vb = value_bytes(ident.data_bits)
+        if len(reply) != ident.out_size * vb + 4:
+            raise FxpgaError(
+                f"{self.name}: the board's READ_OUTPUT reply has {len(reply)} bytes, expected "
+                f"{ident.out_size * vb + 4} ({ident.out_size} outputs of {vb} byte(s), then "
+                f"the 4-byte cycle count)"
+            )
         out = unpack_values(reply, ident.out_size, ident.data_bits)
         (cycles,) = struct.unpack("<I", reply[-4:])
         return out, cycles

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from .. import limits
@@ -31,27 +32,39 @@ def add(sub, common):
         "--timeout",
         type=bounded(limits.MIN_TIMEOUT_S, limits.MAX_TIMEOUT_S, "seconds"),
         default=2.0,
-        help="reply timeout, s [2]",
+        help="how long to wait for each reply, s; RUN's at least the inference's time at the "
+        "slowest engine clock [2]",
     )
     r.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import numpy as np
     import serial
 
     from ..boards import protocol
-    from ..progress import bar
-    from ..quant import artifact, golden
-    from ..sim.simulate import to_engine_order
+    from ..quant import artifact
 
     qm = artifact.load(args.model)
     ds = dataset_for(args, qm)
     try:
         port = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.05)
-    except (serial.SerialException, ValueError) as e:
+    except (OSError, ValueError) as e:  # OSError: pyserial's SerialException too
         raise FxpgaError(f"{args.port}: cannot open the serial port: {e}") from e
-    link = protocol.Link(port, timeout=args.timeout)
+    try:
+        return _run(args, qm, ds, protocol.Link(port, timeout=args.timeout, name=args.port))
+    finally:
+        with contextlib.suppress(OSError):  # unplugged mid-run: the run's error says so
+            getattr(port, "close", lambda: None)()
+
+
+def _run(args, qm, ds, link) -> int:
+    import numpy as np
+
+    from ..boards import protocol
+    from ..progress import bar
+    from ..quant import golden
+    from ..sim.simulate import to_engine_order
+
     ident = link.identify()
     prog = board_program(qm, ident)
     if ident.model_hash != protocol.model_hash(prog):
@@ -61,6 +74,17 @@ def run(args) -> int:
             f"{ident.lanes} lanes {protocol.model_hash(prog).hex()}): "
             f"build and load its bitstream first"
         )
+    sizes = {
+        "in_size": (ident.in_size, prog.in_size),
+        "out_size": (ident.out_size, prog.out_size),
+        "data_bits": (ident.data_bits, prog.config.data_bits),
+    }
+    for field, (board, want) in sizes.items():
+        if board != want:
+            raise FxpgaError(
+                f"{args.port}: the board's IDENT gives {field} {board}, {args.model}'s program "
+                f"has {want}: the board's engine does not match its model hash"
+            )
     if ident.weights_at_runtime:
         info(args, f"loading {sum(map(len, prog.wmem)):,} weights into the board")
         link.load_weights(prog, lambda it: bar(it, desc="weights", enabled=not args.quiet))
@@ -68,10 +92,12 @@ def run(args) -> int:
     xi = golden.quantize_input(qm, ds.x_test[:n])
     want = to_engine_order(golden.run_int(qm, xi).reshape(n, -1), prog.out_shape)
     samples = prog.to_engine(xi)
+    # an inference's time at the slowest engine clock fxpga builds: RUN's reply may take that
+    run_time = prog.total_cycles / (limits.MIN_FREQ_MHZ * 1e6)
     bad, cycles, walls, outs = 0, [], [], []
     for i in bar(range(n), desc="board", enabled=not args.quiet):
         t = time.perf_counter()
-        got, cyc = link.infer(samples[i], ident)
+        got, cyc = link.infer(samples[i], ident, run_time=run_time)
         walls.append(time.perf_counter() - t)
         cycles.append(cyc)
         outs.append(got)

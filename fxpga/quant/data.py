@@ -152,10 +152,18 @@ def load_npz(path: str | Path) -> Dataset:
     try:
         with zipfile.ZipFile(p) as zf:
             names = set(zf.namelist())
+            for k in ("x", "y", "x_calib"):
+                if k in names and f"{k}.npy" not in names:
+                    raise FxpgaError(
+                        f"{p}: member '{k}' is not a .npy array (an array {k} is the member "
+                        f"'{k}.npy', as numpy.savez writes it)"
+                    )
             if "x.npy" not in names:
                 have = ", ".join(sorted(n.removesuffix(".npy") for n in names)) or "nothing"
                 raise FxpgaError(f"{p}: missing array 'x' (has: {have})")
-            arrays = {k: _read_npy(zf, p, k) for k in ("x", "y", "x_calib") if f"{k}.npy" in names}
+            keys = [k for k in ("x", "y", "x_calib") if f"{k}.npy" in names]
+            headers = {k: _npy_header(zf, p, k) for k in keys}  # every size bounded first
+            arrays = {k: _npy_data(zf, p, k, *headers[k]) for k in keys}
     except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as e:
         raise FxpgaError(f"{p}: not a readable .npz file: {e}") from e
     x, y = arrays["x"], arrays.get("y")
@@ -187,10 +195,9 @@ def load_npz(path: str | Path) -> Dataset:
 NPY_HEADER_BYTES = 10_000  # numpy's own limit on a .npy header
 
 
-def _read_npy(zf: zipfile.ZipFile, p: Path, k: str) -> np.ndarray:
-    """Member ``k`` of the dataset ``p``: its ``.npy`` header (version, dtype, shape) is checked
-    against ``fxpga.limits`` before its data is read, and only the bytes the header declares
-    are decompressed."""
+def _npy_header(zf: zipfile.ZipFile, p: Path, k: str):
+    """Member ``k`` of the dataset ``p``: its ``.npy`` header (version, dtype, shape), checked
+    against ``fxpga.limits``, and the offset of its data; no data is decompressed."""
     fmt = np.lib.format
     bad = f"{p}: '{k}' is not a valid .npy array"
     with zf.open(f"{k}.npy") as f:
@@ -204,13 +211,29 @@ def _read_npy(zf: zipfile.ZipFile, p: Path, k: str) -> np.ndarray:
                 raise ValueError(f"format version {version}")
         except Exception as e:  # numpy parses the header with ast/tokenize: any error
             raise FxpgaError(f"{bad} ({str(e).splitlines()[0][:100] if str(e) else e!r})") from None
-        if dtype.hasobject:
-            raise FxpgaError(f"{p}: refusing to load '{k}': {dtype} arrays need pickle")
-        if dtype.kind not in "biuf" or dtype.itemsize > 8:
-            raise FxpgaError(f"{p}: '{k}' must be numbers, not {dtype}")
-        shape = tuple(int(d) for d in shape)
-        _check_size(p, k, shape)
-        n = math.prod(shape) * dtype.itemsize
+        offset = f.tell()
+    if dtype.hasobject:
+        raise FxpgaError(f"{p}: refusing to load '{k}': {dtype} arrays need pickle")
+    if dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise FxpgaError(f"{p}: '{k}' must be numbers, not {dtype}")
+    shape = tuple(int(d) for d in shape)
+    _check_size(p, k, shape)
+    return shape, fortran, dtype, offset
+
+
+def _npy_data(zf: zipfile.ZipFile, p: Path, k: str, shape, fortran, dtype, offset) -> np.ndarray:
+    """The array of member ``k`` whose header ``_npy_header`` read: the zip's declared size
+    must be the header's plus the data its shape and dtype imply, and only that much is
+    decompressed."""
+    n = math.prod(shape) * dtype.itemsize
+    held = zf.getinfo(f"{k}.npy").file_size - offset
+    if held != n:
+        raise FxpgaError(
+            f"{p}: '{k}' declares {shape} {dtype} ({n:,} bytes) but its zip member holds "
+            f"{held:,} bytes of data"
+        )
+    with zf.open(f"{k}.npy") as f:
+        f.read(offset)
         data = f.read(n)
     if len(data) != n:
         raise FxpgaError(f"{p}: '{k}' is cut short ({len(data):,} of {n:,} bytes)")

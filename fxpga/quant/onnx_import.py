@@ -62,6 +62,7 @@ _FLOAT_TYPES = {
 # checker validates the model.
 MIN_OPSET = 2
 MAX_OPSET = onnx.defs.onnx_opset_version()
+_DEFAULT_DOMAIN = ("", "ai.onnx")
 _UNBOUNDED = 3.4e38  # Clip before opset 11 defaults to ±FLT_MAX: no bound
 
 
@@ -948,12 +949,18 @@ def load(path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)  # no file but `path` is read
     except Exception as e:
         raise FxpgaError(f"{path}: not a readable ONNX model: {_first_line(e)}") from e
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    supported = f"fxpga reads ONNX opsets {MIN_OPSET}..{MAX_OPSET} of the default domain"
+    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAIN), None)
+    if opset is None:
+        raise FxpgaError(f"{path}: the model imports no opset of the default domain; {supported}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise FxpgaError(
-            f"{path}: opset {opset} is not supported; fxpga reads ONNX opsets "
-            f"{MIN_OPSET}..{MAX_OPSET} of the default domain"
-        )
+        raise FxpgaError(f"{path}: opset {opset} is not supported; {supported}")
+    for k, n in enumerate(model.graph.node):  # used or not: a model of other domains is refused
+        if n.domain not in _DEFAULT_DOMAIN:
+            raise FxpgaError(
+                f"{path}: node '{n.name or f'{n.op_type}_{k}'}' is {n.op_type} of the domain "
+                f"'{n.domain}'; {supported} (ai.onnx) only"
+            )
     try:
         onnx.checker.check_model(model)
     except Exception as e:
