@@ -52,7 +52,8 @@ def add(sub, common):
         "-o",
         "--output",
         metavar="DIR",
-        help="keep simulator runs, logs, waveforms and failing inputs here",
+        help="keep simulator runs, logs, waveforms and failing inputs here [temporary "
+        "directories, removed at the end but for those an error or mismatch names]",
     )
     s.set_defaults(func=run)
 
@@ -62,7 +63,7 @@ def run(args) -> int:
 
     from ..hw import compiler
     from ..quant import artifact
-    from ..sim import simulate, tools
+    from ..sim import runner, simulate, tools
 
     if args.waves and args.samples > limits.MAX_WAVE_SAMPLES:
         raise FxpgaError(
@@ -71,6 +72,7 @@ def run(args) -> int:
         )
     qm = artifact.load(args.model)
     tools.sim_env(args.simulator)  # a missing simulator fails before anything is built
+    runner.usable_cache_root()  # and so does a cache that cannot hold its model
     ds = dataset_for(args, qm)
     n = min(args.samples, len(ds.x_test))
     rng = np.random.default_rng(args.seed)

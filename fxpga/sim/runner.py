@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import FxpgaError
+from ..errors import FxpgaError, Terminated
 from ..hw.compiler import Program
 from ..hw.engine import REGION_PROGRAM, Engine
 from ..limits import (
@@ -38,6 +44,28 @@ def cache_root() -> Path:
     return (Path(d) if d else Path.home() / ".cache" / "fxpga") / "sim"
 
 
+def usable_cache_root() -> Path:
+    """``cache_root()``, created if need be; a one-line error naming it and ``FXPGA_CACHE`` if
+    it cannot hold models (a file, ``/dev/null``, a directory fxpga may not write)."""
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(root))
+    except OSError as e:
+        raise _cache_error(root, e) from e
+    return root
+
+
+def _cache_error(root: Path, e: OSError) -> FxpgaError:
+    env = os.environ.get("FXPGA_CACHE")
+    knob = f"FXPGA_CACHE={env!r}: " if env else ""
+    return FxpgaError(
+        f"{knob}cannot keep simulator models in {str(root)!r} ({e.strerror or e}); set "
+        f"FXPGA_CACHE to a writable directory"
+    )
+
+
 # Simulator models kept in the cache; the least recently used go first. A Verilator model is
 # ~1 MB once its build intermediates are gone (its precompiled headers alone were 140 MB), an
 # Icarus one ~3 MB.
@@ -47,6 +75,15 @@ CACHE_ENTRIES = 200
 _BUILD_ONLY = ("*.gch", "*.o", "*.a", "*.d")
 # A model directory without a BUILT stamp is either being built (leave it) or was abandoned.
 _ABANDONED_S = 24 * 3600
+# A model is built in a private directory beside its cache entry, named by this prefix, the
+# entry's name and a random suffix, and renamed onto the entry once complete: an entry is
+# whole or absent. The builder holds an flock on the private directory's owner file, into which
+# it writes its pid once locked; a private directory whose owner file is unlocked and holds a
+# pid (or is older than _CLAIM_S without one) was left by a builder that died.
+_PRIVATE = ".fxpga-build-"
+_PRIVATE_NAME = re.compile(r"\.fxpga-build-(?:verilator|icarus)-[0-9a-f]{16}-[a-z0-9_]+")
+_OWNER = ".owner"
+_CLAIM_S = 60
 
 
 def _cache_entries() -> int:
@@ -78,9 +115,12 @@ def _last_used(d: Path) -> float | None:
 
 
 def evict(root: Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` most recently used models under ``root``; return them."""
+    """Delete all but the ``keep`` most recently used models under ``root``; return them.
+    Private build directories whose builder died go too (they are not models)."""
     aged = []
     for d in root.iterdir() if root.is_dir() else ():
+        if d.name.startswith(_PRIVATE):
+            continue
         t = _last_used(d) if d.is_dir() else None
         if t is not None:
             aged.append((t, d))
@@ -89,7 +129,158 @@ def evict(root: Path, keep: int) -> list[Path]:
     for d in gone:
         shutil.rmtree(d, ignore_errors=True)
         (d.parent / f"{d.name}.lock").unlink(missing_ok=True)
+        (d.parent / f"{d.name}.log").unlink(missing_ok=True)
+    remove_abandoned(root)
     return gone
+
+
+def remove_abandoned(root: Path) -> list[Path]:
+    """Delete the private build directories under ``root`` whose builder is gone (the rule is
+    at ``_PRIVATE``); return them. Nothing else is touched."""
+    return [
+        p
+        for p in (root.glob(f"{_PRIVATE}*") if root.is_dir() else ())
+        if _PRIVATE_NAME.fullmatch(p.name)
+        and not p.is_symlink()
+        and p.is_dir()
+        and _remove_if_abandoned(p)
+    ]
+
+
+def _remove_if_abandoned(p: Path) -> bool:
+    try:
+        with open(p / _OWNER, "rb") as owner:
+            try:
+                fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # its builder is at work
+            if not owner.read().strip() and _age(p / _OWNER) <= _CLAIM_S:
+                return False  # its builder is about to lock it
+            shutil.rmtree(p, ignore_errors=True)  # with the lock held: no builder can claim it
+            return True
+    except FileNotFoundError:  # made, never claimed: its builder died in between, or is young
+        if _age(p) <= _CLAIM_S:
+            return False
+        shutil.rmtree(p, ignore_errors=True)
+        return True
+    except OSError:
+        return False
+
+
+def _age(p: Path) -> float:
+    try:
+        return time.time() - p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@contextlib.contextmanager
+def _private_dir(root: Path, name: str):
+    """A new private directory in ``root`` to build the model ``name`` in, claimed (its owner
+    file locked, this pid written) for as long as the block runs and removed at its end unless
+    it was renamed away."""
+    with contextlib.ExitStack() as stack:
+        work = None
+        try:
+            work = Path(tempfile.mkdtemp(dir=root, prefix=f"{_PRIVATE}{name}-"))
+            owner = stack.enter_context(open(work / _OWNER, "w"))
+        except OSError as e:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            raise _cache_error(root, e) from e
+        stack.callback(shutil.rmtree, work, ignore_errors=True)  # before the owner is closed
+        fcntl.flock(owner, fcntl.LOCK_EX)
+        owner.write(f"{os.getpid()}\n")
+        owner.flush()
+        yield work
+
+
+# The leader of each simulator command's process group, run as ``python -c``: it runs the
+# command inside its group and, on SIGTERM, kills the whole group. On Linux the kernel sends it
+# SIGTERM when the fxpga thread that started it dies (PR_SET_PDEATHSIG), by SIGKILL too, so a
+# killed fxpga leaves no make or compiler behind.
+_LEADER = """\
+import os, signal, subprocess, sys
+signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
+if sys.platform.startswith("linux"):
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    os.killpg(0, signal.SIGKILL)
+sys.exit(subprocess.call(sys.argv[2:]))
+"""
+
+
+def _run_in_group(cmd, cwd, env, stdout=None) -> int:
+    """Run ``cmd`` under ``_LEADER`` in a session (and process group) of its own; return its
+    exit status. Whatever is left of the group when the command ends, or when waiting for it is
+    interrupted (any exception, KeyboardInterrupt, ``Terminated``), is
+    killed: the group is killed before the leader is reaped, so its id cannot be reused."""
+    p = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _LEADER, str(os.getpid()), *map(str, cmd)],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=None if stdout is None else subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    return p.returncode
+
+
+def _in_own_groups(r):
+    """The cocotb runner ``r``, made to run each of its commands (Verilator, make, iverilog, the
+    simulation) with ``_run_in_group``. cocotb's runner starts them with ``subprocess.run`` and
+    no way to ask for a process group, so its ``_execute_cmds`` is replaced on ``r``."""
+    from cocotb_tools.runner import Runner
+
+    if not callable(getattr(Runner, "_execute_cmds", None)):
+        import cocotb
+
+        raise FxpgaError(
+            f"cocotb {cocotb.__version__}: cocotb_tools.runner.Runner has no _execute_cmds, "
+            f"through which fxpga runs simulator commands in a process group of their own "
+            f"(cocotb 2.1 has it)"
+        )
+
+    def execute_cmds(cmds, cwd, stdout=None):
+        for cmd in cmds:
+            r.log.info("Running command %s in directory %s", shlex.join(map(str, cmd)), cwd)
+            code = _run_in_group(cmd, cwd, r.env, stdout)
+            if code != 0:
+                raise RuntimeError(f"Command failed with return code: {code}")
+
+    r._execute_cmds = execute_cmds
+    return r
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While the block runs, SIGTERM raises ``Terminated``, which unwinds like Ctrl-C, so that
+    the simulator's process groups are killed and fxpga's temporary files removed on the way
+    out. Only in the main thread, and only where SIGTERM has its default action (the command
+    line installs the same handler itself)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def engine_verilog(prog: Program | None, config=None, platform=None, **depths) -> str:
@@ -158,7 +349,9 @@ def build(
 
     Cached under ``~/.cache/fxpga/sim/<simulator>-<hash>`` keyed by the Verilog text (memory
     images included), the simulator and whether waves are traced: a second run does not
-    rebuild. Verilator's build intermediates are deleted once the model is built, and only the
+    rebuild. The model is built in a private directory and renamed onto its entry once complete,
+    so an entry is never half-built, whatever happens to the build. Verilator's build
+    intermediates are deleted once the model is built, and only the
     ``$FXPGA_SIM_CACHE_ENTRIES`` (default 200) most recently used models are kept.
     """
     env = sim_env(simulator)
@@ -166,12 +359,17 @@ def build(
     extra = "".join(Path(p).read_text() for p in extra_sources)
     key = hashlib.sha256(f"{simulator}:{waves}:{top}:v2\n{text}{extra}".encode()).hexdigest()
     key = key[:16]
-    d = cache_root() / f"{simulator}-{key}"
+    root = usable_cache_root()
+    d = root / f"{simulator}-{key}"
     keep = _cache_entries()
-    d.mkdir(parents=True, exist_ok=True)
     # one builder per model: another process (a pytest-xdist worker, a second fxpga) that
     # wants the same model waits here, then finds it built
-    with open(d.parent / f"{d.name}.lock", "w") as lock:
+    with contextlib.ExitStack() as stack:
+        try:
+            lock = stack.enter_context(open(root / f"{d.name}.lock", "w"))
+        except OSError as e:
+            raise _cache_error(root, e) from e
+        stack.enter_context(sigterm_interrupts())
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _build_locked(d, text, extra_sources, top, simulator, waves, env, keep, info)
 
@@ -179,31 +377,60 @@ def build(
 def _build_locked(d, text, extra_sources, top, simulator, waves, env, keep, info) -> Path:
     from cocotb_tools.runner import get_runner
 
-    stamp = d / "BUILT"
-    if stamp.exists():
+    if (d / "BUILT").exists():
         (d / "USED").touch()
         return d
-    src = d / f"{top}.v"
-    src.write_text(text)
-    log = d / "build.log"
+    root = d.parent
+    remove_abandoned(root)
+    if d.is_dir() and not d.is_symlink():
+        # an entry without its stamp was built in place by an older fxpga that did not finish
+        # (its builder held this lock, so it is gone)
+        shutil.rmtree(d)
+    log = root / f"{d.name}.log"
     info(f"building the {simulator} model (once per design; log: {log})")
     t0 = time.monotonic()
-    kw = {"sources": [src, *extra_sources], "hdl_toplevel": top, "build_dir": d, "waves": waves}
-    if simulator == "verilator":
-        kw["build_args"] = ["-Wno-fatal", "-Wno-WIDTH", "-O2"]
-    else:
-        kw["timescale"] = ("1ns", "1ps")
-    try:
-        with patched_env(env), _output_to(log):
-            get_runner(simulator).build(**kw)
-    except (SystemExit, Exception) as e:
-        raise FxpgaError(f"{simulator} build failed ({_tail(log)}); see {log}") from e
-    for pattern in _BUILD_ONLY:
-        for f in d.glob(pattern):
-            f.unlink()
-    stamp.write_text(f"{time.monotonic() - t0:.1f} s\n")
-    evict(cache_root(), keep)
+    with _private_dir(root, d.name) as work:
+        src = work / f"{top}.v"
+        src.write_text(text)
+        kw = {
+            "sources": [src, *extra_sources], "hdl_toplevel": top, "build_dir": work,
+            "waves": waves,
+        }  # fmt: skip
+        if simulator == "verilator":
+            kw["build_args"] = ["-Wno-fatal", "-Wno-WIDTH", "-O2"]
+        else:
+            kw["timescale"] = ("1ns", "1ps")
+        log.unlink(missing_ok=True)  # a new file: nothing of an earlier build writes into it
+        r = _in_own_groups(get_runner(simulator))
+        try:
+            with patched_env(env), _output_to(log):
+                r.build(**kw)
+        except (SystemExit, Exception) as e:
+            raise FxpgaError(f"{simulator} build failed ({_tail(log)}); see {log}") from e
+        for pattern in _BUILD_ONLY:
+            for f in work.glob(pattern):
+                f.unlink()
+        (work / "BUILT").write_text(f"{time.monotonic() - t0:.1f} s\n")
+        os.replace(log, work / "build.log")
+        try:
+            os.rename(work, d)
+        except OSError as e:
+            # another fxpga built the same model meanwhile (say, it took the lock after an
+            # evict removed the lock file): keep its model, drop this one
+            if not (d / "BUILT").exists():
+                raise FxpgaError(f"cannot move the built model onto {d}: {e.strerror}") from e
+        else:
+            (d / _OWNER).unlink(missing_ok=True)
+    evict(root, keep)
     return d
+
+
+class SimulationFailed(FxpgaError):
+    """A simulator run that failed; its message names the log, which is in ``workdir``."""
+
+    def __init__(self, msg: str, workdir: Path):
+        super().__init__(msg)
+        self.workdir = workdir
 
 
 @dataclass
@@ -254,13 +481,20 @@ def run_cocotb(
     }
     if simulator == "icarus":
         kw["timescale"] = ("1ns", "1ps")
+        if waves:  # into the run's directory, not the (shared) model's
+            kw["plusargs"] = [f"+dumpfile_path={workdir / f'{top}.fst'}"]
+    r = _in_own_groups(get_runner(simulator))
     try:
-        with patched_env(sim_env(simulator)), _output_to(log):
-            get_runner(simulator).test(**kw)
+        with patched_env(sim_env(simulator)), _output_to(log), sigterm_interrupts():
+            r.test(**kw)
     except (SystemExit, Exception) as e:
-        raise FxpgaError(f"{simulator} simulation failed ({_tail(log)}); see {log}") from e
+        raise SimulationFailed(
+            f"{simulator} simulation failed ({_tail(log)}); see {log}", workdir
+        ) from e
     if not results.exists():
-        raise FxpgaError(f"{simulator} simulation ended without results ({_tail(log)}); see {log}")
+        raise SimulationFailed(
+            f"{simulator} simulation ended without results ({_tail(log)}); see {log}", workdir
+        )
     return json.loads(results.read_text()), log
 
 
@@ -288,11 +522,7 @@ def run_job(
     r, log = run_cocotb(build_dir, simulator, TEST_MODULE, job, workdir, seed=seed, waves=waves)
     wave = None
     if waves:
-        found = (
-            sorted(workdir.glob("*.vcd"))
-            + sorted(workdir.glob("*.fst"))
-            + sorted(build_dir.glob("*.fst"))
-        )
+        found = sorted(workdir.glob("*.vcd")) + sorted(workdir.glob("*.fst"))
         wave = found[0] if found else None
     return JobResult(
         [x["got"] for x in r["results"]],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +81,33 @@ def simulate(
     progress: bool = True,
     info=lambda msg: None,
 ) -> SimReport:
-    """Run float images ``x`` (labels ``y``) through the engine's Verilog in ``simulator``."""
+    """Run float images ``x`` (labels ``y``) through the engine's Verilog in ``simulator``.
+
+    Without ``out_dir`` each simulator run gets a temporary directory, removed when the
+    simulation ends (done, failed or interrupted), except the one of a failed run, whose log the
+    error names; the artifacts of a mismatch are kept and listed in the report."""
+    with runner.sigterm_interrupts(), _scratch() as made:
+        return _simulate(
+            qm, prog, x, y, simulator, seed, stall, waves, out_dir, progress, info, made
+        )
+
+
+@contextlib.contextmanager
+def _scratch():
+    """A list of the directories fxpga makes for itself: removed when the block ends, except
+    those holding the log that a ``runner.SimulationFailed`` names."""
+    made: list[Path] = []
+    try:
+        yield made
+    except runner.SimulationFailed as e:
+        made[:] = [d for d in made if not Path(e.workdir).resolve().is_relative_to(d.resolve())]
+        raise
+    finally:
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _simulate(qm, prog, x, y, simulator, seed, stall, waves, out_dir, progress, info, made):
     runner.check_stream_options(len(x), seed, stall, waves)
     xi = golden.quantize_input(qm, x)
     want = golden.run_int(qm, xi).reshape(len(x), -1)
@@ -93,6 +121,8 @@ def simulate(
     chunks = range(0, len(x), CHUNK)
     for k, i in enumerate(bar(chunks, desc=f"{simulator}", enabled=progress, unit="chunk")):
         work = runner.new_workdir(out_dir, f"run{k}-")
+        if out_dir is None:
+            made.append(work)
         r = runner.run_job(
             prog,
             build_dir,
@@ -119,16 +149,21 @@ def simulate(
         prog.total_macs, prog.config.lanes, sim_cycles, wall, build_s,
     )  # fmt: skip
     if report.mismatches:
-        _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info)
+        _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info, made)
     return report
 
 
-def _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info):
+def _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info, made):
     """Keep the first failing input and a waveform of it, and find the first bad layer by
-    re-running it with the program cut after op 0, 1, … (rewriting the header over cfg)."""
+    re-running it with the program cut after op 0, 1, … (rewriting the header over cfg).
+    Without ``out_dir`` they go to a temporary directory, kept once the report names it."""
     i = report.mismatches[0]
-    out_dir = Path(out_dir) if out_dir else runner.new_workdir(None, "mismatch-")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        out_dir = runner.new_workdir(None, "mismatch-")
+        made.append(out_dir)
     inter = golden.run_int(qm, xi[i : i + 1], keep=True)
     steps, checked = [], []  # after each op that completes its layer's output
     for k, op in enumerate(prog.ops):
@@ -171,3 +206,5 @@ def _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info):
     if r.waves:
         report.artifacts["waveform"] = str(r.waves)
     report.artifacts["simulator log"] = str(r.log)
+    if out_dir in made:
+        made.remove(out_dir)
