@@ -148,6 +148,29 @@ def test_a_mismatch_is_located_and_kept(digits_q8, digits, tmp_path):
     assert any("first layer whose output differs" in line for line in rep.lines())
 
 
+def toggler(k: int) -> str:
+    return (
+        f"module fxpga_engine(input clk, output reg [{k}:0] q);\n"
+        f"  always @(posedge clk) q <= q + 1;\nendmodule\n"
+    )
+
+
+def test_verilators_run_time_is_compiled_once(tmp_path, monkeypatch):
+    """Verilator's run-time library is compiled by the first build and copied into the
+    next, whose make finds it up to date; the key follows the build's options (waves)."""
+    monkeypatch.setenv("FXPGA_CACHE", str(tmp_path))
+    first = runner.build(None, "verilator", verilog=toggler(3))
+    assert "-o verilated_vpi.o" in (first / "build.log").read_text()
+    [rt] = [d for d in (tmp_path / "sim").glob("verilator-*") if (d / "verilated.o").is_file()]
+    second = runner.build(None, "verilator", verilog=toggler(4))
+    log = (second / "build.log").read_text()
+    assert "-o verilated_vpi.o" not in log and "-o verilator.o" in log  # verilator.o: model's
+    assert (second / runner.TOP).is_file() and (rt / "USED").is_file()
+    assert not [f for p in runner._BUILD_ONLY for f in second.glob(p)]
+    traced = runner.build(None, "verilator", verilog=toggler(5), waves=True)
+    assert "-o verilated_vpi.o" in (traced / "build.log").read_text()  # another key
+
+
 def test_builds_are_cached(digits_q8):
     prog = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
     d = runner.build(prog, "verilator")

@@ -234,10 +234,11 @@ def _run_in_group(cmd, cwd, env, stdout=None) -> int:
     return p.returncode
 
 
-def _in_own_groups(r):
+def _in_own_groups(r, before=None):
     """The cocotb runner ``r``, made to run each of its commands (Verilator, make, iverilog, the
-    simulation) with ``_run_in_group``. cocotb's runner starts them with ``subprocess.run`` and
-    no way to ask for a process group, so its ``_execute_cmds`` is replaced on ``r``."""
+    simulation) with ``_run_in_group``, calling ``before(cmd)`` first if given. cocotb's runner
+    starts them with ``subprocess.run`` and no way to ask for a process group, so its
+    ``_execute_cmds`` is replaced on ``r``."""
     from cocotb_tools.runner import Runner
 
     if not callable(getattr(Runner, "_execute_cmds", None)):
@@ -251,6 +252,8 @@ def _in_own_groups(r):
 
     def execute_cmds(cmds, cwd, stdout=None):
         for cmd in cmds:
+            if before is not None:
+                before(cmd)
             r.log.info("Running command %s in directory %s", shlex.join(map(str, cmd)), cwd)
             code = _run_in_group(cmd, cwd, r.env, stdout)
             if code != 0:
@@ -281,6 +284,79 @@ def sigterm_interrupts():
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# Verilator's run-time library (verilated.cpp and the others its makefile lists as "global")
+# is the same C++ for every model built with the same options: its objects are kept as a cache
+# entry of their own, keyed by those options, the compiler and the sources, and copied into
+# each later build before its make, which then finds them up to date. Objects that depend on
+# the model (cocotb's verilator.cpp includes Vtop.h) are not among them.
+_CLASSES_MK = "Vtop_classes.mk"
+
+
+def _runtime_entry(root: Path, work: Path) -> tuple[Path, list[str]] | None:
+    """The cache entry of the run-time objects the make in ``work`` would compile, and their
+    names; None if its makefiles do not list them."""
+    try:
+        lines = (work / _CLASSES_MK).read_text().splitlines()
+    except OSError:
+        return None
+    options, names, listing = [], set(), False
+    for line in lines:
+        if listing:
+            names.update(n for n in line.split() if n != "\\")
+            listing = line.rstrip().endswith("\\")
+        elif line.startswith(("VM_GLOBAL_FAST +=", "VM_GLOBAL_SLOW +=")):
+            listing = line.rstrip().endswith("\\")
+        elif line.startswith("VM_") and " = " in line:
+            options.append(line.strip())
+    if not names:
+        return None
+    names = sorted(names)
+    include = Path(os.environ.get("VERILATOR_ROOT", "")) / "include"
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or ""
+    h = hashlib.sha256(b"verilator-runtime:v1\n")
+    h.update(repr((sorted(options), names, os.environ.get("MAKEFLAGS", ""), cxx)).encode())
+    for f in [Path(cxx), include / "verilated.mk", *(include / f"{n}.cpp" for n in names)]:
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return root / f"verilator-{h.hexdigest()[:16]}", names
+
+
+def _seed_runtime(root: Path, work: Path) -> None:
+    """Copy the cached run-time objects (``*.o`` and their ``*.d``) into ``work``, newer than
+    their sources, so that its make does not compile them again."""
+    found = _runtime_entry(root, work)
+    if found is None or not (found[0] / "BUILT").exists():
+        return
+    entry, names = found
+    try:
+        for n in names:
+            for ext in (".o", ".d"):
+                shutil.copyfile(entry / f"{n}{ext}", work / f"{n}{ext}")
+        (entry / "USED").touch()
+    except OSError:  # evicted meanwhile: make compiles whatever is missing
+        for n in names:
+            (work / f"{n}.o").unlink(missing_ok=True)
+
+
+def _keep_runtime(root: Path, work: Path) -> None:
+    """Keep the run-time objects of the model just built in ``work`` as their cache entry,
+    unless it exists; renamed into place whole, like a model."""
+    found = _runtime_entry(root, work)
+    if found is None or found[0].exists():
+        return
+    entry, names = found
+    files = [work / f"{n}{ext}" for n in names for ext in (".o", ".d")]
+    if not all(f.is_file() for f in files):
+        return
+    with contextlib.suppress(OSError, FxpgaError), _private_dir(root, entry.name) as tmp:
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        (tmp / "BUILT").write_text("verilator run-time objects\n")
+        os.rename(tmp, entry)
+        (entry / _OWNER).unlink(missing_ok=True)
 
 
 def engine_verilog(prog: Program | None, config=None, platform=None, **depths) -> str:
@@ -357,7 +433,7 @@ def build(
     env = sim_env(simulator)
     text = verilog if verilog is not None else engine_verilog(prog)
     extra = "".join(Path(p).read_text() for p in extra_sources)
-    key = hashlib.sha256(f"{simulator}:{waves}:{top}:v2\n{text}{extra}".encode()).hexdigest()
+    key = hashlib.sha256(f"{simulator}:{waves}:{top}:v3\n{text}{extra}".encode()).hexdigest()
     key = key[:16]
     root = usable_cache_root()
     d = root / f"{simulator}-{key}"
@@ -397,14 +473,26 @@ def _build_locked(d, text, extra_sources, top, simulator, waves, env, keep, info
             "waves": waves,
         }  # fmt: skip
         if simulator == "verilator":
-            kw["build_args"] = ["-Wno-fatal", "-Wno-WIDTH", "-O2"]
+            # cocotb's runner passes --public-flat-rw, which puts every net of the design in
+            # the VPI symbol table and multiplies the C++ to compile; the bench reaches only
+            # the top's ports, which are public at depth 1
+            kw["build_args"] = [
+                "-Wno-fatal", "-Wno-WIDTH", "-O2", "--no-public-flat-rw", "--public-depth", "1",
+            ]  # fmt: skip
         else:
             kw["timescale"] = ("1ns", "1ps")
         log.unlink(missing_ok=True)  # a new file: nothing of an earlier build writes into it
-        r = _in_own_groups(get_runner(simulator))
+
+        def before(cmd, work=work):
+            if simulator == "verilator" and cmd and cmd[0] == "make":
+                _seed_runtime(root, work)
+
+        r = _in_own_groups(get_runner(simulator), before)
         try:
             with patched_env(env), _output_to(log):
                 r.build(**kw)
+                if simulator == "verilator":
+                    _keep_runtime(root, work)
         except (SystemExit, Exception) as e:
             raise FxpgaError(f"{simulator} build failed ({_tail(log)}); see {log}") from e
         for pattern in _BUILD_ONLY:
