@@ -77,6 +77,17 @@ def add(sub, common):
         help="dynamic: per-layer fl (default); static: one fl everywhere (baseline)",
     )
     q.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="store the outputs only a ReLU reads unsigned (every bit of the word for values "
+        "that cannot be negative); the engine does not run such models yet",
+    )
+    q.add_argument(
+        "--input-unsigned",
+        action="store_true",
+        help="the input is non-negative (images in [0, 1]): store it unsigned too",
+    )
+    q.add_argument(
         "--calib", type=images, metavar="N", help="calibration images [all the dataset provides]"
     )
     q.add_argument(
@@ -137,7 +148,14 @@ def run(args) -> int:
         f"bits, {len(x_calib)} calibration images",
     )
     qm = quantizer.quantize_model(
-        graph, x_calib, widths, scheme=args.scheme, config=config, progress=progress
+        graph,
+        x_calib,
+        widths,
+        scheme=args.scheme,
+        config=config,
+        progress=progress,
+        unsigned=args.unsigned,
+        input_unsigned=args.input_unsigned,
     )
     acc, summary = report.evaluate(qm, ds)
     qm.provenance = {

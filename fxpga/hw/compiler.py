@@ -1079,6 +1079,13 @@ def check_ops(qm: QModel):
                 f"{la.node.where()}: the engine does not run {la.node.op} layers yet "
                 f"(it runs {', '.join(ENGINE_OPS)})"
             )
+    fmts = [("input", qm.input_fmt)] + [(la.node.where(), la.out_fmt) for la in qm.layers]
+    for where, fmt in fmts:
+        if not fmt.signed:
+            raise FxpgaError(
+                f"{where}: its format {fmt!r} is unsigned, and the engine stores signed "
+                f"activations only so far (quantize without --unsigned)"
+            )
 
 
 class _Parity:

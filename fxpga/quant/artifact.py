@@ -386,12 +386,20 @@ def _str(v, what: str, optional: bool = False) -> str | None:
     return v
 
 
-def _qf(obj, where: str) -> QFormat:
-    if not isinstance(obj, dict) or set(obj) != {"bits", "fl"}:
-        raise FxpgaError(f'{where}: expected a format {{"bits": B, "fl": F}}, got {_show(obj)}')
+def _qf(obj, where: str, signed_only: bool = False) -> QFormat:
+    if not isinstance(obj, dict) or not {"bits", "fl"} <= set(obj) <= {"bits", "fl", "signed"}:
+        raise FxpgaError(
+            f'{where}: expected a format {{"bits": B, "fl": F}} or {{"bits": B, "fl": F, '
+            f'"signed": false}}, got {_show(obj)}'
+        )
     bits = check_bits(obj["bits"], where)
     fl = _int(obj["fl"], f"{where}: fl", -MAX_FL, MAX_FL)
-    return QFormat(bits, fl)
+    signed = obj.get("signed", True)
+    if not isinstance(signed, bool):
+        raise FxpgaError(f"{where}: signed must be true or false, not {_show(signed)}")
+    if signed_only and not signed:
+        raise FxpgaError(f'{where}: weights are signed ("signed": false is for activations)')
+    return QFormat(bits, fl, signed)
 
 
 def _shape(v, what: str) -> tuple[int, ...]:
@@ -521,7 +529,7 @@ def _entry(path: Path, i: int, e) -> dict:
     }
     if kind == "weighted":
         s["in_fmt"] = _qf(e["input"], f"{where}: input")
-        s["w_fmt"] = _qf(e["weight"], f"{where}: weight")
+        s["w_fmt"] = _qf(e["weight"], f"{where}: weight", signed_only=True)
         s["out_fmt"] = _qf(e["output"], f"{where}: output")
         s["shift"] = _any_int(e["shift"], f"{where}: shift")
         s["acc_bits"] = _any_int(e["acc_bits"], f"{where}: acc_bits")

@@ -4,13 +4,15 @@ Vectorised numpy over a batch. Per layer (docs/numerics.md):
 
 - conv/linear: ``acc = Σ x·w + b`` exactly (int64, or Python integers when the recorded
   accumulator width exceeds 62 bits), then ``requantize(acc, shift, out_bits)``: rounding
-  shift (round half up) and saturation.
+  shift (round half up) and saturation, to ``[0, 2^bits − 1]`` where the output format is
+  unsigned.
 - relu: ``max(x, 0)``; clip: ``clip(x, qlo, qhi)``, the representable values in [lo, hi];
   maxpool: window max, padding never wins (pads with the format's minimum);
   avgpool: window sum with zero padding, ``floor(sum/k + 1/2)`` for a k-element window;
   pad: zeros; flatten: C-order reshape.
 - add: each input aligned to the output format (``requantize`` by ``fl_in − fl_out``: rounding
-  shift and saturation), summed, and the sum saturated; concat: each input aligned the same
+  shift and saturation; for an unsigned output, to the signed word one bit wider), summed,
+  and the sum saturated; concat: each input aligned the same
   way, then joined along channels.
 """
 
@@ -83,22 +85,33 @@ def accumulate(layer: QLayer, x: np.ndarray) -> np.ndarray:
     return linear_acc(x, w, b)
 
 
+def add_operand_fmt(out: QFormat) -> QFormat:
+    """The format an add's operands are aligned to before they are summed: the output's, or
+    for an unsigned output the signed word one bit wider, so that a negative operand still
+    counts against the others until the sum is saturated."""
+    return out if out.signed else QFormat(out.bits + 1, out.fl)
+
+
 def align(x: np.ndarray, src: QFormat, dst: QFormat) -> np.ndarray:
     """An integer of format ``src`` on ``dst``'s grid: rounding shift, then saturation."""
-    return requantize(np.asarray(x, dtype=np.int64), src.fl - dst.fl, dst.bits).astype(np.int64)
+    x = np.asarray(x, dtype=np.int64)
+    return requantize(x, src.fl - dst.fl, dst.bits, dst.signed).astype(np.int64)
 
 
 def step(layer: QLayer, *xs: np.ndarray) -> np.ndarray:
     """One layer of the golden model on a batch of integers (one array per input)."""
     n = layer.node
     if isinstance(n, ir.Add | ir.Concat):
-        parts = [align(x, f, layer.out_fmt) for x, f in zip(xs, layer.in_fmts, strict=True)]
+        o = layer.out_fmt
+        to = o if isinstance(n, ir.Concat) else add_operand_fmt(o)
+        parts = [align(x, f, to) for x, f in zip(xs, layer.in_fmts, strict=True)]
         if isinstance(n, ir.Concat):
             return np.concatenate(parts, axis=1)
-        return saturate(sum(parts[1:], parts[0]), layer.out_fmt.bits)
+        return saturate(sum(parts[1:], parts[0]), o.bits, o.signed)
     (x,) = xs
     if isinstance(n, ir.Conv | ir.Linear):
-        out = requantize(accumulate(layer, x), layer.shift, layer.out_fmt.bits)
+        fmt = layer.out_fmt
+        out = requantize(accumulate(layer, x), layer.shift, fmt.bits, fmt.signed)
         return out.astype(np.int64)
     if isinstance(n, ir.ReLU):
         return np.maximum(x, 0)

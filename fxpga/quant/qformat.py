@@ -1,8 +1,9 @@
 """Dynamic fixed-point formats and the integer primitives every later stage must reproduce.
 
 A tensor in format ``QFormat(bits, fl)`` holds two's-complement integers ``q`` in
-``[-2**(bits-1), 2**(bits-1) - 1]`` that stand for ``q * 2**-fl``. ``fl`` may be negative or
-larger than ``bits``. See docs/numerics.md.
+``[-2**(bits-1), 2**(bits-1) - 1]`` that stand for ``q * 2**-fl``; ``QFormat(bits, fl,
+signed=False)`` holds ``[0, 2**bits - 1]`` (a tensor that cannot be negative: every bit
+counts). ``fl`` may be negative or larger than ``bits``. See docs/numerics.md.
 """
 
 from __future__ import annotations
@@ -30,35 +31,47 @@ def check_bits(bits, where: str = "") -> int:
 
 @dataclass(frozen=True, order=True)
 class QFormat:
-    """``bits``-wide two's complement with ``fl`` fractional bits: value = int × 2^-fl."""
+    """``bits``-wide two's complement (or, ``signed=False``, unsigned) with ``fl`` fractional
+    bits: value = int × 2^-fl."""
 
     bits: int
     fl: int
+    signed: bool = True
 
     def __post_init__(self):
         check_bits(self.bits)
         if isinstance(self.fl, bool) or not isinstance(self.fl, int | np.integer):
             raise FxpgaError(f"fl must be an integer, not {self.fl!r}")
+        if not isinstance(self.signed, bool | np.bool_):
+            raise FxpgaError(f"signed must be true or false, not {self.signed!r}")
         object.__setattr__(self, "bits", int(self.bits))
         object.__setattr__(self, "fl", int(self.fl))
+        object.__setattr__(self, "signed", bool(self.signed))
 
     @property
     def qmin(self) -> int:
-        return -(1 << (self.bits - 1))
+        return int_range(self.bits, self.signed)[0]
 
     @property
     def qmax(self) -> int:
-        return (1 << (self.bits - 1)) - 1
+        return int_range(self.bits, self.signed)[1]
 
     @property
     def step(self) -> float:
         return 2.0**-self.fl
 
     def to_json(self) -> dict:
-        return {"bits": self.bits, "fl": self.fl}
+        return {"bits": self.bits, "fl": self.fl} | ({} if self.signed else {"signed": False})
 
     def __repr__(self):
-        return f"Q{self.bits}.{self.fl}"
+        return f"{'Q' if self.signed else 'U'}{self.bits}.{self.fl}"
+
+
+def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
+    """The integers a ``bits``-wide word holds: two's complement, or unsigned."""
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
 
 
 def signed_width(lo: int, hi: int) -> int:
@@ -70,8 +83,11 @@ def signed_width(lo: int, hi: int) -> int:
     return bits
 
 
-def fl_fit(absmax: float, bits: int) -> int:
-    """Largest fl with which ``absmax`` still fits ``bits`` signed bits (no saturation)."""
+def fl_fit(absmax: float, bits: int, signed: bool = True) -> int:
+    """Largest fl with which ``absmax`` still fits ``bits`` bits (no saturation); unsigned,
+    ``bits`` hold what ``bits + 1`` signed bits do on the positive side."""
+    if not signed:
+        return fl_fit(absmax, bits + 1)
     if not absmax > 0 or not math.isfinite(absmax):
         return bits - 1
     # need absmax * 2**fl <= 2**(bits-1) - 1/2 (rounds to qmax at most)
@@ -94,9 +110,8 @@ def dequantize(q, fl: int) -> np.ndarray:
     return np.ldexp(np.asarray(q, dtype=np.float64), -fl)
 
 
-def saturate(x: np.ndarray, bits: int) -> np.ndarray:
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return np.clip(x, lo, hi)
+def saturate(x: np.ndarray, bits: int, signed: bool = True) -> np.ndarray:
+    return np.clip(x, *int_range(bits, signed))
 
 
 def shift_round(acc: np.ndarray, s: int) -> np.ndarray:
@@ -109,16 +124,17 @@ def shift_round(acc: np.ndarray, s: int) -> np.ndarray:
     return acc << (-s)
 
 
-def requantize(acc: np.ndarray, s: int, bits: int) -> np.ndarray:
-    """The requantizer: rounding shift by ``s = fl_in + fl_w − fl_out``, then saturate to ``bits``.
+def requantize(acc: np.ndarray, s: int, bits: int, signed: bool = True) -> np.ndarray:
+    """The requantizer: rounding shift by ``s = fl_in + fl_w − fl_out``, then saturate to
+    ``bits`` (two's complement, or ``[0, 2^bits − 1]`` unsigned).
 
     Works on int64 or Python-object arrays; a left shift never overflows int64 because values
     that would leave the output range are saturated before shifting.
     """
     acc = np.asarray(acc)
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    lo, hi = int_range(bits, signed)
     if s > 0:
-        return saturate(shift_round(acc, s), bits)
+        return saturate(shift_round(acc, s), bits, signed)
     k = -s
     lo_k = -((-lo) >> k)  # ceil(lo / 2^k)
     hi_k = hi >> k  # floor(hi / 2^k)

@@ -54,10 +54,12 @@ class Widths:
 
 @dataclass
 class Override:
-    """A per-tensor format from ``--config``: ``bits`` and optionally a fixed ``fl``."""
+    """A per-tensor format from ``--config``: ``bits``, optionally a fixed ``fl`` and whether
+    it is signed (an activation's; None: as the quantizer's options say)."""
 
     bits: int | None = None
     fl: int | None = None
+    signed: bool | None = None
 
 
 @dataclass
@@ -158,9 +160,14 @@ class Config:
 def _override(spec, where: str) -> Override:
     if not isinstance(spec, dict):
         raise FxpgaError(f'{where}: expected {{"bits": B, "fl": F}}, got {spec!r}')
-    bad = set(spec) - {"bits", "fl"}
+    bad = set(spec) - {"bits", "fl", "signed"}
     if bad:
         raise FxpgaError(f"{where}: unknown key(s) {', '.join(sorted(bad))}")
+    signed = spec.get("signed")
+    if signed is not None and not isinstance(signed, bool):
+        raise FxpgaError(f"{where}: signed must be true or false, not {signed!r}")
+    if signed is False and where.endswith(" weight"):
+        raise FxpgaError(f"{where}: weights are signed")
     bits = spec.get("bits")
     if bits is not None:
         check_bits(bits, where)
@@ -171,26 +178,28 @@ def _override(spec, where: str) -> Override:
         raise FxpgaError(f"{where}: fl given without bits")
     if fl is not None and abs(fl) > 64:
         raise FxpgaError(f"{where}: fl={fl} is outside -64..64")
-    return Override(bits, fl)
+    return Override(bits, fl, signed)
 
 
 def l1_error(x: np.ndarray, fmt: QFormat) -> float:
     return float(np.abs(x - dequantize(quantize(x, fmt), fmt.fl)).sum())
 
 
-def candidates(x: np.ndarray, bits: int) -> range:
-    f = fl_fit(float(np.max(np.abs(x))) if x.size else 0.0, bits)
+def candidates(x: np.ndarray, bits: int, signed: bool = True) -> range:
+    f = fl_fit(float(np.max(np.abs(x))) if x.size else 0.0, bits, signed)
     return range(f - SEARCH_BELOW, f + bits + 1)
 
 
-def choose_fl(given: int | None, static: int | None, err_of, x: np.ndarray, bits: int) -> int:
+def choose_fl(
+    given: int | None, static: int | None, err_of, x: np.ndarray, bits: int, signed: bool = True
+) -> int:
     """A tensor's fl: as ``--config`` gives it, else the static scheme's, else the greedy
     argmin of ``err_of`` over the candidates for values like ``x``."""
     if given is not None:
         return given
     if static is not None:
         return static
-    return best_fl(err_of, candidates(x, bits))
+    return best_fl(err_of, candidates(x, bits, signed))
 
 
 def best_fl(err_of, cands) -> int:
@@ -240,6 +249,22 @@ def read_by_relu_only(graph: ir.Graph) -> set[str]:
     }
 
 
+def unsigned_outputs(graph: ir.Graph) -> set[str]:
+    """The conv, linear, add and concat outputs that may be stored unsigned: each is read only
+    by a ReLU, or by a clip whose lower bound is at least 0 (ReLU6), which would make it
+    non-negative anyway; the saturation to ``[0, 2^bits − 1]`` does the ReLU's work."""
+    consumers = graph.consumers()
+    out = set()
+    for n in graph.nodes:
+        rs = consumers.get(n.name, [])
+        if not (n.has_weights or isinstance(n, ir.Add | ir.Concat)) or len(rs) != 1:
+            continue
+        r = rs[0]
+        if isinstance(r, ir.ReLU) or (isinstance(r, ir.Clip) and r.lo is not None and r.lo >= 0):
+            out.add(n.name)
+    return out
+
+
 def _passthrough(node: ir.Node, fmt: QFormat, r: tuple[int, int]) -> QLayer:
     """A layer that keeps its input's format, with the integer range it can output."""
     la = QLayer(node, fmt, fmt, r, r)
@@ -275,8 +300,14 @@ def quantize_model(
     config: Config | None = None,
     progress: bool = False,
     provenance: dict | None = None,
+    unsigned: bool = False,
+    input_unsigned: bool = False,
 ) -> QModel:
-    """Choose every format and build the integer model. See the module docstring."""
+    """Choose every format and build the integer model. See the module docstring.
+
+    ``unsigned``: the outputs ``unsigned_outputs`` names get unsigned formats (every bit of
+    the word for values that cannot be negative). ``input_unsigned``: the input too (the data
+    is declared non-negative; negative inputs saturate to 0)."""
     widths = widths or Widths()
     config = config or Config()
     if scheme not in ("dynamic", "static"):
@@ -319,10 +350,17 @@ def quantize_model(
     # input format
     ov = config.input or Override()
     in_bits = ov.bits or widths.act
+    in_signed = not input_unsigned if ov.signed is None else ov.signed
     in_fl = choose_fl(
-        ov.fl, static_a, lambda fl: l1_error(x_calib, QFormat(in_bits, fl)), x_calib, in_bits
+        ov.fl,
+        static_a,
+        lambda fl: l1_error(x_calib, QFormat(in_bits, fl, in_signed)),
+        x_calib,
+        in_bits,
+        in_signed,
     )
-    input_fmt = QFormat(in_bits, in_fl)
+    input_fmt = QFormat(in_bits, in_fl, in_signed)
+    nonneg = unsigned_outputs(graph) if unsigned else set()
     # every live tensor's integers, format and integer range, by name
     vals = {ir.INPUT: quantize(x_calib, input_fmt)}
     fmts = {ir.INPUT: input_fmt}
@@ -349,16 +387,18 @@ def quantize_model(
                 target,
                 error,
                 before_relu,
+                node.name not in nonneg,
             )
         elif isinstance(node, ir.Add | ir.Concat):
             in_fmts = tuple(fmts[i] for i in ins)
             xs = [vals[i] for i in ins]
             oov = entry.get("output", Override())
             obits = oov.bits or widths.act
+            osigned = node.name not in nonneg if oov.signed is None else oov.signed
             probe = QLayer(node, cur_fmt, cur_fmt, cur_range, cur_range, in_fmts=in_fmts)
 
-            def merged(fl, probe=probe, xs=xs, obits=obits):
-                probe.out_fmt = QFormat(obits, fl)
+            def merged(fl, probe=probe, xs=xs, obits=obits, osigned=osigned):
+                probe.out_fmt = QFormat(obits, fl, osigned)
                 return golden.step(probe, *xs)
 
             ofl = choose_fl(
@@ -367,12 +407,14 @@ def quantize_model(
                 lambda fl, n=node.name: error(n, merged(fl), fl),
                 target(node.name),
                 obits,
+                osigned,
             )
-            out_fmt = QFormat(obits, ofl)
+            out_fmt = QFormat(obits, ofl, osigned)
             out = merged(ofl)
             in_ranges = tuple(ranges[i] for i in ins)
+            to = out_fmt if isinstance(node, ir.Concat) else golden.add_operand_fmt(out_fmt)
             aligned = [
-                tuple(int(v) for v in golden.align(np.array(r), f, out_fmt))
+                tuple(int(v) for v in golden.align(np.array(r), f, to))
                 for r, f in zip(in_ranges, in_fmts, strict=True)
             ]
             la = QLayer(
@@ -399,12 +441,30 @@ def _out_stats(name, out, fmt: QFormat, target, before_relu) -> dict:
     fixed = dequantize(np.maximum(out, 0) if name in before_relu else out, fmt.fl)
     return {
         "output_sqnr_db": sqnr_db(target(name), fixed),
-        "saturated_outputs_pct": float(100.0 * np.mean((out == fmt.qmax) | (out == fmt.qmin))),
+        "saturated_outputs_pct": saturated_pct(out, fmt),
     }
 
 
+def saturated_pct(q: np.ndarray, fmt: QFormat) -> float:
+    """The share of ``q`` at its format's bounds, in percent; an unsigned format's 0 is where
+    a ReLU puts every negative value, so only its top counts."""
+    top = q == fmt.qmax
+    return float(100.0 * np.mean(top | (q == fmt.qmin) if fmt.signed else top))
+
+
 def _quantize_weighted(
-    node, cur, cur_fmt, cur_range, entry, widths, static_w, static_a, target, error, before_relu
+    node,
+    cur,
+    cur_fmt,
+    cur_range,
+    entry,
+    widths,
+    static_w,
+    static_a,
+    target,
+    error,
+    before_relu,
+    signed=True,
 ):
     """A conv/linear layer: its weight format, integer weights and bias, accumulator bound
     and output format (greedy, against ``target``). Returns the layer and its output."""
@@ -437,17 +497,19 @@ def _quantize_weighted(
     acc = golden.accumulate(la, cur)
     oov = entry.get("output", Override())
     obits = oov.bits or widths.act
+    signed = signed if oov.signed is None else oov.signed
     acc_fl = cur_fmt.fl + wfl
     ofl = choose_fl(
         oov.fl,
         static_a,
-        lambda fl: error(node.name, requantize(acc, acc_fl - fl, obits), fl),
+        lambda fl: error(node.name, requantize(acc, acc_fl - fl, obits, signed), fl),
         target(node.name),
         obits,
+        signed,
     )
-    la.out_fmt = QFormat(obits, ofl)
+    la.out_fmt = QFormat(obits, ofl, signed)
     la.out_range = (la.out_fmt.qmin, la.out_fmt.qmax)
-    out = requantize(acc, la.shift, obits).astype(np.int64)
+    out = requantize(acc, la.shift, obits, signed).astype(np.int64)
     stats = _out_stats(node.name, out, la.out_fmt, target, before_relu)
     la.stats = {
         "weight_sqnr_db": sqnr_db(node.weight, dequantize(w, wfl)),
