@@ -316,3 +316,22 @@ def test_icarus_waves_go_to_the_run_directory(tmp_path, monkeypatch):
     assert seen["plusargs"] == [f"+dumpfile_path={work}/{runner.TOP}.fst"]
     assert r.waves == work / f"{runner.TOP}.fst"
     assert int((work / "pgid").read_text()) != os.getpgrp()
+
+
+def test_without_labels_simulate_reports_sqnr_against_float(fake_sim, digits_q8, digits):
+    """A model without labels (say, an autoencoder) gets what quantize reports there: the
+    output's SQNR and max |error| against float, not a top-1 agreement."""
+    from fxpga.quant import quantizer
+
+    prog = compiler.compile_model(digits_q8, EngineConfig(lanes=8))
+    x = digits.x_test[:4]
+    rep = simulate.simulate(digits_q8, prog, x, None, progress=False)
+    sqnr, max_err = quantizer.output_quality(digits_q8, x)  # the engine's output is golden's
+    assert rep.sqnr_db == pytest.approx(sqnr) and rep.max_err == pytest.approx(max_err)
+    [line] = [ln for ln in rep.lines() if "float model" in ln]
+    assert line == (
+        f"output against the float model (no labels): SQNR {sqnr:.1f} dB, max |error| {max_err:.4g}"
+    )
+    labelled = simulate.simulate(digits_q8, prog, x, digits.y_test[:4], progress=False)
+    assert labelled.sqnr_db is None
+    assert any(ln.startswith("top-1 agreement with the float model") for ln in labelled.lines())

@@ -14,7 +14,9 @@ from ..hw.compiler import Program, chw_to_hwc
 from ..limits import MAX_SEED
 from ..progress import bar
 from ..quant import golden
+from ..quant.qformat import dequantize
 from ..quant.qmodel import QModel
+from ..quant.quantizer import sqnr_db
 from . import runner
 
 CHUNK = 100  # images per simulator run (one progress step)
@@ -38,6 +40,10 @@ class SimReport:
     build_s: float
     first_bad_layer: str | None = None
     artifacts: dict = field(default_factory=dict)
+    # without labels (a model that is not a classifier): the hardware's output against the
+    # float model's, in its real units
+    sqnr_db: float | None = None
+    max_err: float | None = None
 
     @property
     def utilization(self) -> float:
@@ -49,11 +55,19 @@ class SimReport:
 
     def lines(self) -> list[str]:
         n, bad = self.samples, len(self.mismatches)
+        if self.accuracy is None and self.sqnr_db is not None:
+            fidelity = (
+                f"output against the float model (no labels): SQNR {self.sqnr_db:.1f} dB, "
+                f"max |error| {self.max_err:.4g}"
+            )
+        else:
+            fidelity = f"top-1 agreement with the float model: {100 * self.agree_float:.2f}%" + (
+                "" if self.accuracy is None
+                else f"; accuracy against labels: {100 * self.accuracy:.2f}%"
+            )  # fmt: skip
         out = [
             f"{self.simulator}: {n} images, {bad} mismatches against the golden model",
-            f"top-1 agreement with the float model: {100 * self.agree_float:.2f}%"
-            + ("" if self.accuracy is None else
-               f"; accuracy against labels: {100 * self.accuracy:.2f}%"),
+            fidelity,
             f"cycles per inference: min {min(self.cycles):,} mean {np.mean(self.cycles):,.0f} "
             f"max {max(self.cycles):,}; MAC utilization {100 * self.utilization:.1f}% "
             f"({self.lanes} lanes)",
@@ -141,13 +155,17 @@ def _simulate(qm, prog, x, y, simulator, seed, stall, waves, out_dir, progress, 
         wall += r.wall_s
     hw_out = prog.from_engine(np.array(got))
     hw_top1 = hw_out.argmax(axis=1)
-    float_top1 = qm.graph.float_forward(x).reshape(len(x), -1).argmax(axis=1)
+    ref = qm.graph.float_forward(x).reshape(len(x), -1)
     report = SimReport(
         simulator, len(x), [i for i, ok in enumerate(match) if not ok], cycles,
-        float(np.mean(hw_top1 == float_top1)),
+        float(np.mean(hw_top1 == ref.argmax(axis=1))),
         None if y is None else float(np.mean(hw_top1 == y)),
         prog.total_macs, prog.config.lanes, sim_cycles, wall, build_s,
     )  # fmt: skip
+    if y is None:
+        fixed = dequantize(hw_out.reshape(len(x), -1), qm.output_fmt.fl)
+        report.sqnr_db = sqnr_db(ref, fixed)
+        report.max_err = float(np.max(np.abs(ref - fixed)))
     if report.mismatches:
         _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info, made)
     return report
