@@ -466,3 +466,16 @@ def test_a_model_without_labels(tmp_path, capsys):
     code, _, err = run(capsys, "report", str(out), "-o", str(tmp_path / "r.html"))
     assert_one_line_error(code, err, "ae.npz has no labels (y): fxpga report measures top-1")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_quantize_says_at_once_when_the_engine_will_not_run_the_model(tmp_path, capsys):
+    """A 16-bit DS-CNN averages over 25x5, which the engine's divider takes up to 12-bit
+    data only: quantize writes the model (eval can use it) and says so, not compile later."""
+    assert (
+        main(["quantize", "ds-cnn", "--bits", "16", "--calib", "8", "-o", str(tmp_path / "a.fxq")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "note: the engine will not run this model: EngineConfig.avg_divide needs" in out
+    assert main(["quantize", "ds-cnn", "--calib", "8", "-o", str(tmp_path / "b.fxq")]) == 0
+    assert "the engine will not run" not in capsys.readouterr().out

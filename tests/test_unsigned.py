@@ -102,6 +102,7 @@ def test_the_engine_refuses_unsigned_formats_by_name(resnet):
 def test_quantize_unsigned_on_the_command_line(tmp_path, capsys):
     out = tmp_path / "u.fxq"
     assert main(["quantize", "digits-cnn", "--unsigned", "--calib", "64", "-o", str(out)]) == 0
+    assert "note: the engine will not run this model: layer 'conv1'" in capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert any(la.get("output", {}).get("signed") is False for la in doc["layers"])
     # its formats re-applied with --config keep their signedness

@@ -174,5 +174,22 @@ def run(args) -> int:
     print(summary)
     if graph.host_tail:
         print(f"note: {report.host_tail_line(graph)}")
+    refusal = engine_refusal(qm)
+    if refusal:
+        print(f"note: the engine will not run this model: {refusal}")
     print(f"wrote {out} and {artifact.tensors_path(out).name} ({time.monotonic() - t0:.1f} s)")
     return 0
+
+
+def engine_refusal(qm) -> str | None:
+    """Why ``fxpga compile`` would refuse ``qm`` whatever the lanes and memories (its ops,
+    formats and widths), or None."""
+    from ..errors import FxpgaError
+    from ..hw import compiler
+
+    try:
+        compiler.check_ops(qm)
+        compiler.EngineConfig.for_model(qm)
+    except FxpgaError as e:
+        return str(e)
+    return None
