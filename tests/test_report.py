@@ -225,3 +225,31 @@ def test_report_of_a_branching_graph(tmp_path):
         ["b", "add+relu_1+flatten"],
         ["fc", "-"],
     ]
+
+
+def test_long_layer_names_are_shown_short_and_kept_whole(digits_graph, digits, tmp_path):
+    """TensorFlow exports name layers with 200 characters: tables show them as op and
+    index; the .fxq keeps the full names. Unsigned widths show as u8."""
+    import copy
+
+    from fxpga.quant import quantizer
+    from fxpga.quant import report as text
+
+    g = copy.deepcopy(digits_graph)
+    long = "TFLITE2ONNX_FAF_model/activation_1/Relu;model/batch_normalization_1/" + "x" * 140
+    renamed = {n.name: f"{long}/{k}" for k, n in enumerate(g.nodes) if n.op in ("conv", "relu")}
+    for n in g.nodes:
+        n.name = renamed.get(n.name, n.name)
+        n.inputs = tuple(renamed.get(i, i) for i in n.inputs)
+    qm = quantizer.quantize_model(g, digits.calib(32), unsigned=True)
+    shown = text.display_names(qm)
+    convs = [la.name for la in qm.layers if la.op == "conv"]
+    assert [shown[c] for c in convs] == ["conv_0", "conv_1"]
+    assert shown["fc1"] == "fc1" and len(set(shown.values())) == len(shown)
+    table = text.layer_table(qm)
+    assert long not in table and max(map(len, table.splitlines())) < 120
+    assert re.search(r"^conv_0 +conv +\S+ +8/u8 ", table, re.M), table
+    artifact.save(qm, tmp_path / "long.fxq")
+    assert [la.name for la in artifact.load(tmp_path / "long.fxq").layers] == [
+        la.name for la in qm.layers
+    ]

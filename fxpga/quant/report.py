@@ -30,9 +30,37 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([fmt(header), line, *map(fmt, rows)])
 
 
+MAX_SHOWN_NAME = 32  # longer layer names (TensorFlow exports' run to 200) are shown short
+
+
+def display_names(qm: QModel) -> dict[str, str]:
+    """A short, stable name for each tensor to show in tables: its own if at most
+    ``MAX_SHOWN_NAME`` characters, else its op and its index among the layers of that op
+    (``conv_3``, ``add_0``). The .fxq and the HTML report keep the full names."""
+    taken = {la.name for la in qm.layers if len(la.name) <= MAX_SHOWN_NAME} | {"input"}
+    shown, count = {"input": "input"}, {}
+    for la in qm.layers:
+        k = count[la.op] = count.get(la.op, -1) + 1
+        if len(la.name) <= MAX_SHOWN_NAME:
+            shown[la.name] = la.name
+            continue
+        short = f"{la.op}_{k}"
+        while short in taken:
+            short += "'"
+        taken.add(short)
+        shown[la.name] = short
+    return shown
+
+
+def _bits(fmt) -> str:
+    return str(fmt.bits) if fmt.signed else f"u{fmt.bits}"
+
+
 def layer_table(qm: QModel) -> str:
     """One row per tensor: the input, then every layer's output (add and concat included).
-    A graph that branches gets an "inputs" column naming what each layer reads."""
+    A graph that branches gets an "inputs" column naming what each layer reads. Long names
+    are shown short (``display_names``); an unsigned width is ``u8``."""
+    shown = display_names(qm)
     header = [
         "layer",
         "op",
@@ -49,7 +77,7 @@ def layer_table(qm: QModel) -> str:
             "input",
             "input",
             "x".join(map(str, qm.graph.input_shape)),
-            f"-/{qm.input_fmt.bits}",
+            f"-/{_bits(qm.input_fmt)}",
             "-",
             str(qm.input_fmt.fl),
             "-",
@@ -62,10 +90,10 @@ def layer_table(qm: QModel) -> str:
         if la.w_fmt is None:
             rows.append(
                 [
-                    la.name,
+                    shown[la.name],
                     la.op,
                     shape,
-                    f"-/{la.out_fmt.bits}",
+                    f"-/{_bits(la.out_fmt)}",
                     "-",
                     str(la.out_fmt.fl),
                     "-",
@@ -76,10 +104,10 @@ def layer_table(qm: QModel) -> str:
             continue
         rows.append(
             [
-                la.name,
+                shown[la.name],
                 la.op,
                 shape,
-                f"{la.w_fmt.bits}/{la.out_fmt.bits}",
+                f"{la.w_fmt.bits}/{_bits(la.out_fmt)}",
                 str(la.w_fmt.fl),
                 str(la.out_fmt.fl),
                 _db(la.stats.get("weight_sqnr_db")),
@@ -91,7 +119,7 @@ def layer_table(qm: QModel) -> str:
         header.insert(2, "inputs")
         rows[0].insert(2, "-")
         for row, la in zip(rows[1:], qm.layers, strict=True):
-            row.insert(2, ",".join(la.node.inputs))
+            row.insert(2, ",".join(shown.get(i, i) for i in la.node.inputs))
     return table(rows, header)
 
 
