@@ -479,3 +479,24 @@ def test_quantize_says_at_once_when_the_engine_will_not_run_the_model(tmp_path, 
     assert "note: the engine will not run this model: EngineConfig.avg_divide needs" in out
     assert main(["quantize", "ds-cnn", "--calib", "8", "-o", str(tmp_path / "b.fxq")]) == 0
     assert "the engine will not run" not in capsys.readouterr().out
+
+
+def test_saturation_of_the_input_is_reported(tmp_path, capsys):
+    """The input format the search picks may clip the tails of the data: quantize and eval
+    say how many values, on which data, instead of saying nothing."""
+    from fxpga.quant import data
+
+    fxq = tmp_path / "ae.fxq"
+    assert main(["quantize", "fc-ae", "--calib", "64", "-o", str(fxq)]) == 0
+    out = capsys.readouterr().out
+    qm = artifact.load(fxq)
+    x = data.load("noise:640").x_test
+    q = np.floor(x * 2.0**qm.input_fmt.fl + 0.5)
+    n = int(((q < qm.input_fmt.qmin) | (q > qm.input_fmt.qmax)).sum())
+    assert n > 0  # the search trades the tails for resolution here
+    line = f"warning: the input format {qm.input_fmt!r} saturates {n:,} of the {x.size:,} values"
+    assert f"{line} of noise:640's test split" in out
+    assert main(["eval", str(fxq)]) == 0
+    assert f"{line} of noise:640's test split" in capsys.readouterr().out
+    assert main(["quantize", "digits-cnn", "--calib", "64", "-o", str(tmp_path / "d.fxq")]) == 0
+    assert "saturates" not in capsys.readouterr().out

@@ -23,6 +23,9 @@ def run(args) -> int:
     ds = dataset_for(args, qm)
     print(report.layer_table(qm))
     print(report.evaluate(qm, ds)[1])
+    clipped = report.input_clipping_line(qm, ds.x_test, f"{ds.name}'s test split")
+    if clipped:
+        print(clipped)
     if qm.graph.host_tail:
         print(f"note: {report.host_tail_line(qm.graph)}")
     return 0

@@ -172,6 +172,10 @@ def run(args) -> int:
     artifact.save(qm, out, extra={"accuracy": acc})
     print(report.layer_table(qm))
     print(summary)
+    for x, part in ((x_calib, "calibration set"), (ds.x_test, "test split")):
+        clipped = report.input_clipping_line(qm, x, f"{ds.name}'s {part}")
+        if clipped:
+            print(clipped)
     if graph.host_tail:
         print(f"note: {report.host_tail_line(graph)}")
     refusal = engine_refusal(qm)

@@ -123,6 +123,30 @@ def layer_table(qm: QModel) -> str:
     return table(rows, header)
 
 
+def input_clipping(qm: QModel, x) -> tuple[int, int]:
+    """How many of the values in ``x`` the input format saturates (their rounded integer
+    lies outside its range), out of how many."""
+    import numpy as np
+
+    q = np.floor(np.ldexp(np.asarray(x, dtype=np.float64), qm.input_fmt.fl) + 0.5)
+    fmt = qm.input_fmt
+    return int(np.count_nonzero((q < fmt.qmin) | (q > fmt.qmax))), int(q.size)
+
+
+def input_clipping_line(qm: QModel, x, dataset: str) -> str | None:
+    """A warning when the input format saturates any value of ``x``, else None."""
+    n, total = input_clipping(qm, x)
+    if not n:
+        return None
+    fmt = qm.input_fmt
+    lo, hi = fmt.qmin * fmt.step, fmt.qmax * fmt.step
+    return (
+        f"warning: the input format {fmt!r} saturates {n:,} of the {total:,} values of "
+        f"{dataset} ({100 * n / total:.3g}%) to [{lo:g}, {hi:g}]; a wider input format "
+        f"(--config input) keeps them"
+    )
+
+
 def accuracy_line(float_acc: float, fixed_acc: float, n: int, dataset: str) -> str:
     d = 100 * (fixed_acc - float_acc)
     return (
