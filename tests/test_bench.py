@@ -4,6 +4,7 @@ boards table keeps the rows of boards that were not rebuilt."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -42,3 +43,22 @@ def test_boards_table_keeps_other_boards(bench, tmp_path):
     # a table with another header (an older layout) is not reused
     results.update_section("boards", results.markdown_table(["board", "lanes"], [row[:2]]), doc)
     assert boards.previous_rows(doc) == {}
+
+
+def test_kws_features_follow_the_reference_recipe(monkeypatch):
+    """bench/realdata.py's MFCCs: 49 frames of 10 coefficients from one second at 16 kHz, 40
+    triangular mel bands from 20 to 4000 Hz; a pure tone lights the band around it."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import realdata
+
+    mel = realdata._mel_matrix()
+    assert mel.shape == (257, 40) and not mel[0].any()  # the DC bin is unused
+    hz = np.linspace(0, 8000, 257)
+    peaks = hz[mel.argmax(axis=0)]
+    assert np.all(np.diff(peaks) >= 0) and 20 <= peaks[0] < 100 and 3500 < peaks[-1] <= 4000
+    t = np.arange(realdata.RATE) / realdata.RATE
+    feats = realdata.mfcc(0.5 * np.sin(2 * np.pi * 1000 * t))
+    assert feats.shape == (49, 10)
+    spec = np.abs(np.fft.rfft(0.5 * np.sin(2 * np.pi * 1000 * t[:480]), 512)) @ mel
+    assert abs(peaks[spec.argmax()] - 1000) < 100
+    sys.modules.pop("realdata", None)

@@ -1,0 +1,209 @@
+"""fxpga's fixed point beside a standard int8 post-training flow, on trained networks.
+
+The peer is onnxruntime's ``quantize_static`` (QDQ, int8 weights and activations, MinMax
+calibration), per channel and per tensor, on the same float ONNX, the same calibration inputs
+and the same test inputs as fxpga. The figure is top-1 agreement with the float model (its
+own argmax is the label); accuracy against labels where there are labels.
+
+    python bench/peer.py            # prints the table, updates docs/RESULTS.md
+
+Models: the trained MLPerf Tiny VWW and KWS networks in ../shared/mlperf_tiny (inputs from
+bench/realdata.py), and fxpga's trained digits models (exported to ONNX here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import realdata  # noqa: E402
+from results import machine, markdown_table, update_section  # noqa: E402
+
+from fxpga.quant import data, golden, onnx_import, quantizer, zoo  # noqa: E402
+
+CALIB, TEST = 256, 500
+
+
+@dataclass
+class Case:
+    name: str
+    onnx: Path
+    calib: np.ndarray
+    test: np.ndarray
+    labels: np.ndarray | None = None
+    nonnegative: bool = False  # the inputs are declared non-negative
+
+
+def ort_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inp = s.get_inputs()[0]
+    batch = inp.shape[0] if isinstance(inp.shape[0], int) else len(x)
+    outs = [s.run(None, {inp.name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(outs).reshape(len(x), -1)
+
+
+def ort_int8(case: Case, per_channel: bool, work: Path) -> np.ndarray:
+    """The test outputs of onnxruntime's int8 QDQ model of ``case``."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    inp = ort.InferenceSession(str(case.onnx), providers=["CPUExecutionProvider"]).get_inputs()[0]
+    batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(range(0, len(case.calib), batch))
+
+        def get_next(self):
+            i = next(self.it, None)
+            return None if i is None else {inp.name: case.calib[i : i + batch]}
+
+    import onnx
+    from onnx import version_converter
+
+    src = case.onnx
+    model = onnx.load(str(src))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:  # per-channel DequantizeLinear (its axis) needs opset 13
+        src = work / f"{case.name}-opset13.onnx"
+        onnx.save(version_converter.convert_version(model, 13), str(src))
+    pre = work / f"{case.name}-pre.onnx"
+    out = work / f"{case.name}-int8-{'pc' if per_channel else 'pt'}.onnx"
+    quant_pre_process(str(src), str(pre))
+    quantize_static(
+        str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        per_channel=per_channel, calibrate_method=CalibrationMethod.MinMax,
+    )  # fmt: skip
+    return ort_outputs(out, case.test)
+
+
+# (column, widths, scheme, unsigned): unsigned also makes the input unsigned where the
+# case's inputs are declared non-negative
+SCHEMES = (
+    ("fxpga 8-bit dynamic", quantizer.Widths(8), "dynamic", False),
+    ("fxpga 8-bit dynamic, unsigned", quantizer.Widths(8), "dynamic", True),
+    ("fxpga 8/4", quantizer.Widths(8, 8, 4), "dynamic", False),
+    ("fxpga 8-bit static", quantizer.Widths(8), "static", False),
+    ("fxpga 16-bit dynamic", quantizer.Widths(16), "dynamic", False),
+)
+
+
+def measure(case: Case, work: Path) -> dict[str, float]:
+    ref = ort_outputs(case.onnx, case.test)
+    want = ref.argmax(1)
+    g = onnx_import.from_onnx(case.onnx)
+    fx_float = g.float_forward(case.test.astype(np.float64)).reshape(len(case.test), -1)
+    assert (fx_float.argmax(1) == want).mean() > 0.99, f"{case.name}: fxpga's float differs"
+    row = {}
+    if case.labels is not None:
+        row["float accuracy"] = float((want == case.labels).mean())
+    for label, widths, scheme, unsigned in SCHEMES:
+        t = time.perf_counter()
+        qm = quantizer.quantize_model(
+            g, case.calib, widths, scheme, unsigned=unsigned,
+            input_unsigned=unsigned and case.nonnegative,
+        )  # fmt: skip
+        got = golden.predict(qm, case.test)
+        row[label] = float((got == want).mean())
+        row[f"{label} s"] = time.perf_counter() - t
+    for per_channel in (True, False):
+        got = ort_int8(case, per_channel, work).argmax(1)
+        row[f"onnxruntime int8 {'per-channel' if per_channel else 'per-tensor'}"] = float(
+            (got == want).mean()
+        )
+    return row
+
+
+def export_digits(name: str, work: Path) -> Case:
+    import torch
+
+    model, ds_name = zoo.builtin(name)
+    ds = data.load(ds_name)
+    path = work / f"{name}.onnx"
+    x = torch.zeros(1, *ds.sample_shape)
+    torch.onnx.export(
+        model.eval(), (x,), str(path), dynamo=False, input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )  # fmt: skip
+    return Case(name, path, ds.calib(CALIB).astype(np.float32), ds.x_test.astype(np.float32),
+                ds.y_test, nonnegative=bool(ds.x_test.min() >= 0))  # fmt: skip
+
+
+def cases(work: Path, which: set[str]) -> list[Case]:
+    out = []
+    if "vww" in which:
+        out.append(Case(
+            "vww-mobilenetv1-0.25", realdata.SHARED / "vww_mobilenetv1_025.onnx",
+            realdata.vww(CALIB, 1), realdata.vww(TEST, 2), nonnegative=True,
+        ))  # fmt: skip
+    if "kws" in which:
+        x_c, _ = realdata.kws(CALIB, 1)
+        x_t, y_t = realdata.kws(TEST, 2)
+        out.append(Case("kws-ds-cnn", realdata.SHARED / "kws_dscnn.onnx", x_c, x_t, y_t))
+    for name in ("digits-resnet", "digits-dsnet"):
+        if name in which:
+            out.append(export_digits(name, work))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="vww,kws,digits-resnet,digits-dsnet")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    args = ap.parse_args(argv)
+    which = set(args.models.split(","))
+    if not realdata.SHARED.is_dir():
+        which -= {"vww", "kws"}
+        print(f"note: {realdata.SHARED} is absent: the MLPerf Tiny models are skipped")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases(Path(tmp), which):
+            rows[case.name] = measure(case, Path(tmp))
+            print(case.name, {k: round(v, 4) for k, v in rows[case.name].items()}, flush=True)
+    cols = [c for c, *_ in SCHEMES] + [
+        "onnxruntime int8 per-channel", "onnxruntime int8 per-tensor",
+    ]  # fmt: skip
+    table = [
+        [name, f"{100 * r['float accuracy']:.1f}%" if "float accuracy" in r else "",
+         *(f"{100 * r[c]:.1f}%" for c in cols)]
+        for name, r in rows.items()
+    ]  # fmt: skip
+    text = "\n".join([
+        "## fxpga's fixed point beside onnxruntime's int8 (`python bench/peer.py`)",
+        "",
+        f"{CALIB} calibration and {TEST} test inputs per model, the same for every column; top-1 "
+        "agreement with the float model. VWW: crops of scikit-image's photos; KWS: espeak-ng "
+        "keywords as MFCCs (bench/realdata.py); digits: the held-out digits. onnxruntime: "
+        "`quantize_static`, QDQ, int8 weights and activations, MinMax.",
+        "",
+        markdown_table(["model", "float top-1 (labels)", *cols], table),
+        "",
+        f"Measured on {machine()}.",
+    ])  # fmt: skip
+    print(text)
+    if not args.no_write:
+        update_section("peer", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
