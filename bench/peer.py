@@ -96,14 +96,16 @@ def ort_int8(case: Case, per_channel: bool, work: Path) -> np.ndarray:
     return ort_outputs(out, case.test)
 
 
-# (column, widths, scheme, unsigned): unsigned also makes the input unsigned where the
-# case's inputs are declared non-negative
+# (column, widths, scheme, options): unsigned also makes the input unsigned where the case's
+# inputs are declared non-negative
+UNSIGNED, CORRECTED = {"unsigned": True}, {"unsigned": True, "bias_correction": True}
 SCHEMES = (
-    ("fxpga 8-bit dynamic", quantizer.Widths(8), "dynamic", False),
-    ("fxpga 8-bit dynamic, unsigned", quantizer.Widths(8), "dynamic", True),
-    ("fxpga 8/4", quantizer.Widths(8, 8, 4), "dynamic", False),
-    ("fxpga 8-bit static", quantizer.Widths(8), "static", False),
-    ("fxpga 16-bit dynamic", quantizer.Widths(16), "dynamic", False),
+    ("fxpga 8-bit dynamic", quantizer.Widths(8), "dynamic", {}),
+    ("fxpga 8-bit dynamic, unsigned", quantizer.Widths(8), "dynamic", UNSIGNED),
+    ("fxpga 8-bit dynamic, unsigned, bias corrected", quantizer.Widths(8), "dynamic", CORRECTED),
+    ("fxpga 8/4", quantizer.Widths(8, 8, 4), "dynamic", {}),
+    ("fxpga 8-bit static", quantizer.Widths(8), "static", {}),
+    ("fxpga 16-bit dynamic", quantizer.Widths(16), "dynamic", {}),
 )
 
 
@@ -116,10 +118,11 @@ def measure(case: Case, work: Path) -> dict[str, float]:
     row = {}
     if case.labels is not None:
         row["float accuracy"] = float((want == case.labels).mean())
-    for label, widths, scheme, unsigned in SCHEMES:
+    for label, widths, scheme, options in SCHEMES:
         t = time.perf_counter()
+        unsigned = options.get("unsigned", False)
         qm = quantizer.quantize_model(
-            g, case.calib, widths, scheme, unsigned=unsigned,
+            g, case.calib, widths, scheme, **options,
             input_unsigned=unsigned and case.nonnegative,
         )  # fmt: skip
         got = golden.predict(qm, case.test)

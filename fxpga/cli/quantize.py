@@ -88,6 +88,11 @@ def add(sub, common):
         help="the input is non-negative (images in [0, 1]): store it unsigned too",
     )
     q.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="move each conv/fc bias by its channel's mean error on the calibration set",
+    )
+    q.add_argument(
         "--calib", type=images, metavar="N", help="calibration images [all the dataset provides]"
     )
     q.add_argument(
@@ -156,6 +161,7 @@ def run(args) -> int:
         progress=progress,
         unsigned=args.unsigned,
         input_unsigned=args.input_unsigned,
+        bias_correction=args.bias_correction,
     )
     acc, summary = report.evaluate(qm, ds)
     qm.provenance = {

@@ -302,12 +302,15 @@ def quantize_model(
     provenance: dict | None = None,
     unsigned: bool = False,
     input_unsigned: bool = False,
+    bias_correction: bool = False,
 ) -> QModel:
     """Choose every format and build the integer model. See the module docstring.
 
     ``unsigned``: the outputs ``unsigned_outputs`` names get unsigned formats (every bit of
     the word for values that cannot be negative). ``input_unsigned``: the input too (the data
-    is declared non-negative; negative inputs saturate to 0)."""
+    is declared non-negative; negative inputs saturate to 0). ``bias_correction``: each
+    conv/linear bias corrected for the mean error its channel has on the calibration set
+    (``_quantize_weighted``)."""
     widths = widths or Widths()
     config = config or Config()
     if scheme not in ("dynamic", "static"):
@@ -388,6 +391,7 @@ def quantize_model(
                 error,
                 before_relu,
                 node.name not in nonneg,
+                ref[node.name] if bias_correction else None,
             )
         elif isinstance(node, ir.Add | ir.Concat):
             in_fmts = tuple(fmts[i] for i in ins)
@@ -465,9 +469,15 @@ def _quantize_weighted(
     error,
     before_relu,
     signed=True,
+    raw=None,
 ):
     """A conv/linear layer: its weight format, integer weights and bias, accumulator bound
-    and output format (greedy, against ``target``). Returns the layer and its output."""
+    and output format (greedy, against ``target``). Returns the layer and its output.
+
+    ``raw``, the float model's output of the layer on the calibration set, asks for bias
+    correction: each channel's integer bias moves by the rounded mean, over the set, of the
+    float output minus the exact accumulator (on the quantized input the layer really gets),
+    so that the mean error of each channel is at most half a step of the accumulator."""
     where = node.where()
     wov = entry.get("weight", Override())
     wbits = wov.bits or widths.weight_bits(node)
@@ -495,10 +505,19 @@ def _quantize_weighted(
         acc_bits=signed_width(*acc_range),
     )
     acc = golden.accumulate(la, cur)
+    acc_fl = cur_fmt.fl + wfl
+    if raw is not None:
+        axes = (0, *range(2, acc.ndim))  # all but the channel axis
+        delta = np.mean(raw - np.ldexp(acc.astype(np.float64), -acc_fl), axis=axes)
+        fix = np.floor(np.ldexp(delta, acc_fl) + 0.5).astype(np.int64)
+        if fix.any():
+            la.b = b = b + fix
+            acc = acc + fix.reshape(1, -1, *(1,) * (acc.ndim - 2)).astype(acc.dtype)
+            la.acc_range = _acc_bound(w, b, *cur_range)
+            la.acc_bits = signed_width(*la.acc_range)
     oov = entry.get("output", Override())
     obits = oov.bits or widths.act
     signed = signed if oov.signed is None else oov.signed
-    acc_fl = cur_fmt.fl + wfl
     ofl = choose_fl(
         oov.fl,
         static_a,
