@@ -157,7 +157,7 @@ def toggler(k: int) -> str:
 
 def test_verilators_run_time_is_compiled_once(tmp_path, monkeypatch):
     """Verilator's run-time library is compiled by the first build and copied into the
-    next, whose make finds it up to date; the key follows the build's options (waves)."""
+    next, whose make finds it up to date."""
     monkeypatch.setenv("FXPGA_CACHE", str(tmp_path))
     first = runner.build(None, "verilator", verilog=toggler(3))
     assert "-o verilated_vpi.o" in (first / "build.log").read_text()
@@ -167,8 +167,21 @@ def test_verilators_run_time_is_compiled_once(tmp_path, monkeypatch):
     assert "-o verilated_vpi.o" not in log and "-o verilator.o" in log  # verilator.o: model's
     assert (second / runner.TOP).is_file() and (rt / "USED").is_file()
     assert not [f for p in runner._BUILD_ONLY for f in second.glob(p)]
-    traced = runner.build(None, "verilator", verilog=toggler(5), waves=True)
-    assert "-o verilated_vpi.o" in (traced / "build.log").read_text()  # another key
+
+
+def test_the_run_time_key_follows_the_build_options(tmp_path, monkeypatch):
+    mk = "VM_TRACE = {}\nVM_GLOBAL_FAST += \\\n  verilated \\\n  verilated_vpi \\\n\n"
+    entries = []
+    for i, trace in enumerate((0, 0, 1)):
+        (tmp_path / f"w{i}").mkdir()
+        (tmp_path / f"w{i}" / "Vtop_classes.mk").write_text(mk.format(trace))
+        entries.append(runner._runtime_entry(tmp_path, tmp_path / f"w{i}"))
+    assert entries[0] == entries[1] != entries[2]
+    assert entries[0][1] == ["verilated", "verilated_vpi"]
+    monkeypatch.setenv("MAKEFLAGS", "OPT_FAST=-O0")  # traced builds' flags: another key
+    assert runner._runtime_entry(tmp_path, tmp_path / "w0") != entries[0]
+    (tmp_path / "w0" / "Vtop_classes.mk").write_text("VM_TRACE = 0\n")
+    assert runner._runtime_entry(tmp_path, tmp_path / "w0") is None  # none listed: none kept
 
 
 def test_builds_are_cached(digits_q8):

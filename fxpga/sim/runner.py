@@ -431,6 +431,9 @@ def build(
     ``$FXPGA_SIM_CACHE_ENTRIES`` (default 200) most recently used models are kept.
     """
     env = sim_env(simulator)
+    if simulator == "verilator" and waves:
+        # a traced model runs one image for its waveform: its C++ is compiled for build speed
+        env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} OPT_FAST=-O0".strip()
     text = verilog if verilog is not None else engine_verilog(prog)
     extra = "".join(Path(p).read_text() for p in extra_sources)
     key = hashlib.sha256(f"{simulator}:{waves}:{top}:v3\n{text}{extra}".encode()).hexdigest()
