@@ -93,6 +93,18 @@ def add(sub, common):
         help="move each conv/fc bias by its channel's mean error on the calibration set",
     )
     q.add_argument(
+        "--per-channel",
+        action="store_true",
+        help="a weight fl per output channel (dynamic scheme); the engine does not run such "
+        "models yet",
+    )
+    q.add_argument(
+        "--objective",
+        choices=("l1", "l2"),  # quantizer.OBJECTIVES
+        default="l1",
+        help="what the fl search minimises: l1, Σ|error| (Qiu et al., default), or l2, Σ error²",
+    )
+    q.add_argument(
         "--calib", type=images, metavar="N", help="calibration images [all the dataset provides]"
     )
     q.add_argument(
@@ -162,6 +174,8 @@ def run(args) -> int:
         unsigned=args.unsigned,
         input_unsigned=args.input_unsigned,
         bias_correction=args.bias_correction,
+        per_channel=args.per_channel,
+        objective=args.objective,
     )
     acc, summary = report.evaluate(qm, ds)
     qm.provenance = {
@@ -177,6 +191,7 @@ def run(args) -> int:
     acc = {"dataset": ds_spec, "split": "test", "images": len(ds.x_test), **acc}
     artifact.save(qm, out, extra={"accuracy": acc})
     print(report.layer_table(qm))
+    print(report.weight_formats_line(qm))
     print(summary)
     for x, part in ((x_calib, "calibration set"), (ds.x_test, "test split")):
         clipped = report.input_clipping_line(qm, x, f"{ds.name}'s {part}")

@@ -1086,6 +1086,13 @@ def check_ops(qm: QModel):
                 f"{where}: its format {fmt!r} is unsigned, and the engine stores signed "
                 f"activations only so far (quantize without --unsigned)"
             )
+    for la in qm.layers:
+        if la.w_fmt is not None and la.per_channel:
+            raise FxpgaError(
+                f"{la.node.where()}: its weights have a format per output channel, and the "
+                f"engine requantizes with one shift per layer so far (quantize without "
+                f"--per-channel)"
+            )
 
 
 class _Parity:

@@ -118,6 +118,13 @@ def _fmt(f: QFormat | None):
     return None if f is None else f.to_json()
 
 
+def _weight_fmt(la: QLayer) -> dict:
+    """A weight format; with a format per output channel, ``fl`` lists them in order."""
+    if la.per_channel:
+        return {"bits": la.w_fmt.bits, "fl": list(la.w_fls)}
+    return la.w_fmt.to_json()
+
+
 def _num(v):
     if isinstance(v, float) and not math.isfinite(v):
         return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
@@ -151,9 +158,9 @@ def to_json(qm: QModel, tensors_name: str, tensors_sha: str, extra: dict | None 
             e.update(
                 {
                     "input": _fmt(la.in_fmt),
-                    "weight": _fmt(la.w_fmt),
+                    "weight": _weight_fmt(la),
                     "output": _fmt(la.out_fmt),
-                    "shift": la.shift,
+                    "shift": [int(v) for v in la.shifts] if la.per_channel else la.shift,
                     "acc_bits": la.acc_bits,
                     "acc_range": list(la.acc_range),
                     "in_range": list(la.in_range),
@@ -402,6 +409,24 @@ def _qf(obj, where: str, signed_only: bool = False) -> QFormat:
     return QFormat(bits, fl, signed)
 
 
+def _weight_qf(obj, out_shape, where: str) -> tuple[QFormat, tuple[int, ...] | None]:
+    """A weight format, and with ``"fl"`` a list, one fl per output channel (their minimum is
+    the format's)."""
+    if not (isinstance(obj, dict) and isinstance(obj.get("fl"), list)):
+        return _qf(obj, where, signed_only=True), None
+    if set(obj) != {"bits", "fl"}:
+        raise FxpgaError(
+            f'{where}: expected {{"bits": B, "fl": [F, ...]}} (one fl per output channel), '
+            f"got {_show(obj)}"
+        )
+    n = out_shape[0] if isinstance(out_shape, list) and out_shape else None
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_TENSOR_ELEMENTS:
+        raise FxpgaError(f"{where}: a per-channel fl needs a valid out_shape")
+    fls = _list(obj["fl"], f"{where}: fl (one per output channel)", n, n)
+    fls = tuple(_int(f, f"{where}: fl[{k}]", -MAX_FL, MAX_FL) for k, f in enumerate(fls))
+    return QFormat(check_bits(obj["bits"], where), min(fls)), fls
+
+
 def _shape(v, what: str) -> tuple[int, ...]:
     """A per-sample shape, (F,) or (C, H, W), of at most ``MAX_TENSOR_ELEMENTS`` values."""
     _list(v, what, 1, 3)
@@ -529,9 +554,14 @@ def _entry(path: Path, i: int, e) -> dict:
     }
     if kind == "weighted":
         s["in_fmt"] = _qf(e["input"], f"{where}: input")
-        s["w_fmt"] = _qf(e["weight"], f"{where}: weight", signed_only=True)
+        s["w_fmt"], s["w_fls"] = _weight_qf(e["weight"], e["out_shape"], f"{where}: weight")
         s["out_fmt"] = _qf(e["output"], f"{where}: output")
-        s["shift"] = _any_int(e["shift"], f"{where}: shift")
+        if s["w_fls"] is None:
+            s["shift"] = _any_int(e["shift"], f"{where}: shift")
+        else:
+            n = len(s["w_fls"])
+            shifts = _list(e["shift"], f"{where}: shift (one per output channel)", n, n)
+            s["shift"] = [_any_int(v, f"{where}: shift[{k}]") for k, v in enumerate(shifts)]
         s["acc_bits"] = _any_int(e["acc_bits"], f"{where}: acc_bits")
         s["acc_range"] = _range(e["acc_range"], f"{where}: acc_range")
         if "in_range" in e:
@@ -734,12 +764,19 @@ def _layer(s: dict, node: ir.Node, arrays: dict) -> QLayer:
             acc_range=s["acc_range"],
             acc_bits=s["acc_bits"],
             stats=s["stats"],
+            w_fls=s["w_fls"],
         )
         if w.size and (w.min() < la.w_fmt.qmin or w.max() > la.w_fmt.qmax):
             raise FxpgaError(f"{where}: weights exceed the {la.w_fmt} range")
-        if s["shift"] != la.shift:
+        if s["w_fls"] is not None and not la.per_channel:
             raise FxpgaError(
-                f"{where}: shift {s['shift']} disagrees with the formats (expected {la.shift})"
+                f"{where}: weight fl lists one value for every channel; write it as one integer"
+            )
+        want = [int(v) for v in la.shifts] if la.per_channel else la.shift
+        if s["shift"] != want:
+            raise FxpgaError(
+                f"{where}: shift {_show(s['shift'])} disagrees with the formats (expected "
+                f"{_show(want)})"
             )
     else:
         la = QLayer(node, s["out_fmt"], s["out_fmt"], s.get("in_range", (0, 0)), out_range)

@@ -41,13 +41,10 @@ def fake_run(qm: QModel, x: np.ndarray, keep: bool = False):
             elif isinstance(n, ir.Concat):
                 t = torch.cat([_snap(v, la.out_fmt) for v in ins], dim=1)
             elif isinstance(n, ir.Conv | ir.Linear):
-                w = torch.ldexp(
-                    torch.from_numpy(la.w.astype(np.float64)),
-                    torch.tensor(float(-la.w_fmt.fl), dtype=torch.float64),
-                )
-                b = torch.ldexp(
-                    torch.from_numpy(la.b.astype(np.float64)),
-                    torch.tensor(float(-(la.in_fmt.fl + la.w_fmt.fl)), dtype=torch.float64),
+                wfl = np.reshape(la.w_fl_of, (-1, *(1,) * (la.w.ndim - 1)))  # per channel
+                w = torch.from_numpy(np.ldexp(la.w.astype(np.float64), -wfl))
+                b = torch.from_numpy(
+                    np.ldexp(la.b.astype(np.float64), -(la.in_fmt.fl + la.w_fl_of))
                 )
                 if isinstance(n, ir.Conv):
                     y = F.conv2d(t, w, b, stride=n.stride, padding=n.padding, groups=n.groups)

@@ -4,7 +4,8 @@ Vectorised numpy over a batch. Per layer (docs/numerics.md):
 
 - conv/linear: ``acc = Σ x·w + b`` exactly (int64, or Python integers when the recorded
   accumulator width exceeds 62 bits), then ``requantize(acc, shift, out_bits)``: rounding
-  shift (round half up) and saturation, to ``[0, 2^bits − 1]`` where the output format is
+  shift (round half up; one shift per output channel where the weights have per-channel
+  formats) and saturation, to ``[0, 2^bits − 1]`` where the output format is
   unsigned.
 - relu: ``max(x, 0)``; clip: ``clip(x, qlo, qhi)``, the representable values in [lo, hi];
   maxpool: window max, padding never wins (pads with the format's minimum);
@@ -21,7 +22,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .qformat import QFormat, avg_round, clip_bounds, quantize, requantize, saturate
+from .qformat import (
+    QFormat,
+    avg_round,
+    clip_bounds,
+    quantize,
+    requantize,
+    requantize_channels,
+    saturate,
+)
 from .qmodel import QLayer, QModel
 
 INT64_SAFE_BITS = 62  # acc plus the rounding constant stays inside int64
@@ -111,8 +120,7 @@ def step(layer: QLayer, *xs: np.ndarray) -> np.ndarray:
     (x,) = xs
     if isinstance(n, ir.Conv | ir.Linear):
         fmt = layer.out_fmt
-        out = requantize(accumulate(layer, x), layer.shift, fmt.bits, fmt.signed)
-        return out.astype(np.int64)
+        return requantize_channels(accumulate(layer, x), layer.shifts, fmt.bits, fmt.signed)
     if isinstance(n, ir.ReLU):
         return np.maximum(x, 0)
     if isinstance(n, ir.Pad):

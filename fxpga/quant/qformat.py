@@ -142,6 +142,20 @@ def requantize(acc: np.ndarray, s: int, bits: int, signed: bool = True) -> np.nd
     return np.where(acc > hi_k, hi, np.where(acc < lo_k, lo, inside))
 
 
+def requantize_channels(acc: np.ndarray, shifts, bits: int, signed: bool = True) -> np.ndarray:
+    """``requantize`` with one shift per channel (axis 1 of ``acc``), or one for all: each
+    group of channels that share a shift is requantized as a whole. Returns int64."""
+    acc = np.asarray(acc)
+    if np.ndim(shifts) == 0:
+        return requantize(acc, int(shifts), bits, signed).astype(np.int64)
+    shifts = np.asarray(shifts)
+    out = np.empty(acc.shape, dtype=np.int64)
+    for s in np.unique(shifts):
+        lanes = shifts == s
+        out[:, lanes] = requantize(acc[:, lanes], int(s), bits, signed)
+    return out
+
+
 def clip_bounds(fmt: QFormat, lo: float | None, hi: float | None) -> tuple[int, int]:
     """The integer bounds of ``clamp(x, lo, hi)`` on ``fmt``'s grid: the representable values
     inside ``[lo, hi]``, ``ceil(lo·2^fl)`` to ``floor(hi·2^fl)`` (exact: scaling by a power of

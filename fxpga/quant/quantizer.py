@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FxpgaError
-from ..limits import MAX_CALIB_VALUES
+from ..limits import MAX_CALIB_VALUES, MAX_TENSOR_ELEMENTS
 from ..progress import bar as progress_bar
 from . import golden, ir
 from .qformat import (
@@ -25,12 +25,15 @@ from .qformat import (
     dequantize,
     fl_fit,
     quantize,
-    requantize,
+    requantize_channels,
     signed_width,
 )
 from .qmodel import QLayer, QModel
 
 SEARCH_BELOW = 2  # candidates: fl_fit − SEARCH_BELOW … fl_fit + bits (more saturation)
+# a layer's per-channel weight fl lie within this many of its smallest; a channel of near-zero
+# weights (a dead one) gets the finest of them, not an fl of 100
+MAX_CHANNEL_FL_SPREAD = 8
 
 
 @dataclass
@@ -172,6 +175,15 @@ def _override(spec, where: str) -> Override:
     if bits is not None:
         check_bits(bits, where)
     fl = spec.get("fl")
+    if isinstance(fl, list) and where.endswith(" weight"):  # one per output channel
+        if not fl or len(fl) > MAX_TENSOR_ELEMENTS or bits is None:
+            raise FxpgaError(
+                f"{where}: a per-channel fl needs bits and 1..{MAX_TENSOR_ELEMENTS} values"
+            )
+        for k, f in enumerate(fl):
+            if isinstance(f, bool) or not isinstance(f, int) or abs(f) > 64:
+                raise FxpgaError(f"{where}: fl[{k}] must be an integer in -64..64, not {f!r}")
+        return Override(bits, tuple(fl), signed)
     if fl is not None and (isinstance(fl, bool) or not isinstance(fl, int)):
         raise FxpgaError(f"{where}: fl must be an integer, not {fl!r}")
     if fl is not None and bits is None:
@@ -181,8 +193,17 @@ def _override(spec, where: str) -> Override:
     return Override(bits, fl, signed)
 
 
-def l1_error(x: np.ndarray, fmt: QFormat) -> float:
-    return float(np.abs(x - dequantize(quantize(x, fmt), fmt.fl)).sum())
+OBJECTIVES = ("l1", "l2")  # Σ|error| (Qiu et al.'s) or Σ error²
+
+
+def total_error(d: np.ndarray, objective: str = "l1") -> float:
+    """The search's objective over the differences ``d``: Σ|d| or Σ d²."""
+    return float((d * d).sum() if objective == "l2" else np.abs(d).sum())
+
+
+def l1_error(x: np.ndarray, fmt: QFormat, objective: str = "l1") -> float:
+    """The ``objective`` error of ``x`` quantized to ``fmt``."""
+    return total_error(x - dequantize(quantize(x, fmt), fmt.fl), objective)
 
 
 def candidates(x: np.ndarray, bits: int, signed: bool = True) -> range:
@@ -303,6 +324,8 @@ def quantize_model(
     unsigned: bool = False,
     input_unsigned: bool = False,
     bias_correction: bool = False,
+    per_channel: bool = False,
+    objective: str = "l1",
 ) -> QModel:
     """Choose every format and build the integer model. See the module docstring.
 
@@ -310,8 +333,13 @@ def quantize_model(
     the word for values that cannot be negative). ``input_unsigned``: the input too (the data
     is declared non-negative; negative inputs saturate to 0). ``bias_correction``: each
     conv/linear bias corrected for the mean error its channel has on the calibration set
-    (``_quantize_weighted``)."""
+    (``_quantize_weighted``). ``per_channel``: each output channel's weights get their own
+    fl, chosen as a layer's is, where neither ``--config`` nor the static scheme fixes it.
+    ``objective``: what the greedy search minimises, for weights and activations alike, ``l1``
+    (Σ|error|, Qiu et al.'s) or ``l2`` (Σ error², the squared error)."""
     widths = widths or Widths()
+    if objective not in OBJECTIVES:
+        raise FxpgaError(f"unknown objective '{objective}' ({' or '.join(OBJECTIVES)})")
     config = config or Config()
     if scheme not in ("dynamic", "static"):
         raise FxpgaError(f"unknown scheme '{scheme}' (dynamic or static)")
@@ -344,7 +372,7 @@ def quantize_model(
     def error(name: str, q: np.ndarray, fl: int) -> float:
         if name in before_relu:
             q = np.maximum(q, 0)
-        return float(np.abs(target(name) - np.ldexp(q.astype(np.float64), -fl)).sum())
+        return total_error(target(name) - np.ldexp(q.astype(np.float64), -fl), objective)
 
     static_w = static_a = None
     if scheme == "static":
@@ -357,7 +385,7 @@ def quantize_model(
     in_fl = choose_fl(
         ov.fl,
         static_a,
-        lambda fl: l1_error(x_calib, QFormat(in_bits, fl, in_signed)),
+        lambda fl: l1_error(x_calib, QFormat(in_bits, fl, in_signed), objective),
         x_calib,
         in_bits,
         in_signed,
@@ -392,6 +420,8 @@ def quantize_model(
                 before_relu,
                 node.name not in nonneg,
                 ref[node.name] if bias_correction else None,
+                per_channel and scheme == "dynamic",
+                objective,
             )
         elif isinstance(node, ir.Add | ir.Concat):
             in_fmts = tuple(fmts[i] for i in ins)
@@ -470,6 +500,8 @@ def _quantize_weighted(
     before_relu,
     signed=True,
     raw=None,
+    per_channel=False,
+    objective="l1",
 ):
     """A conv/linear layer: its weight format, integer weights and bias, accumulator bound
     and output format (greedy, against ``target``). Returns the layer and its output.
@@ -477,20 +509,39 @@ def _quantize_weighted(
     ``raw``, the float model's output of the layer on the calibration set, asks for bias
     correction: each channel's integer bias moves by the rounded mean, over the set, of the
     float output minus the exact accumulator (on the quantized input the layer really gets),
-    so that the mean error of each channel is at most half a step of the accumulator."""
+    so that the mean error of each channel is at most half a step of the accumulator.
+
+    ``per_channel``: each output channel's weight fl is chosen on that channel's weights
+    alone (the same argmin), at most ``MAX_CHANNEL_FL_SPREAD`` above the smallest, unless
+    ``--config`` fixes the layer's."""
     where = node.where()
     wov = entry.get("weight", Override())
     wbits = wov.bits or widths.weight_bits(node)
-    wfl = choose_fl(
-        wov.fl,
-        static_w,
-        lambda fl: l1_error(node.weight, QFormat(wbits, fl)),
-        node.weight,
-        wbits,
-    )
-    w_fmt = QFormat(wbits, wfl)
-    w = quantize(node.weight, w_fmt)
-    b = quantize_bias(node.bias, cur_fmt.fl + wfl, where)
+
+    def weight_fl(wt):
+        return choose_fl(
+            wov.fl, static_w, lambda fl: l1_error(wt, QFormat(wbits, fl), objective), wt, wbits
+        )
+
+    if isinstance(wov.fl, tuple):  # --config gives one per output channel
+        if len(wov.fl) != len(node.weight):
+            raise FxpgaError(
+                f"{where}: the config gives {len(wov.fl)} weight fl, one per output channel "
+                f"of {len(node.weight)}"
+            )
+        wfls = np.array(wov.fl)
+        w = np.stack(
+            [quantize(wt, QFormat(wbits, int(f))) for wt, f in zip(node.weight, wfls, strict=True)]
+        )
+    elif per_channel and wov.fl is None:
+        wfls = np.array([weight_fl(wt) for wt in node.weight])
+        wfls = np.minimum(wfls, wfls.min() + MAX_CHANNEL_FL_SPREAD)
+        wq = [quantize(wt, QFormat(wbits, int(f))) for wt, f in zip(node.weight, wfls, strict=True)]
+        w = np.stack(wq).astype(np.int64)
+    else:
+        wfls = np.array([weight_fl(node.weight)] * len(node.weight))
+        w = quantize(node.weight, QFormat(wbits, int(wfls[0])))
+    b = quantize_bias(node.bias, cur_fmt.fl + wfls, where)
     acc_range = _acc_bound(w, b, *cur_range)
     la = QLayer(
         node,
@@ -498,17 +549,20 @@ def _quantize_weighted(
         cur_fmt,
         cur_range,
         cur_range,
-        w_fmt=w_fmt,
+        w_fmt=QFormat(wbits, int(wfls.min())),
         w=w,
         b=b,
         acc_range=acc_range,
         acc_bits=signed_width(*acc_range),
+        w_fls=tuple(wfls),
     )
+    w_fmt = la.w_fmt
     acc = golden.accumulate(la, cur)
-    acc_fl = cur_fmt.fl + wfl
+    acc_fl = cur_fmt.fl + la.w_fl_of  # per channel, or one for the layer
     if raw is not None:
         axes = (0, *range(2, acc.ndim))  # all but the channel axis
-        delta = np.mean(raw - np.ldexp(acc.astype(np.float64), -acc_fl), axis=axes)
+        per = np.reshape(acc_fl, (1, -1, *(1,) * (acc.ndim - 2)))
+        delta = np.mean(raw - np.ldexp(acc.astype(np.float64), -per), axis=axes)
         fix = np.floor(np.ldexp(delta, acc_fl) + 0.5).astype(np.int64)
         if fix.any():
             la.b = b = b + fix
@@ -521,17 +575,18 @@ def _quantize_weighted(
     ofl = choose_fl(
         oov.fl,
         static_a,
-        lambda fl: error(node.name, requantize(acc, acc_fl - fl, obits, signed), fl),
+        lambda fl: error(node.name, requantize_channels(acc, acc_fl - fl, obits, signed), fl),
         target(node.name),
         obits,
         signed,
     )
     la.out_fmt = QFormat(obits, ofl, signed)
     la.out_range = (la.out_fmt.qmin, la.out_fmt.qmax)
-    out = requantize(acc, la.shift, obits, signed).astype(np.int64)
+    out = requantize_channels(acc, la.shifts, obits, signed)
     stats = _out_stats(node.name, out, la.out_fmt, target, before_relu)
+    wfl_b = np.reshape(la.w_fl_of, (-1, *(1,) * (w.ndim - 1)))
     la.stats = {
-        "weight_sqnr_db": sqnr_db(node.weight, dequantize(w, wfl)),
+        "weight_sqnr_db": sqnr_db(node.weight, np.ldexp(w.astype(np.float64), -wfl_b)),
         "output_sqnr_db": stats["output_sqnr_db"],
         "saturated_weights": int(np.sum((w == w_fmt.qmin) | (w == w_fmt.qmax))),
         "saturated_outputs_pct": stats["saturated_outputs_pct"],

@@ -56,6 +56,18 @@ def _bits(fmt) -> str:
     return str(fmt.bits) if fmt.signed else f"u{fmt.bits}"
 
 
+def weight_formats_line(qm: QModel) -> str:
+    """Whether the model's weights got one format per layer or per output channel."""
+    weighted = [la for la in qm.layers if la.w_fmt is not None]
+    per = sum(la.per_channel for la in weighted)
+    if not per:
+        return "weights: one format per layer"
+    return (
+        f"weights: one fl per output channel in {per} of {len(weighted)} conv/fc layers "
+        f"(fl_w shows their range)"
+    )
+
+
 def layer_table(qm: QModel) -> str:
     """One row per tensor: the input, then every layer's output (add and concat included).
     A graph that branches gets an "inputs" column naming what each layer reads. Long names
@@ -108,7 +120,7 @@ def layer_table(qm: QModel) -> str:
                 la.op,
                 shape,
                 f"{la.w_fmt.bits}/{_bits(la.out_fmt)}",
-                str(la.w_fmt.fl),
+                la.w_fl_text,
                 str(la.out_fmt.fl),
                 _db(la.stats.get("weight_sqnr_db")),
                 _db(la.stats.get("output_sqnr_db")),

@@ -48,7 +48,7 @@ def measure(graph: ir.Graph, ds: Dataset, scheme: Scheme, calib: int = 256) -> R
     qm = quantizer.quantize_model(
         graph, ds.x_calib[:calib], quantizer.Widths(*scheme.widths), scheme=scheme.scheme
     )
-    fls = " ".join(f"{la.w_fmt.fl}/{la.out_fmt.fl}" for la in qm.layers if la.w_fmt)
+    fls = " ".join(f"{la.w_fl_text}/{la.out_fmt.fl}" for la in qm.layers if la.w_fmt)
     top1 = quantizer.accuracy(qm, ds.x_test, ds.y_test)
     return Result(scheme, top1, f"in {qm.input_fmt.fl}; {fls}")
 

@@ -117,7 +117,7 @@ def _layers(qm: QModel) -> Section:
                 la.name,
                 la.op,
                 "x".join(map(str, la.node.out_shape)),
-                repr(la.w_fmt) if la.w_fmt else "-",
+                f"Q{la.w_fmt.bits}.{la.w_fl_text}" if la.w_fmt else "-",
                 repr(la.out_fmt),
                 _db(s.get("weight_sqnr_db")),
                 _db(s.get("output_sqnr_db")),
