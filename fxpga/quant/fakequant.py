@@ -41,8 +41,7 @@ def fake_run(qm: QModel, x: np.ndarray, keep: bool = False):
             elif isinstance(n, ir.Concat):
                 t = torch.cat([_snap(v, la.out_fmt) for v in ins], dim=1)
             elif isinstance(n, ir.Conv | ir.Linear):
-                wfl = np.reshape(la.w_fl_of, (-1, *(1,) * (la.w.ndim - 1)))  # per channel
-                w = torch.from_numpy(np.ldexp(la.w.astype(np.float64), -wfl))
+                w = torch.from_numpy(la.weight_values())
                 b = torch.from_numpy(
                     np.ldexp(la.b.astype(np.float64), -(la.in_fmt.fl + la.w_fl_of))
                 )

@@ -72,6 +72,11 @@ class QLayer:
         """The weight fl: one per output channel (int array), or the layer's."""
         return np.array(self.w_fls) if self.per_channel else self.w_fmt.fl
 
+    def weight_values(self) -> np.ndarray:
+        """The weights' real values, ``w · 2^-fl_w``, each output channel at its own fl."""
+        fl = np.reshape(self.w_fl_of, (-1, *(1,) * (self.w.ndim - 1)))
+        return np.ldexp(self.w.astype(np.float64), -fl)
+
     @property
     def w_fl_text(self) -> str:
         """The weight fl as shown: ``5``, or ``5..7`` over the channels."""

@@ -530,17 +530,14 @@ def _quantize_weighted(
                 f"of {len(node.weight)}"
             )
         wfls = np.array(wov.fl)
-        w = np.stack(
-            [quantize(wt, QFormat(wbits, int(f))) for wt, f in zip(node.weight, wfls, strict=True)]
-        )
     elif per_channel and wov.fl is None:
         wfls = np.array([weight_fl(wt) for wt in node.weight])
         wfls = np.minimum(wfls, wfls.min() + MAX_CHANNEL_FL_SPREAD)
-        wq = [quantize(wt, QFormat(wbits, int(f))) for wt, f in zip(node.weight, wfls, strict=True)]
-        w = np.stack(wq).astype(np.int64)
     else:
-        wfls = np.array([weight_fl(node.weight)] * len(node.weight))
-        w = quantize(node.weight, QFormat(wbits, int(wfls[0])))
+        wfls = np.full(len(node.weight), weight_fl(node.weight))
+    w = np.stack(
+        [quantize(wt, QFormat(wbits, int(f))) for wt, f in zip(node.weight, wfls, strict=True)]
+    )
     b = quantize_bias(node.bias, cur_fmt.fl + wfls, where)
     acc_range = _acc_bound(w, b, *cur_range)
     la = QLayer(
@@ -584,9 +581,8 @@ def _quantize_weighted(
     la.out_range = (la.out_fmt.qmin, la.out_fmt.qmax)
     out = requantize_channels(acc, la.shifts, obits, signed)
     stats = _out_stats(node.name, out, la.out_fmt, target, before_relu)
-    wfl_b = np.reshape(la.w_fl_of, (-1, *(1,) * (w.ndim - 1)))
     la.stats = {
-        "weight_sqnr_db": sqnr_db(node.weight, np.ldexp(w.astype(np.float64), -wfl_b)),
+        "weight_sqnr_db": sqnr_db(node.weight, la.weight_values()),
         "output_sqnr_db": stats["output_sqnr_db"],
         "saturated_weights": int(np.sum((w == w_fmt.qmin) | (w == w_fmt.qmax))),
         "saturated_outputs_pct": stats["saturated_outputs_pct"],
