@@ -109,17 +109,24 @@ def random_net(rng: random.Random, pools=True, groups=False):
     return nn.Sequential(*mods), shape
 
 
-def quantized(model, shape, seed, bits=8, wbits=None):
+def quantized(model, shape, seed, bits=8, wbits=None, per_channel=False):
+    """``per_channel``: each output channel's weights scaled by 2^u, u uniform in [-3, 3],
+    and quantized with a format per channel."""
     torch.manual_seed(seed)
     for mod in model.modules():
         if isinstance(mod, nn.Conv2d | nn.Linear):
             nn.init.uniform_(mod.weight, -0.8, 0.8)
+            if per_channel:
+                scale = 2.0 ** torch.empty(mod.weight.shape[0]).uniform_(-3, 3)
+                with torch.no_grad():
+                    mod.weight.mul_(scale.reshape(-1, *[1] * (mod.weight.dim() - 1)))
             if mod.bias is not None:
                 nn.init.uniform_(mod.bias, -0.5, 0.5)
     g = frontend.from_module(model.eval(), shape)
     x = np.random.default_rng(seed).standard_normal((24, *shape))
     widths = quantizer.Widths(bits, wbits, wbits)
-    return quantizer.quantize_model(g, x[:16], widths), x[16:]
+    qm = quantizer.quantize_model(g, x[:16], widths, per_channel=per_channel)
+    return qm, x[16:]
 
 
 def check_engine(qm, x, lanes, n=2, gaps=None, config=None):
@@ -386,20 +393,30 @@ def test_mac_array_wraps_and_gates(rng, pre, groups, clear):
     sim.run()
 
 
-@pytest.mark.parametrize("snapshots", [True, False])
-@pytest.mark.parametrize("post_lanes", [1, 2, 4])
+@pytest.mark.parametrize(
+    "snapshots,channel_shifts,post_lanes",
+    [(s, False, p) for s in (True, False) for p in (1, 2, 4)]
+    + [(False, True, 1), (False, True, 4)],
+)
 @pytest.mark.parametrize(
     "pool_avg,shift,relu_pre,relu_post",
-    [(0, 5, 1, 0), (1, 3, 0, 1), (0, -2, 0, 0), (1, 0, 1, 1), (0, 12, 0, 0)],
+    [(0, 5, 1, 0), (1, 3, 0, 1), (0, -2, 0, 0), (1, 0, 1, 1), (0, 12, 0, 0), (0, -7, 0, 0)],
 )
-def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post_lanes, snapshots):
+def test_post_processor_matches_model(
+    pool_avg, shift, relu_pre, relu_post, post_lanes, snapshots, channel_shifts
+):
     """Random windows with random extra gaps between captures; pool over 4 windows. The
-    accumulators run on (snapshots) or hold each window's sum (cleared at capture)."""
-    rng = random.Random(shift * 7 + pool_avg + 100 * post_lanes)
+    accumulators run on (snapshots) or hold each window's sum (cleared at capture). With
+    channel_shifts, each bias entry's lane shifts by ``shift`` plus its own offset (0-15;
+    up to A, where every sum rounds to 0)."""
+    rng = random.Random(shift * 7 + pool_avg + 100 * post_lanes + 1000 * channel_shifts)
     lanes, D, A = rng.choice([4, 8]), 8, 20
     items = lanes // post_lanes
-    dut = PostProcessor(lanes, D, A, 5, post_lanes, snapshots=snapshots)
+    dut = PostProcessor(
+        lanes, D, A, 5, post_lanes, snapshots=snapshots, channel_shifts=channel_shifts
+    )
     bias = [rng.randint(-3000, 3000) for _ in range(64)]  # in rows of post_lanes
+    extra = [rng.randint(0, min(15, A - shift)) if channel_shifts else 0 for _ in bias]
     desc = {
         "shift": shift,
         "qmin": -128,
@@ -425,8 +442,8 @@ def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post
     want, pacc = {}, [0] * lanes
     for wd in windows:
         for lane in range(lanes):
-            v = wd["sums"][lane] + bias[wd["b_addr"] * post_lanes + lane]
-            r = int(requantize(np.array([v]), shift, 8)[0])
+            e = wd["b_addr"] * post_lanes + lane
+            r = int(requantize(np.array([wd["sums"][lane] + bias[e]]), shift + extra[e], 8)[0])
             r = max(r, 0) if relu_pre else r
             if wd["padwin"]:
                 if wd["pool_first"]:
@@ -460,7 +477,10 @@ def test_post_processor_matches_model(pool_avg, shift, relu_pre, relu_post, post
         sigs = [dut.wr_addr, *dut.wr_en, *dut.wr_data, *dut.bias_addr]
         async for _clk, _rst, addr, *rest in ctx.tick().sample(*sigs):
             for i in range(post_lanes):
-                ctx.set(dut.bias_data[i], bias[rest[2 * post_lanes + i] * post_lanes + i])
+                e = rest[2 * post_lanes + i] * post_lanes + i
+                ctx.set(dut.bias_data[i], bias[e])
+                if channel_shifts:
+                    ctx.set(dut.shift_data[i], extra[e])
                 if rest[i]:
                     got[addr + i] = rest[post_lanes + i]
 
@@ -1378,3 +1398,26 @@ def test_adding_a_flattened_map_to_a_vector_is_refused():
     qm, _ = quantized(FlatAdd(), (2, 2, 2), 1)
     with pytest.raises(FxpgaError, match="layer 'add': the engine adds tensors stored alike"):
         compiler.compile_model(qm, EngineConfig.for_model(qm, 4))
+
+
+@pytest.mark.parametrize(
+    "lanes,post_lanes,extra",
+    [(3, 1, {}), (8, 4, {"depthwise": True}), (8, 2, {"acc_clear": True, "operand_regs": 1})],
+)
+@pytest.mark.parametrize("seed", range(2))
+def test_per_channel_shifts_bit_exact(lanes, post_lanes, extra, seed):
+    """Random chains (grouped and depthwise convs among them with ``depthwise``) and residual
+    DAGs whose output channels' weight ranges differ up to 64x, a weight format per channel:
+    each lane requantizes by its own shift, bit- and cycle-exact."""
+    rng = random.Random(9000 + 10 * lanes + seed)
+    for model, shape in (
+        random_net(rng, groups="depthwise" in extra),
+        (m := RandomDAG(rng), m.shape),
+    ):
+        qm, x = quantized(model, shape, seed, per_channel=True)
+        assert any(la.per_channel for la in qm.layers)
+        cfg = EngineConfig.for_model(qm, lanes, post_lanes=post_lanes, **extra)
+        assert cfg.channel_shifts
+        check_engine(qm, x, lanes, n=2, gaps=random.Random(seed), config=cfg)
+        with pytest.raises(FxpgaError, match="format per output channel.*channel_shifts=False"):
+            compiler.compile_model(qm, dataclasses.replace(cfg, channel_shifts=False))

@@ -1,7 +1,7 @@
 """Per-output-channel weight formats: each channel's weights get their own fl, its bias and
 requantizer shift follow it. The golden model's rule, the quantizer's choice, the .fxq, the
-fake-quantized path, the report, and the engine's refusal until it runs them. And the
-search's l2 objective."""
+fake-quantized path, the report, the compiler's memory images. And the search's l2
+objective."""
 
 import json
 
@@ -122,10 +122,31 @@ def test_the_report_shows_the_channels_fl_range(per_channel):
     assert line.startswith(f"weights: one fl per output channel in {k} of {n}")
 
 
-def test_the_engine_refuses_per_channel_formats_by_name(per_channel):
-    la = next(la for la in per_channel.layers if la.per_channel)
-    with pytest.raises(FxpgaError, match=rf"layer '{la.name}'.*format per output channel"):
-        compiler.check_ops(per_channel)
+def test_the_engine_requantizes_each_channel_by_its_shift(resnet, per_channel, monkeypatch):
+    """The compiler's memory images and fused ops (``run_program``) against golden; the
+    hardware is tests/test_hw.py's."""
+    _, ds = resnet
+    cfg = compiler.EngineConfig.for_model(per_channel, lanes=8)
+    assert cfg.channel_shifts
+    prog = compiler.compile_model(per_channel, cfg)
+    assert any(prog.bshift)
+    xi = golden.quantize_input(per_channel, ds.x_test[:4])
+    want = golden.run_int(per_channel, xi).reshape(len(xi), -1)
+    for i in range(len(xi)):
+        np.testing.assert_array_equal(compiler.run_program(prog, xi[i]), want[i])
+    # the words the configuration port writes: a bias and its offset in 32 bits
+    assert prog.bias_word_bits == cfg.acc_bits + compiler.CHANNEL_SHIFT_BITS <= 32
+    assert [prog.split_bias_word(w) for w in prog.bias_words] == list(
+        zip(prog.bmem, prog.bshift, strict=True)
+    )
+    with pytest.raises(FxpgaError, match="channel_shifts needs acc_bits <= 28"):
+        compiler.EngineConfig(channel_shifts=True, acc_bits=32)
+    # offsets wider than the bias word holds (the quantizer's cap keeps them within it)
+    assert quantizer.MAX_CHANNEL_FL_SPREAD <= compiler.MAX_CHANNEL_SHIFT
+    monkeypatch.setattr(compiler, "MAX_CHANNEL_SHIFT", 1)
+    la = next(la for la in per_channel.layers if la.per_channel and np.ptp(la.shifts) > 1)
+    with pytest.raises(FxpgaError, match=rf"layer '{la.name}''s channels' shifts span"):
+        compiler.compile_model(per_channel, cfg)
 
 
 def test_the_l2_objective_minimises_the_squared_error(resnet):
@@ -149,6 +170,6 @@ def test_quantize_per_channel_on_the_command_line(tmp_path, capsys):
     assert main([*args, "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "weights: one fl per output channel in" in text
-    assert "note: the engine will not run this model" in text
+    assert "note: the engine will not run this model" not in text
     doc = json.loads(out.read_text())
     assert any(isinstance(la.get("weight", {}).get("fl"), list) for la in doc["layers"])

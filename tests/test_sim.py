@@ -421,21 +421,25 @@ def test_ds_cnn_as_the_icebreaker_builds_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "images"),
+    ("name", "images", "options"),
     [
-        ("digits-dsnet", 2),
-        ("digits-resnet", 2),
+        ("digits-dsnet", 2, {}),
+        ("digits-resnet", 2, {}),
+        ("digits-resnet", 2, {"per_channel": True}),
     ],
 )
-def test_models_on_verilator(name, images, tmp_path):
-    """The digits depthwise and residual nets at 8 lanes on Verilator: bit- and cycle-exact.
+def test_models_on_verilator(name, images, options, tmp_path):
+    """The digits depthwise and residual nets at 8 lanes on Verilator: bit- and cycle-exact;
+    the residual one also with a weight format (and a requantization shift) per channel.
     (The MLPerf Tiny models run on the engines their boards build, above.)"""
     from fxpga.quant import data, frontend, quantizer, zoo
 
     model, ds_name = zoo.builtin(name)
     ds = data.load(ds_name)
-    qm = quantizer.quantize_model(frontend.from_module(model, ds.sample_shape), ds.calib(64))
+    g = frontend.from_module(model, ds.sample_shape)
+    qm = quantizer.quantize_model(g, ds.calib(64), **options)
     prog = compiler.compile_model(qm, EngineConfig.for_model(qm, 8))
+    assert prog.config.channel_shifts == bool(options)
     build_dir = runner.build(prog, "verilator")
     r = run_against_golden(qm, prog, ds.x_test[:images], build_dir, tmp_path / "run", seed=5)
     assert all(r.match), r.got

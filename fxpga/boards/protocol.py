@@ -156,7 +156,8 @@ def model_hash(prog) -> bytes:
     h.update(struct.pack(f"<{len(words)}I", *words))
     for bank in prog.wmem:
         h.update(struct.pack(f"<{len(bank)}q", *bank))
-    h.update(struct.pack(f"<{len(prog.bmem)}q", *prog.bmem))
+    words = prog.bias_words
+    h.update(struct.pack(f"<{len(words)}q", *words))
     return h.digest()[:8]
 
 

@@ -63,6 +63,12 @@ ENGINE_OPS = (
 # the iCE40UP5K's SB_SPRAM256KA: 16K words of 16 bits (a write mask per nibble), four of them
 SPRAM_DEPTH, SPRAM_WIDTH, SPRAM_COUNT = 16384, 16, 4
 MAX_LEFT_SHIFT = 7  # requantization may scale up by at most 2^7 (fl_out - fl_in - fl_w <= 7)
+# EngineConfig.channel_shifts: an output channel's shift is the op's plus an offset of this
+# many bits, stored above its bias in the bias word (which the 32-bit configuration port
+# writes whole)
+CHANNEL_SHIFT_BITS = 4
+MAX_CHANNEL_SHIFT = (1 << CHANNEL_SHIFT_BITS) - 1
+BUS_BITS = 32
 
 _DEPTH = (1, MAX_MEMORY_DEPTH, "the configuration port's index field is 20 bits")
 _LANES = (
@@ -173,6 +179,10 @@ class EngineConfig:
     # post-processing lane was the critical path, 69.1 MHz for 75, with 201 of 208 DP16KD
     # used). Not for iCE40, which has no LUT RAM
     bias_lutram: bool = False
+    # a requantization shift per output channel (weights with a format per channel): each
+    # bias word carries its channel's offset from the op's shift (CHANNEL_SHIFT_BITS more
+    # bits a word), which the post-processor adds per lane. Off: one shift per op
+    channel_shifts: bool = False
 
     def __post_init__(self):
         for name in ("weight_store", "fmap_store"):
@@ -195,6 +205,7 @@ class EngineConfig:
                 "channel_split",
                 "weight_writes",
                 "bias_lutram",
+                "channel_shifts",
             ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
@@ -224,6 +235,12 @@ class EngineConfig:
             raise FxpgaError(
                 f"EngineConfig.avg_divide needs data_bits <= {MAX_DIVIDE_DATA_BITS} (its "
                 f"reciprocals fill a 32-bit program word), not {self.data_bits}"
+            )
+        if self.channel_shifts and self.acc_bits + CHANNEL_SHIFT_BITS > BUS_BITS:
+            raise FxpgaError(
+                f"EngineConfig.channel_shifts needs acc_bits <= {BUS_BITS - CHANNEL_SHIFT_BITS} "
+                f"(a bias and its {CHANNEL_SHIFT_BITS}-bit shift fill a {BUS_BITS}-bit "
+                f"configuration word), not {self.acc_bits}"
             )
         if self.post_lanes is None:  # the fewest that keep a window's post-processing <= 8
             p = 1
@@ -325,6 +342,7 @@ class EngineConfig:
             ),
             "depthwise": any(getattr(la.node, "groups", 1) > 1 for la in qm.layers),
             "branches": not qm.graph.is_chain,
+            "channel_shifts": any(la.per_channel for la in qm.layers if la.w_fmt is not None),
         }
         kw.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**kw)
@@ -420,7 +438,9 @@ class Op:
     pool_avg: int = 0
     relu_pre: int = 0
     relu_post: int = 0
-    shift: int = 0
+    shift: int = 0  # with extra_shift: the least of its channels' shifts
+    # (O,) ints >= 0 or None: output channel o requantizes by shift + extra_shift[o]
+    extra_shift: np.ndarray | None = None
     sat: tuple[int, int] | None = None  # saturation bounds, tighter than out_fmt's for a clip
     out_fmt: QFormat | None = None
     in_fmt: QFormat | None = None
@@ -697,6 +717,30 @@ class Program:
     in_shape: tuple = ()  # (C, H, W) of the input as the engine stores it
     out_shape: tuple = ()  # (C, H, W) of the output as the engine stores it
     out_base: int = 0  # where the output starts in buffer out_buf
+    # each bias's channel's offset from its op's shift (EngineConfig.channel_shifts)
+    bshift: list[int] = field(default_factory=list)
+
+    @property
+    def bias_words(self) -> list[int]:
+        """The bias memory's words: the biases, and with ``channel_shifts`` each one's shift
+        offset above its ``acc_bits`` (two's complement) bits."""
+        if not self.config.channel_shifts:
+            return list(self.bmem)
+        A = self.config.acc_bits
+        mask = (1 << A) - 1
+        return [b & mask | e << A for b, e in zip(self.bmem, self.bshift, strict=True)]
+
+    def split_bias_word(self, word: int) -> tuple[int, int]:
+        """A bias memory word → (the bias, its channel's shift offset)."""
+        if not self.config.channel_shifts:
+            return word, 0
+        A = self.config.acc_bits
+        low = word & ((1 << A) - 1)
+        return low - ((low >> (A - 1)) << A), word >> A
+
+    @property
+    def bias_word_bits(self) -> int:
+        return self.config.acc_bits + CHANNEL_SHIFT_BITS * self.config.channel_shifts
 
     @property
     def wmem_depth(self) -> int:
@@ -888,6 +932,7 @@ def _make_ops(
             PH = PW = 0
             (O,) = n.out_shape
             w = mac.w.reshape(O, C, 1, 1)
+        shift, extra = _channel_shifts(mac)
         op = Op(
             n.name,
             [n.name, group.pad.name] if group.pad else [n.name],  # itself first
@@ -904,7 +949,8 @@ def _make_ops(
             OH,
             OW,
             O,
-            shift=mac.shift,
+            shift=shift,
+            extra_shift=extra,
             out_fmt=mac.out_fmt,
             in_fmt=mac.in_fmt,
             weights=w,
@@ -1026,6 +1072,7 @@ def _split_groups(op: Op, groups: int, lanes: int, banks: int = 1) -> list[Op]:
             o0=lo,
             weights=w,
             bias=op.bias[lo:hi],
+            extra_shift=None if op.extra_shift is None else op.extra_shift[lo:hi],
             g_c=lanes if merged else 0,
         )
         part.macs = (hi - lo) * op.OH * op.OW * cg * op.KH * op.KW
@@ -1045,6 +1092,17 @@ def _channel_split(op: Op, cfg: EngineConfig):
     split = dataclasses.replace(op, dw=2, banks=NB)
     if run_cycles(split, cfg) < run_cycles(op, cfg):
         op.dw, op.banks = 2, NB
+
+
+def _channel_shifts(mac: QLayer) -> tuple[int, np.ndarray | None]:
+    """The op's shift and, for weights with a format per channel, each channel's offset from
+    it. A right shift by ``acc_bits`` or more leaves 0 of any accumulator (``requantize``
+    rounds ``v + 2^(s−1)``, in ``[0, 2^s)``, down): longer ones are that one."""
+    s = np.minimum(mac.shifts, mac.acc_bits)
+    if not mac.per_channel:
+        return int(s), None
+    low = int(s.min())
+    return low, (s - low).astype(np.int64)
 
 
 def _align_shift(src: QFormat, dst: QFormat, data_bits: int) -> int:
@@ -1085,13 +1143,6 @@ def check_ops(qm: QModel):
             raise FxpgaError(
                 f"{where}: its format {fmt!r} is unsigned, and the engine stores signed "
                 f"activations only so far (quantize without --unsigned)"
-            )
-    for la in qm.layers:
-        if la.w_fmt is not None and la.per_channel:
-            raise FxpgaError(
-                f"{la.node.where()}: its weights have a format per output channel, and the "
-                f"engine requantizes with one shift per layer so far (quantize without "
-                f"--per-channel)"
             )
 
 
@@ -1274,6 +1325,16 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     if need_w > cfg.weight_bits:
         problems.append(f"weights need {need_w} bits, the engine has weight_bits={cfg.weight_bits}")
     for op in ops:
+        if op.extra_shift is not None and not cfg.channel_shifts:
+            problems.append(
+                f"layer '{op.name}' has a weight format per output channel, and the engine "
+                f"has one shift per op (EngineConfig.channel_shifts=False)"
+            )
+        if op.extra_shift is not None and op.extra_shift.max() > MAX_CHANNEL_SHIFT:
+            problems.append(
+                f"layer '{op.name}''s channels' shifts span {int(op.extra_shift.max())}, "
+                f"the engine's per-channel offsets at most {MAX_CHANNEL_SHIFT}"
+            )
         if op.shift < -MAX_LEFT_SHIFT:
             problems.append(
                 f"layer '{op.name}' scales up by 2^{-op.shift} when requantizing; "
@@ -1326,9 +1387,10 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         raise FxpgaError(f"model does not fit the engine (lanes={lanes}): " + "; ".join(problems))
     wmem = [[0] * w_off for _ in range(lanes)]
     bmem = [0] * b_off
+    bshift = [0] * b_off
     for op in ops:
         if op.dw == 2:
-            _split_weights(op, lanes, wmem, bmem)
+            _split_weights(op, lanes, wmem, bmem, bshift)
             continue
         for o in range(op.O):
             g, lane = divmod(o, lanes)
@@ -1339,6 +1401,8 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
                 taps = op.weights[o].transpose(1, 2, 0).reshape(-1)  # (ky, kx, c) order
             wmem[lane][base : base + op.lane_weights] = [int(v) for v in taps]
             bmem[op.b_base + g * lanes + lane] = int(op.bias[o])
+            if op.extra_shift is not None:
+                bshift[op.b_base + g * lanes + lane] = int(op.extra_shift[o])
     last = ops[-1]
     prog = Program(
         cfg,
@@ -1354,15 +1418,17 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
         in_shape=stored[ir.INPUT],
         out_shape=stored[out_name],
         out_base=last.out_addr,
+        bshift=bshift,
     )
     prog.estimate = program_cycles(ops, cfg)
     return prog
 
 
-def _split_weights(op: Op, lanes: int, wmem, bmem):
+def _split_weights(op: Op, lanes: int, wmem, bmem, bshift):
     """A channel-split op's memory images: group g's output channel g·(lanes / banks) + o
     is lanes o·banks + j (j < banks), lane o·banks + j keeping its weights at channels
-    pass·banks + j in (ky, kx, pass) order; its bias at b_base + g·lanes + o."""
+    pass·banks + j in (ky, kx, pass) order; its bias (and shift offset) at b_base + g·lanes
+    + o."""
     NB, per = op.banks, op.group_channels(lanes)
     for oc in range(op.O):
         g, o = divmod(oc, per)
@@ -1372,6 +1438,8 @@ def _split_weights(op: Op, lanes: int, wmem, bmem):
             taps = w[:, j].transpose(1, 2, 0).reshape(-1)
             wmem[o * NB + j][base : base + op.lane_weights] = [int(v) for v in taps]
         bmem[op.b_base + g * lanes + o] = int(op.bias[oc])
+        if op.extra_shift is not None:
+            bshift[op.b_base + g * lanes + o] = int(op.extra_shift[oc])
 
 
 def _groups_apart(ops: list[Op], lanes: int):
@@ -1400,9 +1468,11 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
     layout and fusion against the golden model without simulating hardware.
     """
     from ..quant.golden import conv_acc
-    from ..quant.qformat import avg_round, requantize, saturate
+    from ..quant.qformat import avg_round, requantize, requantize_channels, saturate
 
     lanes, D = prog.config.lanes, prog.config.data_bits
+    # the bias memory's words as the post-processor splits them: (bias, shift offset)
+    bias_words = [prog.split_bias_word(w) for w in prog.bias_words]
     buf = [np.zeros(prog.fmap_depth, dtype=np.int64) for _ in range(2)]
     x = prog.to_engine(np.asarray(x_int, dtype=np.int64).reshape(1, -1))[0]
     buf[0][: x.size] = x
@@ -1411,11 +1481,13 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
         xin = hwc[:, :, op.c0 : op.c0 + op.C].transpose(2, 0, 1)
         w = np.zeros((op.O, op.C, op.KH, op.KW), dtype=np.int64)
         b = np.zeros(op.O, dtype=np.int64)
+        shifts = np.full(op.O, op.shift, dtype=np.int64)
         per, NB = op.group_channels(lanes), op.banks
         for o in range(op.O):
             g, lane = divmod(o, per)
             base = op.w_base + g * op.lane_weights
-            b[o] = prog.bmem[op.b_base + g * lanes + lane]
+            b[o], e = bias_words[op.b_base + g * lanes + lane]
+            shifts[o] += e
             if op.dw == 2:  # its channels ≡ j (mod banks) in lane lane·banks + j
                 for j in range(NB):
                     taps = np.array(prog.wmem[lane * NB + j][base : base + op.lane_weights])
@@ -1431,7 +1503,7 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
         right = max(0, (op.OW - 1) * op.SW + op.KW - op.W - op.PW)
         xin = np.pad(xin, ((0, 0), (op.PH, below), (op.PW, right)))
         acc = conv_acc(xin[None], w, b, (op.SH, op.SW), (0, 0))[:, :, : op.OH, : op.OW]
-        y = np.clip(requantize(acc, op.shift, op.out_fmt.bits), *op.bounds)
+        y = np.clip(requantize_channels(acc, shifts, op.out_fmt.bits), *op.bounds)
         if op.relu_pre:
             y = np.maximum(y, 0)
         pad = ((0, 0), (0, 0), (op.PPH, op.PPH), (op.PPW, op.PPW))

@@ -176,7 +176,10 @@ class Engine(wiring.Component):
         )
         brows = -(-self.bmem_depth // W)
         lut = {"ram_style": "distributed"} if cfg.bias_lutram else None
-        bias = [mem(f"bias{i}", signed(A), brows, p.bmem[i::W] if p else [], lut) for i in range(W)]
+        # with channel_shifts: a channel's shift offset above its bias (Program.bias_words)
+        bshape = unsigned(A + compiler.CHANNEL_SHIFT_BITS) if cfg.channel_shifts else signed(A)
+        words = p.bias_words if p else []
+        bias = [mem(f"bias{i}", bshape, brows, words[i::W], lut) for i in range(W)]
         pwords = program_words(p, FB, CB) if p else []
         _, prd, pwr = mem("program", unsigned(32), self.prog_depth, pwords)
         # program words as the sequencer takes them: `lag` cycles after their address
@@ -241,6 +244,7 @@ class Engine(wiring.Component):
             snapshots=not cfg.acc_clear,
             fields=names,
             wide_latency=fmap[0].wide_latency,
+            channel_shifts=cfg.channel_shifts,
         )
         desc = Signal(descriptor_layout(FB, CB, names))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
@@ -329,7 +333,9 @@ class Engine(wiring.Component):
             mac.clear_next.eq(post.capture_next),
         ]
         for i, (_, brd, _) in enumerate(bias):
-            m.d.comb += [brd.addr.eq(post.bias_addr[i]), post.bias_data[i].eq(brd.data)]
+            m.d.comb += [brd.addr.eq(post.bias_addr[i]), post.bias_data[i].eq(brd.data[:A])]
+            if cfg.channel_shifts:
+                m.d.comb += post.shift_data[i].eq(brd.data[A:])
         for lane in range(lanes):
             m.d.comb += post.acc[lane].eq(mac.acc[lane])
         if cfg.branches:

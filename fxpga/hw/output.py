@@ -107,7 +107,7 @@ def write(
         cfg = prog.config
         (tmp / "program.json").write_text(json.dumps(program_json(prog, model_sha), indent=1))
         (tmp / "program.hex").write_text(_hex(program_words(prog), 32))
-        (tmp / "bias.hex").write_text(_hex(prog.bmem, cfg.acc_bits))
+        (tmp / "bias.hex").write_text(_hex(prog.bias_words, prog.bias_word_bits))
         for lane, bank in enumerate(prog.wmem):
             (tmp / f"wbank{lane}.hex").write_text(_hex(bank, cfg.weight_bits))
         if verilog:

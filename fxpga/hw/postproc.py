@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .compiler import DESC_FIELDS, MAX_LEFT_SHIFT, avg_divide_shift
+from .compiler import CHANNEL_SHIFT_BITS, DESC_FIELDS, MAX_LEFT_SHIFT, avg_divide_shift
 from .desc import descriptor_layout
 from .fanout import register_copies, share
 
@@ -24,10 +24,12 @@ class PostProcessor(wiring.Component):
     1. window sum = ``acc − snapshot`` (modulo ``2^acc_bits``; the snapshot becomes ``acc``),
        or ``acc`` itself when ``snapshots=False`` (the MAC array clears its accumulators on
        ``capture``); the bias row read is issued; which lanes hold real channels (``< nvalid``);
-    2. ``v = + bias`` (wrapped to ``acc_bits``);
-    3. ``+ 2^(s−1)`` when ``s > 0``;
-    4. the coarse shift: ``s > 0``: ``v >> (s & ~7)`` (arithmetic), ``s ≤ 0``: ``v << −s``;
-    5. the fine shift ``>> (s & 7)``;
+    2. ``v = + bias`` (wrapped to ``acc_bits``); with ``channel_shifts``, the lane's shift
+       ``s`` = the op's + the offset read beside its bias (``shift_data``);
+    3. the coarse shift, by ``t = s − 1``: ``s > 0``: ``v >> (t & ~7)`` (arithmetic),
+       ``s ≤ 0``: ``v << (1 − s)``;
+    4. the fine shift ``>> (t & 7)`` when ``s > 0``;
+    5. ``(v + [s > 0]) >> 1``: the rounded ``(v + 2^(s−1)) >> s``, or ``v << −s``;
     6. compare with ``qmax`` and ``qmin``;
     7. saturate to ``[qmin, qmax]``; ReLU if ``relu_pre``;
     8. pool: the first window of a pool output loads the lane's pool register, the others
@@ -81,8 +83,10 @@ class PostProcessor(wiring.Component):
         snapshots: bool = True,
         fields: tuple[str, ...] = DESC_FIELDS,  # the descriptor's (compiler.desc_fields)
         wide_latency: int = 3,  # the buffers' wide reads (FeatureBuffer.wide_latency)
+        channel_shifts: bool = False,  # EngineConfig.channel_shifts: a shift offset per lane
     ):
         self.wide_latency = wide_latency
+        self.channel_shifts = channel_shifts
         assert lanes % post_lanes == 0
         self.snapshots = snapshots
         self.divide = divide = "avg_mul" in fields  # EngineConfig.avg_divide's fields
@@ -104,6 +108,8 @@ class PostProcessor(wiring.Component):
                 "skip_addr": Out(FB),
                 "skip_data": In(signed(data_bits)).array(post_lanes),
             }
+        if channel_shifts:  # beside bias_data
+            ports["shift_data"] = In(CHANNEL_SHIFT_BITS).array(post_lanes)
         super().__init__(
             ports
             | {
@@ -147,16 +153,16 @@ class PostProcessor(wiring.Component):
         # per-op constants, registered off the data path: those that select in the shifters,
         # compares and ReLUs in a copy per lane of the item (on ECP5, fanout.register_copies;
         # one register drove all 16 lanes' shifters of a 128-lane ULX3S: its critical path)
-        sh = d.shift
+        # t = shift − 1 (the compiler bounds shift to [−MAX_LEFT_SHIFT, acc_bits], and the
+        # lanes' shifts to acc_bits): t >= 0 shifts right by t + 1, t < 0 left by ~t = −shift
+        T = signed(8)
         ctl_layout = data.StructLayout({
-            "right": 1, "rsh": unsigned(6), "lsh": range(MAX_LEFT_SHIFT + 1), "k": unsigned(4),
+            "t": T, "k": unsigned(4),
             "qmax": signed(D), "qmin": signed(D), "relu_pre": 1, "relu_post": 1,
         })  # fmt: skip
         ctl_next = Signal(ctl_layout)
         m.d.comb += [
-            ctl_next.right.eq(sh > 0),
-            ctl_next.rsh.eq(Mux(sh > 0, sh, 0)),
-            ctl_next.lsh.eq(Mux(sh < 0, -sh, 0)),
+            ctl_next.t.eq(d.shift - 1),
             ctl_next.k.eq(d.avg_shift[:4]),
             ctl_next.qmax.eq(d.qmax),
             ctl_next.qmin.eq(d.qmin),
@@ -167,10 +173,8 @@ class PostProcessor(wiring.Component):
             data.View(ctl_layout, c)
             for c in register_copies(m, ctl_next.as_value(), W, platform, "post_ctl")
         ]
-        rounding = Signal(unsigned(A + 1))
         half = Signal(unsigned(P))
         m.d.sync += [
-            rounding.eq(Mux(sh > 0, Const(1, unsigned(A + 1)) << (sh - 1)[:6], 0)),
             half.eq(Mux(d.avg_shift[:4] > 0, Const(1, unsigned(P)) << (d.avg_shift - 1)[:4], 0)),
         ]
 
@@ -253,28 +257,43 @@ class PostProcessor(wiring.Component):
             m.d.sync += stages[k_stage].eq(stages[k_stage - 1])
             return stages[k_stage - 1]
 
-        # stages 2-3: + bias (diff + bias is exact modulo 2^A and fits A bits: wrap it back),
-        # then + the rounding constant of a right shift
+        # stage 2: + bias (diff + bias is exact modulo 2^A and fits A bits: wrap it back); the
+        # lane's t, with channel_shifts
         stage()
         s2 = lanes_of(
             "s2_val", signed(A), lambda i: (s1_diff[i] + self.bias_data[i])[:A].as_signed()
         )
+        if self.channel_shifts:  # t per lane, travelling with its item
+            t2 = lanes_of("s2_t", T, lambda i: ctl[i].t + self.shift_data[i])
+        else:
+            t2 = [ctl[i].t for i in range(W)]
+        # stages 3-5: the rounding shift, coarse (multiples of 8 right, or left by 1 − s),
+        # fine, then + the rounding bit and >> 1
         stage()
-        s3 = lanes_of("s3_val", signed(A + 2), lambda i: s2[i] + rounding)
-        # stages 4-5: the rounding shift, coarse (multiples of 8, or left) then fine
+
+        def right(t):
+            return ~t[-1]
+
+        s3 = lanes_of(
+            "s3_val",
+            signed(A + MAX_LEFT_SHIFT + 2),
+            lambda i: Mux(
+                right(t2[i]), s2[i] >> Cat(Const(0, 3), t2[i][3:6]), (s2[i] << 1) << (~t2[i])[:3]
+            ),
+        )
+        t3 = lanes_of("s3_t", T, lambda i: t2[i]) if self.channel_shifts else t2
         stage()
         s4 = lanes_of(
             "s4_val",
             signed(A + MAX_LEFT_SHIFT + 2),
-            lambda i: Mux(
-                ctl[i].right, s3[i] >> Cat(Const(0, 3), ctl[i].rsh[3:]), s3[i] << ctl[i].lsh
-            ),
+            lambda i: s3[i] >> Mux(right(t3[i]), t3[i][:3], 0),
         )
+        r4 = lanes_of("s4_r", 1, lambda i: right(t3[i])) if self.channel_shifts else None
         stage()
         s5 = lanes_of(
             "s5_val",
             signed(A + MAX_LEFT_SHIFT + 2),
-            lambda i: s4[i] >> Mux(ctl[i].right, ctl[i].rsh[:3], 0),
+            lambda i: (s4[i] + (r4[i] if r4 else right(t3[i]))) >> 1,
         )
 
         # stages 6-7: saturate to [qmin, qmax] (the compares, then the selection), relu_pre

@@ -374,7 +374,7 @@ def load_writes(prog: Program) -> list[tuple[int, int]]:
     from ..hw.engine import REGION_BIAS, REGION_WEIGHTS, program_words
 
     writes = [(REGION_PROGRAM << 28 | i, w) for i, w in enumerate(program_words(prog))]
-    writes += [(REGION_BIAS << 28 | i, b) for i, b in enumerate(prog.bmem)]
+    writes += [(REGION_BIAS << 28 | i, b) for i, b in enumerate(prog.bias_words)]
     writes += [
         (REGION_WEIGHTS << 28 | lane << 20 | i, w)
         for lane, bank in enumerate(prog.wmem)
