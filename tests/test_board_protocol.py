@@ -94,7 +94,9 @@ def test_board_top_over_uart(mode, tmp_path):
         None, "verilator", verilog=text, top="fxpga_board", extra_sources=extra
     )
     xi = golden.quantize_input(qm, x[:2])
-    want = simulate.to_engine_order(golden.run_int(qm, xi).reshape(2, -1), prog.out_shape)
+    want = prog.words(
+        simulate.to_engine_order(golden.run_int(qm, xi).reshape(2, -1), prog.out_shape)
+    )
     samples = prog.to_engine(xi)
     actions = []
     if mode == "runtime":

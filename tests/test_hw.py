@@ -109,9 +109,10 @@ def random_net(rng: random.Random, pools=True, groups=False):
     return nn.Sequential(*mods), shape
 
 
-def quantized(model, shape, seed, bits=8, wbits=None, per_channel=False):
+def quantized(model, shape, seed, bits=8, wbits=None, per_channel=False, unsigned=False):
     """``per_channel``: each output channel's weights scaled by 2^u, u uniform in [-3, 3],
-    and quantized with a format per channel."""
+    and quantized with a format per channel. ``unsigned``: unsigned formats where tensors
+    cannot be negative, the input among them (its samples' absolute values)."""
     torch.manual_seed(seed)
     for mod in model.modules():
         if isinstance(mod, nn.Conv2d | nn.Linear):
@@ -124,8 +125,11 @@ def quantized(model, shape, seed, bits=8, wbits=None, per_channel=False):
                 nn.init.uniform_(mod.bias, -0.5, 0.5)
     g = frontend.from_module(model.eval(), shape)
     x = np.random.default_rng(seed).standard_normal((24, *shape))
+    if unsigned:
+        x = np.abs(x)
     widths = quantizer.Widths(bits, wbits, wbits)
-    qm = quantizer.quantize_model(g, x[:16], widths, per_channel=per_channel)
+    kw = {"unsigned": unsigned, "input_unsigned": unsigned}
+    qm = quantizer.quantize_model(g, x[:16], widths, per_channel=per_channel, **kw)
     return qm, x[16:]
 
 
@@ -1421,3 +1425,33 @@ def test_per_channel_shifts_bit_exact(lanes, post_lanes, extra, seed):
         check_engine(qm, x, lanes, n=2, gaps=random.Random(seed), config=cfg)
         with pytest.raises(FxpgaError, match="format per output channel.*channel_shifts=False"):
             compiler.compile_model(qm, dataclasses.replace(cfg, channel_shifts=False))
+
+
+@pytest.mark.parametrize(
+    "lanes,post_lanes,extra",
+    [
+        (1, 1, {}),
+        (3, 1, {"depthwise": True, "avg_divide": True}),
+        (8, 4, {"operand_regs": 1, "acc_clear": True, "depthwise": True}),
+    ],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_unsigned_activations_bit_exact(lanes, post_lanes, extra, seed):
+    """Random chains (pools, clips, grouped and depthwise convs with ``depthwise``; any
+    average window with ``avg_divide``) and residual DAGs (adds and concats of unsigned and
+    signed tensors, unsigned sums) at 4, 6 and 8 bits, with unsigned formats wherever a
+    tensor cannot be negative, the input among them: bit- and cycle-exact. The first seed
+    also with a weight format per channel."""
+    rng = random.Random(9500 + 10 * lanes + seed)
+    nets = [random_net(rng, groups="depthwise" in extra), (m := RandomDAG(rng), m.shape)]
+    if "avg_divide" in extra:
+        nets.append(any_window_net())
+    for model, shape in nets:
+        bits = rng.choice([4, 6, 8])
+        qm, x = quantized(model, shape, seed, bits=bits, per_channel=seed == 0, unsigned=True)
+        assert not qm.input_fmt.signed
+        cfg = EngineConfig.for_model(qm, lanes, post_lanes=post_lanes, data_bits=bits, **extra)
+        assert cfg.unsigned
+        check_engine(qm, x, lanes, n=2, gaps=random.Random(seed), config=cfg)
+    with pytest.raises(FxpgaError, match="has unsigned tensors.*EngineConfig.unsigned=False"):
+        compiler.compile_model(qm, dataclasses.replace(cfg, unsigned=False))

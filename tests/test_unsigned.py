@@ -1,7 +1,8 @@
 """Unsigned activation formats: values that cannot be negative (a ReLU's) use the whole word,
 [0, 2^bits − 1]. The golden model's rules for them (docs/numerics.md), how the quantizer
-chooses them, how a .fxq keeps them, and the engine's refusal until it runs them."""
+chooses them, how a .fxq keeps them, the compiler's memory images of them."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -92,17 +93,33 @@ def test_an_unsigned_model_survives_its_fxq(resnet, tmp_path):
             artifact.load(tmp_path / "e.fxq")
 
 
-def test_the_engine_refuses_unsigned_formats_by_name(resnet):
+def test_the_engine_stores_unsigned_words(resnet):
+    """The compiler's memory images and fused ops (``run_program``) against golden, the
+    input unsigned too; the hardware is tests/test_hw.py's. An engine built without
+    ``unsigned`` refuses the model, naming a layer."""
     g, ds = resnet
-    qm = quantizer.quantize_model(g, ds.calib(32), unsigned=True)
-    with pytest.raises(FxpgaError, match=r"stem\.0.*U8\.\d+ is unsigned, and the engine"):
-        compiler.compile_model(qm, compiler.EngineConfig.for_model(qm, 8))
+    qm = quantizer.quantize_model(g, ds.calib(32), unsigned=True, input_unsigned=True)
+    cfg = compiler.EngineConfig.for_model(qm, 8)
+    assert cfg.unsigned
+    prog = compiler.compile_model(qm, cfg)
+    signs = {d["signs"] for d in prog.descriptors}
+    assert (compiler.SIGN_IN | compiler.SIGN_SKIP | compiler.SIGN_OUT) in signs  # an add
+    xi = golden.quantize_input(qm, ds.x_test[:4])
+    assert xi.max() > 127  # words the engine reads as negative, unless zero-extended
+    want = golden.run_int(qm, xi).reshape(len(xi), -1)
+    for i in range(len(xi)):
+        np.testing.assert_array_equal(compiler.run_program(prog, xi[i]), want[i])
+    off = dataclasses.replace(cfg, unsigned=False)
+    with pytest.raises(FxpgaError, match=r"layer 'stem\.0' has unsigned tensors"):
+        compiler.compile_model(qm, off)
+    with pytest.raises(FxpgaError, match="EngineConfig.unsigned needs data_bits <= 17"):
+        compiler.EngineConfig(data_bits=18, weight_bits=8, unsigned=True)
 
 
 def test_quantize_unsigned_on_the_command_line(tmp_path, capsys):
     out = tmp_path / "u.fxq"
     assert main(["quantize", "digits-cnn", "--unsigned", "--calib", "64", "-o", str(out)]) == 0
-    assert "note: the engine will not run this model: layer 'conv1'" in capsys.readouterr().out
+    assert "the engine will not run" not in capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert any(la.get("output", {}).get("signed") is False for la in doc["layers"])
     # its formats re-applied with --config keep their signedness

@@ -38,7 +38,7 @@ def memories(prog: Program) -> list[tuple[str, int, int, int]]:
     W, NB = cfg.post_lanes, cfg.banks
     vbytes = value_bytes(cfg.data_bits)
     out = [
-        ("biases", W, -(-prog.bmem_depth // W), cfg.acc_bits),
+        ("biases", W, -(-prog.bmem_depth // W), prog.bias_word_bits),
         ("program", 1, HEADER_WORDS + len(desc_fields(cfg)) * len(prog.ops), 32),
         ("host input buffer", 1, prog.in_size * vbytes, 8),
         ("host output buffer", 1, prog.out_size * vbytes, 8),

@@ -80,7 +80,7 @@ def add(sub, common):
         "--unsigned",
         action="store_true",
         help="store the outputs only a ReLU reads unsigned (every bit of the word for values "
-        "that cannot be negative); the engine does not run such models yet",
+        "that cannot be negative)",
     )
     q.add_argument(
         "--input-unsigned",
@@ -95,8 +95,7 @@ def add(sub, common):
     q.add_argument(
         "--per-channel",
         action="store_true",
-        help="a weight fl per output channel (dynamic scheme); the engine does not run such "
-        "models yet",
+        help="a weight fl per output channel (dynamic scheme), each requantized by its own shift",
     )
     q.add_argument(
         "--objective",

@@ -90,7 +90,7 @@ def _run(args, qm, ds, link) -> int:
         link.load_weights(prog, lambda it: bar(it, desc="weights", enabled=not args.quiet))
     n = min(args.samples, len(ds.x_test))
     xi = golden.quantize_input(qm, ds.x_test[:n])
-    want = to_engine_order(golden.run_int(qm, xi).reshape(n, -1), prog.out_shape)
+    want = prog.words(to_engine_order(golden.run_int(qm, xi).reshape(n, -1), prog.out_shape))
     samples = prog.to_engine(xi)
     # an inference's time at the slowest engine clock fxpga builds: RUN's reply may take that
     run_time = prog.total_cycles / (limits.MIN_FREQ_MHZ * 1e6)

@@ -179,6 +179,11 @@ class EngineConfig:
     # post-processing lane was the critical path, 69.1 MHz for 75, with 201 of 208 DP16KD
     # used). Not for iCE40, which has no LUT RAM
     bias_lutram: bool = False
+    # unsigned activations (formats of [0, 2^bits − 1]: ReLU outputs, quantize --unsigned):
+    # the MAC operand is a bit wider (a stored word zero- or sign-extended per op, as its
+    # input's format says), the post-processor's values too, and a descriptor word says which
+    # of an op's tensors are unsigned. Off: signed activations only
+    unsigned: bool = False
     # a requantization shift per output channel (weights with a format per channel): each
     # bias word carries its channel's offset from the op's shift (CHANNEL_SHIFT_BITS more
     # bits a word), which the post-processor adds per lane. Off: one shift per op
@@ -206,6 +211,7 @@ class EngineConfig:
                 "weight_writes",
                 "bias_lutram",
                 "channel_shifts",
+                "unsigned",
             ):
                 if not isinstance(v, bool):
                     raise FxpgaError(f"EngineConfig.{f.name} must be True or False, not {v!r}")
@@ -241,6 +247,12 @@ class EngineConfig:
                 f"EngineConfig.channel_shifts needs acc_bits <= {BUS_BITS - CHANNEL_SHIFT_BITS} "
                 f"(a bias and its {CHANNEL_SHIFT_BITS}-bit shift fill a {BUS_BITS}-bit "
                 f"configuration word), not {self.acc_bits}"
+            )
+        if self.unsigned and self.data_bits + 1 > MAX_OPERAND_BITS:
+            raise FxpgaError(
+                f"EngineConfig.unsigned needs data_bits <= {MAX_OPERAND_BITS - 1} (an unsigned "
+                f"word is a bit wider in the {MAX_OPERAND_BITS}-bit multipliers), not "
+                f"{self.data_bits}"
             )
         if self.post_lanes is None:  # the fewest that keep a window's post-processing <= 8
             p = 1
@@ -343,6 +355,9 @@ class EngineConfig:
             "depthwise": any(getattr(la.node, "groups", 1) > 1 for la in qm.layers),
             "branches": not qm.graph.is_chain,
             "channel_shifts": any(la.per_channel for la in qm.layers if la.w_fmt is not None),
+            "unsigned": not all(
+                f.signed for f in [qm.input_fmt] + [la.out_fmt for la in qm.layers]
+            ),
         }
         kw.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**kw)
@@ -384,6 +399,9 @@ MAX_DIVIDE_DATA_BITS = 12  # avg_mul < 2^(data_bits + 18) must fit a 32-bit prog
 # rounding shift (a_shift: the op's own value, b_shift: the other) and saturated, the sum is
 # saturated and add_relu'd
 BRANCH_FIELDS = ("out_buf", "add", "skip_off", "a_shift", "b_shift", "add_relu")
+# with EngineConfig.unsigned: which of an op's tensors are unsigned (SIGN_* bits)
+SIGN_FIELDS = ("signs",)
+SIGN_IN, SIGN_SKIP, SIGN_OUT = 1, 2, 4  # its input, an add's other operand, its output
 
 
 def desc_fields(cfg: EngineConfig) -> tuple[str, ...]:
@@ -393,6 +411,7 @@ def desc_fields(cfg: EngineConfig) -> tuple[str, ...]:
         + (("kx_inc", "dw", "g_c", "w_g") if cfg.wide_reads else ())
         + (AVG_FIELDS if cfg.avg_divide else ())
         + (BRANCH_FIELDS if cfg.branches else ())
+        + (SIGN_FIELDS if cfg.unsigned else ())
     )
 
 
@@ -442,8 +461,12 @@ class Op:
     # (O,) ints >= 0 or None: output channel o requantizes by shift + extra_shift[o]
     extra_shift: np.ndarray | None = None
     sat: tuple[int, int] | None = None  # saturation bounds, tighter than out_fmt's for a clip
-    out_fmt: QFormat | None = None
+    out_fmt: QFormat | None = None  # the conv/linear's (its requantizer's)
     in_fmt: QFormat | None = None
+    # the tensor it stores (after its fused layers: an add's, a concat's), an add's other
+    # operand's (compile_model sets them)
+    stored_fmt: QFormat | None = None
+    skip_fmt: QFormat | None = None
     w_base: int = 0
     b_base: int = 0
     weights: np.ndarray | None = None  # (O, C, KH, KW) ints
@@ -547,11 +570,13 @@ class Op:
         divide_bits: int | None = None,
         depthwise: bool = False,
         branches: bool = False,
+        unsigned: bool = False,
     ) -> dict[str, int]:
         """The descriptor words; ``depthwise``: the engine reads channel windows
         (``EngineConfig.depthwise``: ``kx_inc``); ``divide_bits``: it divides averages by
         multiplying (``EngineConfig.avg_divide``) on ``divide_bits``-bit data; ``branches``:
-        it writes either buffer and adds (``EngineConfig.branches``)."""
+        it writes either buffer and adds (``EngineConfig.branches``); ``unsigned``: it takes
+        unsigned tensors (``EngineConfig.unsigned``: ``signs``)."""
         G = self.groups(lanes)
         C, W = self.CP, self.W
         iy0 = -self.PPH * self.SH - self.PH
@@ -595,7 +620,22 @@ class Op:
         elif self.add or self.out_buf != 1 - self.in_buf:
             what = "adds" if self.add else "writes the buffer it reads"
             raise FxpgaError(f"op '{self.name}' {what}: it needs EngineConfig.branches")
+        if unsigned:
+            d["signs"] = self.signs
+        elif self.signs:
+            raise FxpgaError(
+                f"op '{self.name}' has unsigned tensors: it needs EngineConfig.unsigned"
+            )
         return d
+
+    @property
+    def signs(self) -> int:
+        """Which of its tensors are unsigned: ``SIGN_IN | SIGN_SKIP | SIGN_OUT`` bits."""
+        return (
+            SIGN_IN * int(not self.in_fmt.signed)
+            + SIGN_SKIP * int(self.skip_fmt is not None and not self.skip_fmt.signed)
+            + SIGN_OUT * int(not self.stored_fmt.signed)
+        )
 
     @property
     def avg_shift(self) -> int:
@@ -692,6 +732,19 @@ def chw_to_hwc(x: np.ndarray, shape) -> np.ndarray:
     return np.asarray(x).reshape(len(x), c, h * w).transpose(0, 2, 1).reshape(len(x), -1)
 
 
+def to_words(x: np.ndarray, bits: int) -> np.ndarray:
+    """Values (signed, or unsigned below ``2^bits``) → the ``bits``-bit words the engine
+    stores and streams, read as two's complement."""
+    half = 1 << (bits - 1)
+    return (np.asarray(x, dtype=np.int64) + half) % (2 * half) - half
+
+
+def from_words(w: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """``to_words``' inverse for a tensor that is ``signed`` or not."""
+    w = np.asarray(w, dtype=np.int64)
+    return w if signed else w & ((1 << bits) - 1)
+
+
 def hwc_to_chw(y: np.ndarray, shape) -> np.ndarray:
     """The inverse of ``chw_to_hwc``."""
     c, h, w = shape
@@ -757,17 +810,26 @@ class Program:
         cfg = self.config
         bits = cfg.data_bits if cfg.avg_divide else None
         return [
-            op.descriptor(cfg.lanes, cfg.post_lanes, bits, cfg.wide_reads, cfg.branches)
+            op.descriptor(
+                cfg.lanes, cfg.post_lanes, bits, cfg.wide_reads, cfg.branches, cfg.unsigned
+            )
             for op in self.ops
         ]
 
     def to_engine(self, x: np.ndarray) -> np.ndarray:
-        """(N, ...) samples in C-order → (N, in_size) in the engine's HWC order."""
-        return chw_to_hwc(x, self.in_shape)
+        """(N, ...) integer samples in C-order → (N, in_size) words in the engine's HWC
+        order."""
+        return to_words(chw_to_hwc(x, self.in_shape), self.config.data_bits)
 
     def from_engine(self, y: np.ndarray) -> np.ndarray:
-        """(N, out_size) from the engine (HWC) → (N, out_size) in C-order, as golden's."""
+        """(N, out_size) words from the engine (HWC) → (N, out_size) integers in C-order, as
+        golden's."""
+        y = from_words(y, self.config.data_bits, self.output_fmt.signed)
         return hwc_to_chw(y, self.out_shape)
+
+    def words(self, y: np.ndarray) -> np.ndarray:
+        """Integers in the engine's order → the words it streams (``to_words``)."""
+        return to_words(y, self.config.data_bits)
 
     @property
     def total_macs(self) -> int:
@@ -966,6 +1028,7 @@ def _make_ops(
         op.fused.append(n.name)
         if isinstance(n, ir.Add):
             op.add, op.skip = 1, group.skip
+            op.skip_fmt = la.in_fmts[group.skip_i]
             if la.out_fmt.bits != cfg.data_bits:
                 raise FxpgaError(
                     f"{where}: layer '{n.name}': the engine adds at data_bits={cfg.data_bits}, "
@@ -1008,6 +1071,7 @@ def _make_ops(
     op.macs = op.O * op.OH * op.OW * op.CKK if mac is not None else 0
     op.out_layer = op.dst = group.out
     op.src = group.src
+    op.stored_fmt = follow[-1].out_fmt if follow else op.out_fmt
     if group.cat is not None:  # its channels of the concat, aligned to the concat's format
         cat, i, offset = group.cat
         if cat.out_fmt.bits != cfg.data_bits:
@@ -1022,6 +1086,7 @@ def _make_ops(
             )
         op.a_shift = _align_shift(cat.in_fmts[i], cat.out_fmt, cfg.data_bits)
         op.fused.append(cat.name)
+        op.stored_fmt = cat.out_fmt
     if mac is not None and getattr(mac.node, "groups", 1) > 1:
         if not depthwise:
             raise FxpgaError(
@@ -1107,8 +1172,9 @@ def _channel_shifts(mac: QLayer) -> tuple[int, np.ndarray | None]:
 
 def _align_shift(src: QFormat, dst: QFormat, data_bits: int) -> int:
     """The rounding shift that aligns ``src`` to ``dst`` (``golden.align``), limited to
-    ±``data_bits``: a longer shift either way gives what that one does."""
-    return max(-data_bits, min(data_bits, src.fl - dst.fl))
+    ±(``data_bits`` + 1): a longer shift either way gives what that one does, to any value
+    of ``data_bits`` + 1 bits (an unsigned word, or an add's operand for an unsigned sum)."""
+    return max(-data_bits - 1, min(data_bits + 1, src.fl - dst.fl))
 
 
 def _identity_op(name: str, shape, fmt: QFormat, where: str) -> Op:
@@ -1122,7 +1188,7 @@ def _identity_op(name: str, shape, fmt: QFormat, where: str) -> Op:
         )
     return Op(
         name, [], 0, C, H, W, 1, 1, 1, 1, 0, 0, H, W, C,
-        shift=0, out_fmt=fmt, in_fmt=fmt,
+        shift=0, out_fmt=fmt, in_fmt=fmt, stored_fmt=fmt,
         weights=np.eye(C, dtype=np.int64).reshape(C, C, 1, 1),
         bias=np.zeros(C, dtype=np.int64),
         acc_bits=max(fmt.bits + 1, 2),
@@ -1136,13 +1202,6 @@ def check_ops(qm: QModel):
             raise FxpgaError(
                 f"{la.node.where()}: the engine does not run {la.node.op} layers yet "
                 f"(it runs {', '.join(ENGINE_OPS)})"
-            )
-    fmts = [("input", qm.input_fmt)] + [(la.node.where(), la.out_fmt) for la in qm.layers]
-    for where, fmt in fmts:
-        if not fmt.signed:
-            raise FxpgaError(
-                f"{where}: its format {fmt!r} is unsigned, and the engine stores signed "
-                f"activations only so far (quantize without --unsigned)"
             )
 
 
@@ -1325,6 +1384,11 @@ def compile_model(qm: QModel, config: EngineConfig | None = None) -> Program:
     if need_w > cfg.weight_bits:
         problems.append(f"weights need {need_w} bits, the engine has weight_bits={cfg.weight_bits}")
     for op in ops:
+        if op.signs and not cfg.unsigned:
+            problems.append(
+                f"layer '{op.name}' has unsigned tensors, and the engine stores signed ones "
+                f"only (EngineConfig.unsigned=False)"
+            )
         if op.extra_shift is not None and not cfg.channel_shifts:
             problems.append(
                 f"layer '{op.name}' has a weight format per output channel, and the engine "
@@ -1478,6 +1542,7 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
     buf[0][: x.size] = x
     for op in _groups_apart(prog.ops, lanes):
         hwc = buf[op.in_buf][op.in_addr : op.in_addr + op.in_size].reshape(op.H, op.W, op.CP)
+        hwc = from_words(hwc, D, op.in_fmt.signed)
         xin = hwc[:, :, op.c0 : op.c0 + op.C].transpose(2, 0, 1)
         w = np.zeros((op.O, op.C, op.KH, op.KW), dtype=np.int64)
         b = np.zeros(op.O, dtype=np.int64)
@@ -1503,7 +1568,8 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
         right = max(0, (op.OW - 1) * op.SW + op.KW - op.W - op.PW)
         xin = np.pad(xin, ((0, 0), (op.PH, below), (op.PW, right)))
         acc = conv_acc(xin[None], w, b, (op.SH, op.SW), (0, 0))[:, :, : op.OH, : op.OW]
-        y = np.clip(requantize_channels(acc, shifts, op.out_fmt.bits), *op.bounds)
+        y = requantize_channels(acc, shifts, op.out_fmt.bits, op.out_fmt.signed)
+        y = np.clip(y, *op.bounds)
         if op.relu_pre:
             y = np.maximum(y, 0)
         pad = ((0, 0), (0, 0), (op.PPH, op.PPH), (op.PPW, op.PPW))
@@ -1520,12 +1586,17 @@ def run_program(prog: Program, x_int: np.ndarray) -> np.ndarray:
         if op.add:  # the other operand, from the region at skip_addr of the buffer written
             other = buf[op.out_buf][op.skip_addr : op.skip_addr + op.out_size]
             other = other.reshape(op.POH, op.POW, op.OP)[:, :, op.o0 : op.o0 + op.O]
-            y = saturate(requantize(y, op.a_shift, D) + requantize(other, op.b_shift, D), D)
+            other = from_words(other, D, op.skip_fmt.signed)
+            # aligned to the output's format, or for an unsigned one a bit wider
+            # (golden.add_operand_fmt), summed and saturated
+            ab, sg = D + int(not op.stored_fmt.signed), op.stored_fmt.signed
+            y = requantize(y, op.a_shift, ab) + requantize(other, op.b_shift, ab)
+            y = saturate(y, D, sg)
             if op.add_relu:
                 y = np.maximum(y, 0)
-        elif op.a_shift:  # aligned to a concat's format
-            y = requantize(y, op.a_shift, D)
+        else:  # aligned to a concat's format (which may be unsigned where its inputs are not)
+            y = requantize(y, op.a_shift, D, op.stored_fmt.signed)
         out = buf[op.out_buf][op.out_addr : op.out_addr + op.out_size]
-        out.reshape(op.POH, op.POW, op.OP)[:, :, op.o0 : op.o0 + op.O] = y  # its channels
+        out.reshape(op.POH, op.POW, op.OP)[:, :, op.o0 : op.o0 + op.O] = to_words(y, D)
     start = prog.out_base
     return prog.from_engine(buf[prog.out_buf][None, start : start + prog.out_size])[0]

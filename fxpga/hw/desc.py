@@ -26,7 +26,8 @@ COORD_FIELDS = frozenset(
 SMALL_FIELDS = {
     "in_buf": 2, "relu_pre": 2, "relu_post": 2, "pool_avg": 2, "shift": 8, "avg_shift": 6,
     "avg_mul": 32, "avg_off": 24, "dw": 3,  # compiler.avg_divide_fields: <= 2^30, < 2^21
-    "out_buf": 2, "add": 2, "a_shift": 6, "b_shift": 6, "add_relu": 2,  # |shifts| <= 18
+    "out_buf": 2, "add": 2, "a_shift": 6, "b_shift": 6, "add_relu": 2,  # |shifts| <= 19
+    "signs": 4,
 }  # fmt: skip
 
 

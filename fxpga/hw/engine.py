@@ -222,7 +222,7 @@ class Engine(wiring.Component):
         wide_reads = cfg.wide_reads and NB > 1
         m.submodules.mac = mac = MACArray(
             lanes,
-            D,
+            D + int(cfg.unsigned),  # (an unsigned word zero-extended)
             WB,
             A,
             pre=cfg.operand_regs,
@@ -245,6 +245,7 @@ class Engine(wiring.Component):
             fields=names,
             wide_latency=fmap[0].wide_latency,
             channel_shifts=cfg.channel_shifts,
+            unsigned_values=cfg.unsigned,
         )
         desc = Signal(descriptor_layout(FB, CB, names))
         m.d.comb += [taps.desc.eq(desc), post.desc.eq(desc)]
@@ -264,7 +265,18 @@ class Engine(wiring.Component):
             m.d.sync += mq.eq(mac_d1)
             mac_d1 = mq
         in_data = Mux(in_buf, fmap[1].rd_data, fmap[0].rd_data)
-        m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(in_data)]
+
+        def operand(word):
+            return word
+
+        if cfg.unsigned:  # a word of an unsigned input zero-extended, else sign-extended
+            in_u = Signal(name="in_unsigned")
+            m.d.sync += in_u.eq(desc.signs[0])  # (steady while an op runs and drains)
+
+            def operand(word):
+                return Cat(word, Mux(in_u, 0, word[-1])).as_signed()
+
+        m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(operand(in_data))]
         if wide_reads:
             # word j of the operands: the word read (rd_data), or in a wide depthwise op
             # bank j's (channel j of an aligned pixel: lanes j, j + NB, ... take it). A 2:1
@@ -272,7 +284,7 @@ class Engine(wiring.Component):
             # (a mux of all banks per word grew with their square and congested the ULX3S)
             for j in range(NB):
                 bank_j = Mux(in_buf, fmap[1].rd_banks[j], fmap[0].rd_banks[j])
-                m.d.comb += mac.a_wide[j].eq(Mux(desc.dw[1], bank_j, in_data))
+                m.d.comb += mac.a_wide[j].eq(operand(Mux(desc.dw[1], bank_j, in_data)))
         w_addr = tap.w_addr
         if FR and not tree:  # (else the tree's first level)
             w_addr = Signal.like(tap.w_addr, name="w_addr_d")

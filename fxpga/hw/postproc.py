@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -84,9 +86,12 @@ class PostProcessor(wiring.Component):
         fields: tuple[str, ...] = DESC_FIELDS,  # the descriptor's (compiler.desc_fields)
         wide_latency: int = 3,  # the buffers' wide reads (FeatureBuffer.wide_latency)
         channel_shifts: bool = False,  # EngineConfig.channel_shifts: a shift offset per lane
+        unsigned_values: bool = False,  # EngineConfig.unsigned: values of data_bits + 1 bits
     ):
         self.wide_latency = wide_latency
         self.channel_shifts = channel_shifts
+        # the width of a value between the stages: an unsigned word needs a bit more
+        self.value_bits = data_bits + int(unsigned_values)
         assert lanes % post_lanes == 0
         self.snapshots = snapshots
         self.divide = divide = "avg_mul" in fields  # EngineConfig.avg_divide's fields
@@ -131,8 +136,9 @@ class PostProcessor(wiring.Component):
         m = Module()
         d = self.desc
         A, D, W, n = self.acc_bits, self.data_bits, self.post_lanes, self.items
+        U = self.value_bits
         FB = self.field_bits
-        P = D + 8  # pool register: sums of up to 256 elements
+        P = U + 8  # pool register: sums of up to 256 elements
         L = max(1, (n - 1).bit_length())
 
         def rows(name, shape):
@@ -158,7 +164,7 @@ class PostProcessor(wiring.Component):
         T = signed(8)
         ctl_layout = data.StructLayout({
             "t": T, "k": unsigned(4),
-            "qmax": signed(D), "qmin": signed(D), "relu_pre": 1, "relu_post": 1,
+            "qmax": signed(U), "qmin": signed(U), "relu_pre": 1, "relu_post": 1,
         })  # fmt: skip
         ctl_next = Signal(ctl_layout)
         m.d.comb += [
@@ -300,14 +306,14 @@ class PostProcessor(wiring.Component):
         stage()
         over = lanes_of("s6_over", 1, lambda i: s5[i] > ctl[i].qmax)
         under = lanes_of("s6_under", 1, lambda i: s5[i] < ctl[i].qmin)
-        s6 = lanes_of("s6_val", signed(D), lambda i: s5[i][:D])  # exact unless over/under
+        s6 = lanes_of("s6_val", signed(U), lambda i: s5[i][:U])  # exact unless over/under
         stage()
 
         def saturate(i):
             sat = Mux(over[i], ctl[i].qmax, Mux(under[i], ctl[i].qmin, s6[i]))
             return Mux(ctl[i].relu_pre & (sat < 0), 0, sat)
 
-        s7 = lanes_of("s7_sat", signed(D), saturate)
+        s7 = lanes_of("s7_sat", signed(U), saturate)
         # stage 8's choice, one-hot and registered beside s7 (a copy per lane, with the pool
         # registers' shift enable): the pool register's value becomes x (first window), head
         # (pool padding), empty (both), max(head, x) or head + x
@@ -328,7 +334,7 @@ class PostProcessor(wiring.Component):
             data.View(choice_layout, c)
             for c in register_copies(m, choice_next.as_value(), W, platform, "s7_choice")
         ]
-        empty = Signal(signed(D))
+        empty = Signal(signed(U))
         m.d.sync += empty.eq(Mux(d.pool_avg, 0, d.qmin))
 
         # stage 8: pool (the pool registers rotate one item per cycle)
@@ -336,10 +342,10 @@ class PostProcessor(wiring.Component):
         s8 = [Signal(signed(P), name=f"s8_val{i}") for i in range(W)]
         for i in range(W):
             head, x, c = pacc[0][i], s7[i], choice[i]
-            # in a max pool the pool register holds a data_bits value (x or qmin): the compare
+            # in a max pool the pool register holds a value of U bits (x or qmin): the compare
             # needs only its low bits (a short carry chain), and it selects between two values
             # computed beside it (one LUT after the compare)
-            gt = x > head[:D].as_signed()
+            gt = x > head[:U].as_signed()
             rest = Mux(c.sum, head + x, Mux(c.x, x, Mux(c.head, head, empty)))
             if_gt, if_le = Signal(signed(P), name=f"s8_gt{i}"), Signal(signed(P), name=f"s8_le{i}")
             m.d.comb += [if_gt.eq(Mux(c.max, x, rest)), if_le.eq(Mux(c.max, head, rest))]
@@ -353,14 +359,14 @@ class PostProcessor(wiring.Component):
         # stages 9-10: avg pool's rounding shift (k = 0 for max pool), or its divide; relu_post
         stage()
         if self.divide:
-            it, pooled = self._divide(m, d, s8, lanes_of, stage, P, D, platform)
+            it, pooled = self._divide(m, d, s8, lanes_of, stage, P, D, U, platform)
         else:
             s9 = lanes_of("s9_val", signed(P + 1), lambda i: s8[i] + half)
             it = stage()
             pooled = [s9[i] >> ctl[i].k for i in range(W)]
         s10 = lanes_of(
             "s10_val",
-            signed(D),
+            signed(U),
             lambda i: Mux(ctl[i].relu_post & (pooled[i] < 0), 0, pooled[i]),
         )
         s10_en = lanes_of("s10_en", 1, lambda i: it.v & it.plast & it.ok[i])
@@ -378,7 +384,7 @@ class PostProcessor(wiring.Component):
     def _add(self, m, d, vals, en, stages, k10, lanes_of, stage, platform):
         """Stages A1-A6 (see the class): ``vals``/``en`` are stage 10's values and write
         enables, ``stages[k10]`` their item. Returns the values and enables to write."""
-        D, W = self.data_bits, self.post_lanes
+        D, W, U = self.data_bits, self.post_lanes, self.value_bits
         # the other operand's words, read for the item that is in stage 10 wide_latency
         # cycles later: the address is registered from the item a stage before that
         soff = Signal(signed(self.field_bits))
@@ -388,13 +394,15 @@ class PostProcessor(wiring.Component):
         m.d.comb += self.skip_addr.eq(skip_rd)
         # per-op constants, a copy per lane: each operand's direction, coarse (multiples of
         # 4) and fine shift and rounding constant
-        op_layout = {"add": 1, "relu": 1}
+        op_layout = {"add": 1, "relu": 1, "skip_u": 1, "out_u": 1}
         for x in "ab":
             op_layout |= {f"{x}_right": 1, f"{x}_c": unsigned(3), f"{x}_f": unsigned(2)}
             op_layout |= {f"{x}_rnd": unsigned(D)}
         op_layout = data.StructLayout(op_layout)
         nxt = Signal(op_layout)
         m.d.comb += [nxt.add.eq(d.add), nxt.relu.eq(d.add_relu)]
+        if U > D:  # (signs: SIGN_SKIP, SIGN_OUT)
+            m.d.comb += [nxt.skip_u.eq(d.signs[1]), nxt.out_u.eq(d.signs[2])]
         for x, sh in (("a", d.a_shift), ("b", d.b_shift)):
             mag = Mux(sh > 0, sh, -sh)[:5]
             m.d.comb += [
@@ -407,7 +415,7 @@ class PostProcessor(wiring.Component):
             data.View(op_layout, c)
             for c in register_copies(m, nxt.as_value(), W, platform, "add_ctl")
         ]
-        X = 2 * D + 2  # an aligned operand before saturation (a left shift by up to D)
+        X = U + D + 2  # an aligned operand before saturation (a left shift by up to D + 1)
 
         def both(name, shape, f):
             """A stage's registers for both operands: ``f(i, x)`` for lane i, operand x."""
@@ -420,7 +428,11 @@ class PostProcessor(wiring.Component):
             return Mux(ctl[i][f"{x}_right"], v >> amount, v << amount)
 
         stage()  # A1: rounding constants (the other operand only where the op adds)
-        operand = {"a": vals, "b": [Mux(ctl[i].add, self.skip_data[i], 0) for i in range(W)]}
+        # the other operand's word, zero-extended where it is unsigned
+        skip = [self.skip_data[i] for i in range(W)]
+        if U > D:
+            skip = [Cat(s, Mux(ctl[i].skip_u, 0, s[-1])).as_signed() for i, s in enumerate(skip)]
+        operand = {"a": vals, "b": [Mux(ctl[i].add, skip[i], 0) for i in range(W)]}
         a1 = both("a1", signed(X), lambda i, x: operand[x][i] + ctl[i][f"{x}_rnd"])
         en = follow("a1")
         stage()  # A2: coarse shift
@@ -429,35 +441,50 @@ class PostProcessor(wiring.Component):
         stage()  # A3: fine shift
         a3 = both("a3", signed(X), lambda i, x: shift(a2[x][i], i, x, ctl[i][f"{x}_f"]))
         en = follow("a3")
-        stage()  # A4: compare with the data range
+        stage()  # A4: compare with the operands' range: the data's, or U bits for an unsigned sum
         hi, lo = (1 << (D - 1)) - 1, -(1 << (D - 1))
-        over = both("a4_over", 1, lambda i, x: a3[x][i] > hi)
-        under = both("a4_under", 1, lambda i, x: a3[x][i] < lo)
-        low = both("a4", signed(D), lambda i, x: a3[x][i][:D])
+        hi_u, lo_u = (1 << D) - 1, -(1 << D)
+
+        def compare(i, v, op, n, u):
+            return Mux(ctl[i].out_u, op(v, u), op(v, n)) if U > D else op(v, n)
+
+        over = both("a4_over", 1, lambda i, x: compare(i, a3[x][i], operator.gt, hi, hi_u))
+        under = both("a4_under", 1, lambda i, x: compare(i, a3[x][i], operator.lt, lo, lo_u))
+        low = both("a4", signed(U), lambda i, x: a3[x][i][:U])
         en = follow("a4")
         stage()  # A5: saturate each, add
 
         def sat(x, i):
-            return Mux(over[x][i], hi, Mux(under[x][i], lo, low[x][i]))
+            top, bottom = (Mux(ctl[i].out_u, hi_u, hi), Mux(ctl[i].out_u, lo_u, lo))
+            if U == D:
+                top, bottom = hi, lo
+            return Mux(over[x][i], top, Mux(under[x][i], bottom, low[x][i]))
 
-        total = lanes_of("a5_sum", signed(D + 1), lambda i: sat("a", i) + sat("b", i))
+        total = lanes_of("a5_sum", signed(U + 1), lambda i: sat("a", i) + sat("b", i))
         en = follow("a5")
-        stage()  # A6: saturate the sum (it overflows when its top two bits differ), ReLU
+        stage()  # A6: saturate the sum, ReLU
 
         def final(i):
+            # a signed sum of two D-bit values overflows when its top two bits differ; an
+            # unsigned one is negative (its sign) or at least 2^D (then bit D)
             v = total[i]
             sat_v = Mux(v[D] == v[D - 1], v[:D].as_signed(), Mux(v[D], lo, hi))
-            return Mux(ctl[i].relu & v[D], 0, sat_v)
+            if U > D:
+                sat_u = Mux(v[-1], 0, Mux(v[D], hi_u, v[:D]))
+                sat_v = Mux(ctl[i].out_u, sat_u, sat_v)
+            return Mux(ctl[i].relu & v[-1], 0, sat_v)
 
-        out = lanes_of("a6_val", signed(D), final)
+        out = lanes_of("a6_val", signed(U), final)
         return out, follow("a6")
 
-    def _divide(self, m, d, s8, lanes_of, stage, P, D, platform):
+    def _divide(self, m, d, s8, lanes_of, stage, P, D, U, platform):
         """Stages 9-11 of an engine that divides: ``n = 2·s8 + avg_off`` (a max pool's value
         passes beside it), the product ``n · avg_mul`` registered (on ECP5 as two partial
         products, ``avg_mul``'s low 18 bits and the rest: the MULT18X18Ds alone in their
         stage, their sum in the next), then its bits ``S … S + D − 1``, which are
-        ``floor(n / 2k) ∈ [0, 2^D)``; inverting the top one subtracts ``2^(D−1)``.
+        ``floor(n / 2k) ∈ [0, 2^D)``; inverting the top one subtracts ``2^(D−1)``. With
+        unsigned values (``U = D + 1``) it is in ``[0, 2^(D+1))``, and the subtraction also
+        sets bit ``D`` to ``q[S + D] XOR NOT q[S + D − 1]``.
         Returns the last stage's item and the pooled values."""
         S, N = avg_divide_shift(D), D + 10  # n < 2^N
         SPLIT = 18 if getattr(platform, "family", None) == "ecp5" else S  # MULT18X18D width
@@ -474,5 +501,8 @@ class PostProcessor(wiring.Component):
         for i in range(len(s9)):
             q = Signal(unsigned(N + S + 1), name=f"s11_prod{i}")
             m.d.comb += q.eq(lo[i] + (hi[i] << SPLIT))
-            out.append(Mux(avg, Cat(q[S : S + D - 1], ~q[S + D - 1]).as_signed(), kept[i]))
+            avg_v = Cat(q[S : S + D - 1], ~q[S + D - 1])
+            if U > D:
+                avg_v = Cat(avg_v, q[S + D] ^ ~q[S + D - 1])
+            out.append(Mux(avg, avg_v.as_signed(), kept[i]))
         return it, out

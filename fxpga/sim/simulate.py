@@ -126,7 +126,7 @@ def _simulate(qm, prog, x, y, simulator, seed, stall, waves, out_dir, progress, 
     xi = golden.quantize_input(qm, x)
     want = golden.run_int(qm, xi).reshape(len(x), -1)
     samples = prog.to_engine(xi)
-    expected = to_engine_order(want, prog.out_shape)
+    expected = prog.words(to_engine_order(want, prog.out_shape))
     t0 = time.monotonic()
     build_dir = runner.build(prog, simulator, waves=waves, info=info)
     build_s = time.monotonic() - t0
@@ -189,6 +189,7 @@ def _explain(report, qm, prog, x, xi, samples, simulator, seed, out_dir, info, m
             continue  # one group of a grouped conv: its layer's output is not whole yet
         checked.append(k)
         ref = to_engine_order(inter[op.out_layer].reshape(1, -1), (op.OP, op.POH, op.POW))[0]
+        ref = prog.words(ref)
         steps.append(
             {
                 "cfg": runner.truncated_header(prog, k),
