@@ -24,7 +24,10 @@ def digits_graph(digits_model, digits):
 
 @pytest.fixture(scope="session")
 def digits_q8(digits_graph, digits):
-    return quantizer.quantize_model(digits_graph, digits.x_calib, quantizer.Widths(8))
+    """digits-cnn in Qiu et al.'s formats (the qiu scheme: signed, one weight fl a layer),
+    which the tests that edit a .fxq's per-layer fields rely on. The default scheme's own
+    tests quantize with it (test_unsigned, test_per_channel, the MLPerf Tiny models)."""
+    return quantizer.quantize_model(digits_graph, digits.x_calib, quantizer.Widths(8), scheme="qiu")
 
 
 @pytest.fixture(scope="session")

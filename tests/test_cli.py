@@ -500,3 +500,24 @@ def test_saturation_of_the_input_is_reported(tmp_path, capsys):
     assert f"{line} of noise:640's test split" in capsys.readouterr().out
     assert main(["quantize", "digits-cnn", "--calib", "64", "-o", str(tmp_path / "d.fxq")]) == 0
     assert "saturates" not in capsys.readouterr().out
+
+
+def test_quantize_schemes_and_their_switches(tmp_path, capsys):
+    """The default scheme's options each have a --no- switch; --scheme qiu turns them off."""
+
+    def formats(*flags):
+        out = tmp_path / "m.fxq"
+        code, _, err = run(
+            capsys, "quantize", "digits-cnn", "--calib", "64", *flags, "-o", str(out), "-q"
+        )
+        assert code == 0, err
+        doc = json.loads(out.read_text())
+        signed = [la.get("output", {}).get("signed", True) for la in doc["layers"]]
+        per_channel = [isinstance(la.get("weight", {}).get("fl"), list) for la in doc["layers"]]
+        return doc["scheme"], any(not s for s in signed), any(per_channel)
+
+    assert formats() == ("dynamic", True, True)
+    assert formats("--no-unsigned") == ("dynamic", False, True)
+    assert formats("--no-per-channel") == ("dynamic", True, False)
+    assert formats("--scheme", "qiu") == ("qiu", False, False)
+    assert formats("--scheme", "qiu", "--per-channel") == ("qiu", False, True)

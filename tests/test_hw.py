@@ -110,9 +110,10 @@ def random_net(rng: random.Random, pools=True, groups=False):
 
 
 def quantized(model, shape, seed, bits=8, wbits=None, per_channel=False, unsigned=False):
-    """``per_channel``: each output channel's weights scaled by 2^u, u uniform in [-3, 3],
-    and quantized with a format per channel. ``unsigned``: unsigned formats where tensors
-    cannot be negative, the input among them (its samples' absolute values)."""
+    """Qiu et al.'s formats (the qiu scheme), and with ``per_channel`` each output channel's
+    weights scaled by 2^u, u uniform in [-3, 3], and quantized with a format per channel;
+    with ``unsigned``, unsigned formats where tensors cannot be negative, the input among
+    them (its samples' absolute values)."""
     torch.manual_seed(seed)
     for mod in model.modules():
         if isinstance(mod, nn.Conv2d | nn.Linear):
@@ -129,7 +130,7 @@ def quantized(model, shape, seed, bits=8, wbits=None, per_channel=False, unsigne
         x = np.abs(x)
     widths = quantizer.Widths(bits, wbits, wbits)
     kw = {"unsigned": unsigned, "input_unsigned": unsigned}
-    qm = quantizer.quantize_model(g, x[:16], widths, per_channel=per_channel, **kw)
+    qm = quantizer.quantize_model(g, x[:16], widths, "qiu", per_channel=per_channel, **kw)
     return qm, x[16:]
 
 

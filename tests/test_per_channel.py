@@ -25,7 +25,7 @@ def resnet():
 @pytest.fixture(scope="module")
 def per_channel(resnet):
     g, ds = resnet
-    return quantizer.quantize_model(g, ds.calib(64), per_channel=True)
+    return quantizer.quantize_model(g, ds.calib(64), scheme="qiu", per_channel=True)
 
 
 def test_each_channel_is_requantized_by_its_own_shift(rng):
@@ -64,7 +64,7 @@ def test_each_channel_gets_the_fl_its_weights_alone_would(per_channel):
 
 def test_per_channel_formats_are_closer_to_float(resnet, per_channel):
     g, ds = resnet
-    layer = quantizer.quantize_model(g, ds.calib(64))
+    layer = quantizer.quantize_model(g, ds.calib(64), scheme="qiu")
     x = ds.x_test[:200]
     want = g.float_forward(x).reshape(len(x), -1)
 

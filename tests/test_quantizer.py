@@ -193,9 +193,30 @@ def test_bias_correction_removes_each_channels_mean_error(digits_graph, digits, 
             out.append(float(np.max(np.abs(err)) * 2.0**fl))
         return max(out)
 
-    plain = quantizer.quantize_model(digits_graph, x)
-    fixed = quantizer.quantize_model(digits_graph, x, bias_correction=True)
+    plain = quantizer.quantize_model(digits_graph, x, scheme="qiu")
+    fixed = quantizer.quantize_model(digits_graph, x, scheme="qiu", bias_correction=True)
     assert worst(fixed) <= 0.5 + 1e-9 < worst(plain)
     artifact.save(fixed, tmp_path / "bc.fxq")
     back = artifact.load(tmp_path / "bc.fxq")
     assert np.array_equal(golden.run(back, digits.x_test), golden.run(fixed, digits.x_test))
+
+
+def test_schemes_set_the_options_and_arguments_win(digits_graph, digits):
+    """dynamic (the default) is qiu with every option on; an option given explicitly wins."""
+    x = digits.calib(64)
+    default = quantizer.quantize_model(digits_graph, x)
+    spelled = quantizer.quantize_model(
+        digits_graph, x, scheme="qiu", unsigned=True, bias_correction=True, per_channel=True,
+        objective="l2",
+    )  # fmt: skip
+    assert default.scheme == "dynamic" and spelled.scheme == "qiu"
+    for a, b in zip(default.layers, spelled.layers, strict=True):
+        assert (a.in_fmt, a.out_fmt, a.w_fmt, a.w_fls) == (b.in_fmt, b.out_fmt, b.w_fmt, b.w_fls)
+        if a.b is not None:
+            np.testing.assert_array_equal(a.b, b.b)
+    assert any(not la.out_fmt.signed for la in default.layers)
+    assert any(la.per_channel for la in default.layers if la.w_fmt is not None)
+    plain = quantizer.quantize_model(digits_graph, x, unsigned=False, per_channel=False)
+    assert all(la.out_fmt.signed and not la.per_channel for la in plain.layers)
+    with pytest.raises(FxpgaError, match="unknown scheme 'fancy' \\(dynamic, qiu, static\\)"):
+        quantizer.quantize_model(digits_graph, x, scheme="fancy")

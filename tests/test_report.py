@@ -115,11 +115,13 @@ def test_html_report_content(html_report, digits_q8):
 
 
 def test_accuracy_curve_matches_the_table(digits_graph, digits):
-    """The curve's 8-bit dynamic point is the quantizer's 8-bit dynamic model."""
-    curve = sweep.bits_curve(digits_graph, digits, bits=(8,), schemes=("dynamic",))
+    """The curve's 8-bit points are the table's 8-bit models, in either scheme."""
+    curve = sweep.bits_curve(digits_graph, digits, bits=(8,), schemes=("qiu", "dynamic"))
     row = sweep.measure(digits_graph, digits, sweep.TABLE[1])
-    assert row.scheme.label == "8-bit dynamic"
-    assert curve["dynamic"] == [(8, row.top1)]
+    assert (row.scheme.label, row.scheme.scheme) == ("8-bit dynamic", "qiu")
+    assert curve["qiu"] == [(8, row.top1)]
+    default = next(s for s in sweep.TABLE if s.scheme == "dynamic" and s.widths == (8, 8, 8))
+    assert curve["dynamic"] == [(8, sweep.measure(digits_graph, digits, default).top1)]
 
 
 def test_markdown_report_and_determinism(fxq, html_report, tmp_path):

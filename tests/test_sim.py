@@ -423,16 +423,16 @@ def test_ds_cnn_as_the_icebreaker_builds_it(tmp_path):
 @pytest.mark.parametrize(
     ("name", "images", "options"),
     [
-        ("digits-dsnet", 2, {}),
-        ("digits-resnet", 2, {}),
-        ("digits-resnet", 2, {"per_channel": True}),
-        ("digits-resnet", 2, {"unsigned": True, "input_unsigned": True}),
+        ("digits-dsnet", 2, {"scheme": "qiu"}),
+        ("digits-resnet", 2, {"scheme": "qiu"}),
+        ("digits-resnet", 2, {"input_unsigned": True}),
     ],
 )
 def test_models_on_verilator(name, images, options, tmp_path):
-    """The digits depthwise and residual nets at 8 lanes on Verilator: bit- and cycle-exact;
-    the residual one also with a weight format (and a requantization shift) per channel, and
-    with unsigned formats where tensors cannot be negative (the input too).
+    """The digits depthwise and residual nets at 8 lanes on Verilator, in Qiu et al.'s
+    formats: bit- and cycle-exact; the residual one also in the default scheme's (a weight
+    format and a requantization shift per channel, unsigned formats where tensors cannot be
+    negative, the input too).
     (The MLPerf Tiny models run on the engines their boards build, above.)"""
     from fxpga.quant import data, frontend, quantizer, zoo
 
@@ -441,8 +441,8 @@ def test_models_on_verilator(name, images, options, tmp_path):
     g = frontend.from_module(model, ds.sample_shape)
     qm = quantizer.quantize_model(g, ds.calib(64), **options)
     prog = compiler.compile_model(qm, EngineConfig.for_model(qm, 8))
-    assert prog.config.channel_shifts == options.get("per_channel", False)
-    assert prog.config.unsigned == options.get("unsigned", False)
+    qiu = options.get("scheme") == "qiu"
+    assert prog.config.channel_shifts is prog.config.unsigned is not qiu
     build_dir = runner.build(prog, "verilator")
     r = run_against_golden(qm, prog, ds.x_test[:images], build_dir, tmp_path / "run", seed=5)
     assert all(r.match), r.got

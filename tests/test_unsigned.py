@@ -71,13 +71,13 @@ def test_the_outputs_a_relu_alone_reads_are_unsigned(resnet):
     outs = golden.run(qm, ds.x_test[:8], keep=True)
     assert np.array_equal(outs["stem.0"], outs["stem.2"])
     assert outs["stem.0"].min() >= 0 and outs["stem.0"].max() <= 255
-    signed = quantizer.quantize_model(g, ds.calib(32))
+    signed = quantizer.quantize_model(g, ds.calib(32), scheme="qiu")
     assert all(la.out_fmt.signed for la in signed.layers) and signed.input_fmt.signed
 
 
 def test_an_unsigned_model_survives_its_fxq(resnet, tmp_path):
     g, ds = resnet
-    qm = quantizer.quantize_model(g, ds.calib(32), unsigned=True)
+    qm = quantizer.quantize_model(g, ds.calib(32), scheme="qiu", unsigned=True)
     artifact.save(qm, tmp_path / "u.fxq")
     back = artifact.load(tmp_path / "u.fxq")
     assert [la.out_fmt for la in back.layers] == [la.out_fmt for la in qm.layers]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -72,15 +73,17 @@ def add(sub, common):
     q.add_argument("--fc-bits", type=bits, help="fully-connected weight width [--bits]")
     q.add_argument(
         "--scheme",
-        choices=("dynamic", "static"),
+        choices=("dynamic", "qiu", "static"),  # quantizer.SCHEMES
         default="dynamic",
-        help="dynamic: per-layer fl (default); static: one fl everywhere (baseline)",
+        help="dynamic: per-layer fl with the options below on (default); qiu: Qiu et al.'s "
+        "per-layer fl, the options off; static: one fl everywhere (baseline)",
     )
+    on = "[on in the dynamic scheme]"
     q.add_argument(
         "--unsigned",
-        action="store_true",
-        help="store the outputs only a ReLU reads unsigned (every bit of the word for values "
-        "that cannot be negative)",
+        action=argparse.BooleanOptionalAction,
+        help=f"store the outputs only a ReLU reads unsigned (every bit of the word for values "
+        f"that cannot be negative) {on}",
     )
     q.add_argument(
         "--input-unsigned",
@@ -89,19 +92,19 @@ def add(sub, common):
     )
     q.add_argument(
         "--bias-correction",
-        action="store_true",
-        help="move each conv/fc bias by its channel's mean error on the calibration set",
+        action=argparse.BooleanOptionalAction,
+        help=f"move each conv/fc bias by its channel's mean error on the calibration set {on}",
     )
     q.add_argument(
         "--per-channel",
-        action="store_true",
-        help="a weight fl per output channel (dynamic scheme), each requantized by its own shift",
+        action=argparse.BooleanOptionalAction,
+        help=f"a weight fl per output channel, each requantized by its own shift {on}",
     )
     q.add_argument(
         "--objective",
         choices=("l1", "l2"),  # quantizer.OBJECTIVES
-        default="l1",
-        help="what the fl search minimises: l1, Σ|error| (Qiu et al., default), or l2, Σ error²",
+        help="what the fl search minimises: l1, Σ|error| (Qiu et al.'s), or l2, Σ error² "
+        "[l2 in the dynamic scheme, else l1]",
     )
     q.add_argument(
         "--calib", type=images, metavar="N", help="calibration images [all the dataset provides]"

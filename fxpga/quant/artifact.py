@@ -43,7 +43,7 @@ from ..limits import MAX_TENSOR_ELEMENTS, MAX_WEIGHTS
 from . import frontend, golden, ir
 from .qformat import QFormat, check_bits, signed_width
 from .qmodel import QLayer, QModel
-from .quantizer import _acc_bound, _merge_range, _passthrough
+from .quantizer import SCHEMES, _acc_bound, _merge_range, _passthrough
 
 SCHEMA = "fxpga.qmodel"
 SCHEMA_VERSION = 2  # 2: layers name their inputs (a DAG); add and concat
@@ -880,8 +880,10 @@ def load(path: str | Path) -> QModel:
             f"{path}: host_tail must list ops of {', '.join(ir.HOST_OPS)}, not {_show(tail)}"
         )
     scheme = obj.get("scheme", "dynamic")
-    if scheme not in ("dynamic", "static"):
-        raise FxpgaError(f"{path}: scheme must be 'dynamic' or 'static', not {_show(scheme)}")
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
+        raise FxpgaError(
+            f"{path}: scheme must be one of {', '.join(map(repr, SCHEMES))}, not {_show(scheme)}"
+        )
     _str(obj.get("fxpga"), f"{path}: fxpga", optional=True)
     if "accuracy" in obj:
         _obj(obj["accuracy"], f"{path}: accuracy")

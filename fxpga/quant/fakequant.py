@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ir
+from .golden import add_operand_fmt
 from .qformat import QFormat, clip_bounds
 from .qmodel import QModel
 
@@ -34,8 +35,9 @@ def fake_run(qm: QModel, x: np.ndarray, keep: bool = False):
             n = la.node
             ins = [env[j] for j in n.inputs]
             t = ins[0]
-            if isinstance(n, ir.Add):  # each input snapped to the output grid, then the sum
-                y = sum(_snap(v, la.out_fmt) for v in ins)
+            if isinstance(n, ir.Add):  # each input snapped to the operands' grid, then the sum
+                to = add_operand_fmt(la.out_fmt)
+                y = sum(_snap(v, to) for v in ins)
                 lim = (la.out_fmt.qmin * la.out_fmt.step, la.out_fmt.qmax * la.out_fmt.step)
                 t = y.clamp(*lim)
             elif isinstance(n, ir.Concat):

@@ -1,10 +1,13 @@
 """Dynamic fixed-point quantization after Qiu et al. (FPGA 2016), and the static baseline.
 
-dynamic: per layer ``fl_w = argmin_fl Σ|W − Q(W; bits, fl)|``; then, greedily in topological
+qiu: per layer ``fl_w = argmin_fl Σ|W − Q(W; bits, fl)|``; then, greedily in topological
 order with every earlier layer already quantized, ``fl_out = argmin_fl Σ|y_float − Q(y_fixed)|``
 over the calibration set (the input's fl the same way). ``y`` is compared after a directly
 following ReLU, where it is consumed. static: one fl for all weights and one for all
-activations, each minimising the summed error over the whole float network.
+activations, each minimising the summed error over the whole float network. dynamic (the
+default): qiu's search with every option on (``SCHEMES``): unsigned formats where tensors
+cannot be negative, an fl per output channel for the weights, biases corrected for the mean
+error, the squared error as the objective.
 """
 
 from __future__ import annotations
@@ -36,6 +39,24 @@ SEARCH_BELOW = 2  # candidates: fl_fit − SEARCH_BELOW … fl_fit + bits (more 
 MAX_CHANNEL_FL_SPREAD = 8
 
 
+@dataclass(frozen=True)
+class Options:
+    """What a scheme does beyond Qiu et al.'s search (``quantize_model``'s arguments)."""
+
+    unsigned: bool = False
+    bias_correction: bool = False
+    per_channel: bool = False
+    objective: str = "l1"
+
+
+# the schemes and their options; an argument given to quantize_model wins
+SCHEMES = {
+    "dynamic": Options(unsigned=True, bias_correction=True, per_channel=True, objective="l2"),
+    "qiu": Options(),
+    "static": Options(),
+}
+
+
 @dataclass
 class Widths:
     """Word widths: activations everywhere, weights per layer kind (the paper's "8/4")."""
@@ -58,7 +79,8 @@ class Widths:
 @dataclass
 class Override:
     """A per-tensor format from ``--config``: ``bits``, optionally a fixed ``fl`` and whether
-    it is signed (an activation's; None: as the quantizer's options say)."""
+    it is signed (an activation's; a whole format without "signed" is; None, for bits
+    alone: as the quantizer's options say)."""
 
     bits: int | None = None
     fl: int | None = None
@@ -190,6 +212,8 @@ def _override(spec, where: str) -> Override:
         raise FxpgaError(f"{where}: fl given without bits")
     if fl is not None and abs(fl) > 64:
         raise FxpgaError(f"{where}: fl={fl} is outside -64..64")
+    if fl is not None and signed is None:  # a whole format, as a .fxq writes it: signed
+        signed = True
     return Override(bits, fl, signed)
 
 
@@ -321,28 +345,35 @@ def quantize_model(
     config: Config | None = None,
     progress: bool = False,
     provenance: dict | None = None,
-    unsigned: bool = False,
+    unsigned: bool | None = None,
     input_unsigned: bool = False,
-    bias_correction: bool = False,
-    per_channel: bool = False,
-    objective: str = "l1",
+    bias_correction: bool | None = None,
+    per_channel: bool | None = None,
+    objective: str | None = None,
 ) -> QModel:
     """Choose every format and build the integer model. See the module docstring.
 
-    ``unsigned``: the outputs ``unsigned_outputs`` names get unsigned formats (every bit of
-    the word for values that cannot be negative). ``input_unsigned``: the input too (the data
-    is declared non-negative; negative inputs saturate to 0). ``bias_correction``: each
-    conv/linear bias corrected for the mean error its channel has on the calibration set
-    (``_quantize_weighted``). ``per_channel``: each output channel's weights get their own
-    fl, chosen as a layer's is, where neither ``--config`` nor the static scheme fixes it.
-    ``objective``: what the greedy search minimises, for weights and activations alike, ``l1``
-    (Σ|error|, Qiu et al.'s) or ``l2`` (Σ error², the squared error)."""
+    ``scheme``: ``dynamic`` (the default), ``qiu`` or ``static``; the options left ``None``
+    are the scheme's (``SCHEMES``). ``unsigned``: the outputs ``unsigned_outputs`` names get
+    unsigned formats (every bit of the word for values that cannot be negative).
+    ``input_unsigned``: the input too (the data is declared non-negative; negative inputs
+    saturate to 0). ``bias_correction``: each conv/linear bias corrected for the mean error
+    its channel has on the calibration set (``_quantize_weighted``). ``per_channel``: each
+    output channel's weights get their own fl, chosen as a layer's is, where neither
+    ``--config`` nor the static scheme fixes it. ``objective``: what the greedy search
+    minimises, for weights and activations alike, ``l1`` (Σ|error|, Qiu et al.'s) or ``l2``
+    (Σ error², the squared error)."""
     widths = widths or Widths()
+    if scheme not in SCHEMES:
+        raise FxpgaError(f"unknown scheme '{scheme}' ({', '.join(SCHEMES)})")
+    preset = SCHEMES[scheme]
+    unsigned = preset.unsigned if unsigned is None else unsigned
+    bias_correction = preset.bias_correction if bias_correction is None else bias_correction
+    per_channel = preset.per_channel if per_channel is None else per_channel
+    objective = preset.objective if objective is None else objective
     if objective not in OBJECTIVES:
         raise FxpgaError(f"unknown objective '{objective}' ({' or '.join(OBJECTIVES)})")
     config = config or Config()
-    if scheme not in ("dynamic", "static"):
-        raise FxpgaError(f"unknown scheme '{scheme}' (dynamic or static)")
     x_calib = np.asarray(x_calib)
     if len(x_calib) == 0:
         raise FxpgaError("the calibration set is empty")
@@ -420,7 +451,7 @@ def quantize_model(
                 before_relu,
                 node.name not in nonneg,
                 ref[node.name] if bias_correction else None,
-                per_channel and scheme == "dynamic",
+                per_channel and scheme != "static",
                 objective,
             )
         elif isinstance(node, ir.Add | ir.Concat):
