@@ -135,8 +135,11 @@ def main() -> int:
         "## Quantization\n\n"
         f"Command: `python bench/quant.py` (torch on 1 thread). Machine: {machine()}.\n\n"
         + "".join(f"- {a}\n" for a in about)
-        + "\nDynamic fixed point after Qiu et al. (FPGA 2016): per-layer fl, greedy over 256 "
-        "calibration images; static: one fl for all weights, one for all activations. The "
+        + "\nThe dynamic rows are Qiu et al.'s (FPGA 2016) scheme (`--scheme qiu`): per-layer "
+        "fl, greedy over 256 calibration images; static: one fl for all weights, one for all "
+        "activations; the last two rows fxpga's default scheme (unsigned formats, a weight fl "
+        "per output channel, bias correction, the l2 objective; docs/numerics.md). The curve's "
+        "dynamic is the default scheme. The "
         "models use the float weights that ship with fxpga (trained on the bundled digits; "
         f"{shipped}), so these figures are the same on every machine. Top-1 from the golden "
         "(integer) model.\n\n"
