@@ -18,9 +18,11 @@ def test_unknown_board():
         boards.board("de10")
 
 
-def test_icebreaker_bitstream(digits_q8, tmp_path, capsys):
-    """digits-cnn fits the UP5K with its weights in SPRAM (and no descriptor prefetch)."""
-    artifact.save(digits_q8, tmp_path / "d.fxq")
+def test_icebreaker_bitstream(tmp_path, capsys):
+    """digits-cnn, quantized as a user would (the default scheme: unsigned activations, a
+    shift per channel), fits the UP5K with its weights in SPRAM (and no descriptor
+    prefetch) and meets the board's default clock."""
+    assert main(["quantize", "digits-cnn", "-o", str(tmp_path / "d.fxq"), "-q"]) == 0
     out = tmp_path / "ice"
     code = main(["build", str(tmp_path / "d.fxq"), "--board", "icebreaker", "-o", str(out), "-q"])
     stdout, err = capsys.readouterr()
@@ -29,6 +31,8 @@ def test_icebreaker_bitstream(digits_q8, tmp_path, capsys):
     lines = {ln.split()[0]: ln.split() for ln in stdout.splitlines() if ln.startswith("  ")}
     assert lines["ICESTORM_DSP"][1] == "8" and lines["ICESTORM_SPRAM"][1] == "4"
     assert "fxpga run loads them over the UART first" in stdout
+    cfg = boards.board("icebreaker").engine_config(artifact.load(tmp_path / "d.fxq"))
+    assert cfg.unsigned and cfg.channel_shifts
 
 
 def test_timing_failure_is_an_error_unless_allowed(digits_q8, tmp_path, capsys):
