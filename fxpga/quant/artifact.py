@@ -43,7 +43,7 @@ from ..limits import MAX_TENSOR_ELEMENTS, MAX_WEIGHTS
 from . import frontend, golden, ir
 from .qformat import QFormat, check_bits, signed_width
 from .qmodel import QLayer, QModel
-from .quantizer import SCHEMES, _acc_bound, _merge_range, _passthrough
+from .quantizer import MAX_FL, SCHEMES, _acc_bound, _merge_range, _passthrough
 
 SCHEMA = "fxpga.qmodel"
 SCHEMA_VERSION = 2  # 2: layers name their inputs (a DAG); add and concat
@@ -53,7 +53,6 @@ READS = (1, 2)  # version 1 files are chains
 MAX_JSON_BYTES = 16 << 20  # an .fxq's JSON: about 1 KB a layer, so 4,096 layers take 4 MB
 MAX_LAYERS = 4096  # sixteen times the 256 ops an engine program holds (limits.MAX_OPS)
 MAX_NAME_CHARS = 1024  # a layer name (ONNX node names are paths, rarely 100 characters)
-MAX_FL = 64  # |fl| of a format, as --config allows it
 MAX_PADDING = 1024  # a conv's or pool's padding on one side, and each of a Pad's pads
 # a conv's or pool's padded input (what the golden model pads before windowing): twice a
 # layer's output at most, which a border of any ordinary padding stays far below

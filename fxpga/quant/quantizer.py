@@ -37,6 +37,7 @@ SEARCH_BELOW = 2  # candidates: fl_fit − SEARCH_BELOW … fl_fit + bits (more 
 # a layer's per-channel weight fl lie within this many of its smallest; a channel of near-zero
 # weights (a dead one) gets the finest of them, not an fl of 100
 MAX_CHANNEL_FL_SPREAD = 8
+MAX_FL = 64  # |fl| of a format a --config (or a .fxq) may give
 
 
 @dataclass(frozen=True)
@@ -203,15 +204,17 @@ def _override(spec, where: str) -> Override:
                 f"{where}: a per-channel fl needs bits and 1..{MAX_TENSOR_ELEMENTS} values"
             )
         for k, f in enumerate(fl):
-            if isinstance(f, bool) or not isinstance(f, int) or abs(f) > 64:
-                raise FxpgaError(f"{where}: fl[{k}] must be an integer in -64..64, not {f!r}")
+            if isinstance(f, bool) or not isinstance(f, int) or abs(f) > MAX_FL:
+                raise FxpgaError(
+                    f"{where}: fl[{k}] must be an integer in -{MAX_FL}..{MAX_FL}, not {f!r}"
+                )
         return Override(bits, tuple(fl), signed)
     if fl is not None and (isinstance(fl, bool) or not isinstance(fl, int)):
         raise FxpgaError(f"{where}: fl must be an integer, not {fl!r}")
     if fl is not None and bits is None:
         raise FxpgaError(f"{where}: fl given without bits")
-    if fl is not None and abs(fl) > 64:
-        raise FxpgaError(f"{where}: fl={fl} is outside -64..64")
+    if fl is not None and abs(fl) > MAX_FL:
+        raise FxpgaError(f"{where}: fl={fl} is outside -{MAX_FL}..{MAX_FL}")
     if fl is not None and signed is None:  # a whole format, as a .fxq writes it: signed
         signed = True
     return Override(bits, fl, signed)
