@@ -48,7 +48,8 @@ def test_each_channel_gets_the_fl_its_weights_alone_would(per_channel):
         assert max(la.w_fls) - min(la.w_fls) <= quantizer.MAX_CHANNEL_FL_SPREAD
         for o, (wt, fl) in enumerate(zip(la.node.weight, la.w_fls, strict=True)):
             errs = {
-                f: quantizer.l1_error(wt, QFormat(bits, f)) for f in quantizer.candidates(wt, bits)
+                f: quantizer.quantization_error(wt, QFormat(bits, f))
+                for f in quantizer.candidates(wt, bits)
             }
             best = min(errs.values())
             # its own argmin, or the cap on the spread

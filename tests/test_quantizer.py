@@ -16,7 +16,10 @@ def test_weight_fl_is_the_global_argmin(digits_q8):
     for la in digits_q8.layers:
         if la.w_fmt is None:
             continue
-        errs = {fl: quantizer.l1_error(la.node.weight, QFormat(la.w_fmt.bits, fl)) for fl in WIDE}
+        errs = {
+            fl: quantizer.quantization_error(la.node.weight, QFormat(la.w_fmt.bits, fl))
+            for fl in WIDE
+        }
         assert errs[la.w_fmt.fl] == min(errs.values()), la.name
 
 
@@ -44,7 +47,7 @@ def test_output_fl_is_the_greedy_argmin(digits_q8, digits_graph, digits):
 
 
 def test_input_fl_is_the_argmin(digits_q8, digits):
-    errs = {fl: quantizer.l1_error(digits.x_calib, QFormat(8, fl)) for fl in WIDE}
+    errs = {fl: quantizer.quantization_error(digits.x_calib, QFormat(8, fl)) for fl in WIDE}
     assert errs[digits_q8.input_fmt.fl] == min(errs.values())
 
 
@@ -96,7 +99,7 @@ def test_config_fixes_and_researches(digits_graph, digits, digits_q8):
     assert qm["conv2"].in_fmt.bits == 10
     fc2 = qm["fc2"]
     assert fc2.w_fmt.bits == 5
-    errs = {fl: quantizer.l1_error(fc2.node.weight, QFormat(5, fl)) for fl in WIDE}
+    errs = {fl: quantizer.quantization_error(fc2.node.weight, QFormat(5, fl)) for fl in WIDE}
     assert errs[fc2.w_fmt.fl] == min(errs.values())
 
 

@@ -228,7 +228,7 @@ def total_error(d: np.ndarray, objective: str = "l1") -> float:
     return float((d * d).sum() if objective == "l2" else np.abs(d).sum())
 
 
-def l1_error(x: np.ndarray, fmt: QFormat, objective: str = "l1") -> float:
+def quantization_error(x: np.ndarray, fmt: QFormat, objective: str = "l1") -> float:
     """The ``objective`` error of ``x`` quantized to ``fmt``."""
     return total_error(x - dequantize(quantize(x, fmt), fmt.fl), objective)
 
@@ -419,7 +419,7 @@ def quantize_model(
     in_fl = choose_fl(
         ov.fl,
         static_a,
-        lambda fl: l1_error(x_calib, QFormat(in_bits, fl, in_signed), objective),
+        lambda fl: quantization_error(x_calib, QFormat(in_bits, fl, in_signed), objective),
         x_calib,
         in_bits,
         in_signed,
@@ -554,7 +554,11 @@ def _quantize_weighted(
 
     def weight_fl(wt):
         return choose_fl(
-            wov.fl, static_w, lambda fl: l1_error(wt, QFormat(wbits, fl), objective), wt, wbits
+            wov.fl,
+            static_w,
+            lambda fl: quantization_error(wt, QFormat(wbits, fl), objective),
+            wt,
+            wbits,
         )
 
     if isinstance(wov.fl, tuple):  # --config gives one per output channel
@@ -631,10 +635,10 @@ def _static_fls(graph: ir.Graph, x_calib, widths: Widths, target) -> tuple[int, 
     abits = widths.act
 
     def w_err(fl):
-        return sum(l1_error(w, QFormat(b, fl)) for w, b in wl)
+        return sum(quantization_error(w, QFormat(b, fl)) for w, b in wl)
 
     def a_err(fl):
-        return sum(l1_error(a, QFormat(abits, fl)) for a in acts)
+        return sum(quantization_error(a, QFormat(abits, fl)) for a in acts)
 
     w_cands = range(
         min(candidates(w, b).start for w, b in wl), max(candidates(w, b).stop for w, b in wl)
