@@ -788,8 +788,7 @@ class Program:
         if not self.config.channel_shifts:
             return word, 0
         A = self.config.acc_bits
-        low = word & ((1 << A) - 1)
-        return low - ((low >> (A - 1)) << A), word >> A
+        return int(to_words(word, A)), word >> A
 
     @property
     def bias_word_bits(self) -> int:

@@ -265,16 +265,14 @@ class Engine(wiring.Component):
             m.d.sync += mq.eq(mac_d1)
             mac_d1 = mq
         in_data = Mux(in_buf, fmap[1].rd_data, fmap[0].rd_data)
+        in_u = None
+        if cfg.unsigned:  # the op's input is unsigned (steady while an op runs and drains)
+            in_u = Signal(name="in_unsigned")
+            m.d.sync += in_u.eq(desc.signs[0])
 
         def operand(word):
-            return word
-
-        if cfg.unsigned:  # a word of an unsigned input zero-extended, else sign-extended
-            in_u = Signal(name="in_unsigned")
-            m.d.sync += in_u.eq(desc.signs[0])  # (steady while an op runs and drains)
-
-            def operand(word):
-                return Cat(word, Mux(in_u, 0, word[-1])).as_signed()
+            """The MAC operand: with ``unsigned``, the word zero- or sign-extended."""
+            return word if in_u is None else Cat(word, Mux(in_u, 0, word[-1])).as_signed()
 
         m.d.comb += [mac.en.eq(mac_d1), mac.a.eq(operand(in_data))]
         if wide_reads:

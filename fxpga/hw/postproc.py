@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import operator
-
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -445,19 +443,18 @@ class PostProcessor(wiring.Component):
         hi, lo = (1 << (D - 1)) - 1, -(1 << (D - 1))
         hi_u, lo_u = (1 << D) - 1, -(1 << D)
 
-        def compare(i, v, op, n, u):
-            return Mux(ctl[i].out_u, op(v, u), op(v, n)) if U > D else op(v, n)
+        def pick(i, when_signed, when_unsigned):
+            """The signed output's choice, or with unsigned values the op's output's."""
+            return Mux(ctl[i].out_u, when_unsigned, when_signed) if U > D else when_signed
 
-        over = both("a4_over", 1, lambda i, x: compare(i, a3[x][i], operator.gt, hi, hi_u))
-        under = both("a4_under", 1, lambda i, x: compare(i, a3[x][i], operator.lt, lo, lo_u))
+        over = both("a4_over", 1, lambda i, x: pick(i, a3[x][i] > hi, a3[x][i] > hi_u))
+        under = both("a4_under", 1, lambda i, x: pick(i, a3[x][i] < lo, a3[x][i] < lo_u))
         low = both("a4", signed(U), lambda i, x: a3[x][i][:U])
         en = follow("a4")
         stage()  # A5: saturate each, add
 
         def sat(x, i):
-            top, bottom = (Mux(ctl[i].out_u, hi_u, hi), Mux(ctl[i].out_u, lo_u, lo))
-            if U == D:
-                top, bottom = hi, lo
+            top, bottom = pick(i, hi, hi_u), pick(i, lo, lo_u)
             return Mux(over[x][i], top, Mux(under[x][i], bottom, low[x][i]))
 
         total = lanes_of("a5_sum", signed(U + 1), lambda i: sat("a", i) + sat("b", i))
@@ -469,9 +466,7 @@ class PostProcessor(wiring.Component):
             # unsigned one is negative (its sign) or at least 2^D (then bit D)
             v = total[i]
             sat_v = Mux(v[D] == v[D - 1], v[:D].as_signed(), Mux(v[D], lo, hi))
-            if U > D:
-                sat_u = Mux(v[-1], 0, Mux(v[D], hi_u, v[:D]))
-                sat_v = Mux(ctl[i].out_u, sat_u, sat_v)
+            sat_v = pick(i, sat_v, Mux(v[-1], 0, Mux(v[D], hi_u, v[:D])))
             return Mux(ctl[i].relu & v[-1], 0, sat_v)
 
         out = lanes_of("a6_val", signed(U), final)
