@@ -28,9 +28,11 @@ from fxpga.quant.qformat import dequantize  # noqa: E402
 VARIANTS = (
     ("the default scheme", {}),
     ("no bias correction", {"bias_correction": False}),
+    ("l2 objective", {"objective": "l2"}),
     ("l1 objective", {"objective": "l1"}),
     ("no per-channel weights", {"per_channel": False}),
     ("no unsigned formats", {"unsigned": False}),
+    ("gptq rounding on", {"rounding": "gptq"}),
 )
 
 

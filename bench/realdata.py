@@ -3,6 +3,9 @@ here, with nothing downloaded:
 
 - VWW (MobileNetV1-0.25, 1x3x96x96 RGB in [0, 1]): crops of the photos scikit-image ships
   (``skimage.data``), at random positions and scales, some mirrored, resized to 96x96.
+- AD (the FC autoencoder, 640 = 5 frames x 128 log-mel bands): ten-second clips of a
+  synthetic machine (``machine``), some with a fault, featurized as the MLPerf Tiny AD
+  reference does (``logmel_frames``).
 - KWS (DS-CNN, 1x1x49x10 MFCC): the ten keywords and other words spoken by Debian's
   ``espeak-ng`` in several voices, speeds and pitches, placed at a random offset in one
   second of 16 kHz audio with a little noise, plus silence and noise alone; featurized as the
@@ -175,11 +178,89 @@ def mfcc(audio: np.ndarray) -> np.ndarray:
     return (logmel @ dct / np.sqrt(2.0 * len(k)))[:, :10]
 
 
+def ad(clips: int, seed: int, anomalous: float = 0.0) -> np.ndarray:
+    """Frames for the MLPerf Tiny anomaly-detection autoencoder, (n, 640) float32: ``clips``
+    ten-second clips of synthetic machine sound, a share ``anomalous`` of them with a fault,
+    each featurized as the reference does (``logmel_frames``)."""
+    recipe = {"what": "ad-machine-v1", "clips": clips, "seed": seed, "anomalous": anomalous}
+    return _cached("ad", recipe, lambda: {"x": _ad(clips, seed, anomalous)})["x"]
+
+
+def machine(rng: np.random.Generator, fault: bool, seconds: float = 10.0) -> np.ndarray:
+    """A toy machine: a motor's hum (a drifting fundamental of 40-250 Hz and its harmonics,
+    amplitude modulated), gear ticks and broadband noise; a fault adds a rattle (bursts of
+    noise at an off-harmonic resonance) or a whine (a high partial)."""
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    f0 = rng.uniform(40, 250) * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / RATE
+    audio = np.zeros(n)
+    for h in range(1, int(rng.integers(4, 16))):
+        audio += rng.uniform(0.2, 1.0) / h * np.sin(h * phase + rng.uniform(0, 2 * np.pi))
+    audio *= 1 + rng.uniform(0.05, 0.4) * np.sin(2 * np.pi * rng.uniform(1, 20) * t)
+    tick = np.zeros(n)
+    period = int(RATE / rng.uniform(5, 40))
+    tick[rng.integers(period) :: period] = rng.uniform(0.5, 2.0)
+    audio += np.convolve(tick, np.exp(-np.arange(80) / 8.0) * rng.normal(size=80), "same")
+    audio += rng.normal(0, 10 ** rng.uniform(-2.5, -0.8), n)
+    if fault:
+        if rng.random() < 0.5:  # rattle
+            f = rng.uniform(1500, 6000)
+            burst = (rng.random(n // 400 + 1) < 0.3).repeat(400)[:n]
+            audio += 0.5 * burst * np.sin(2 * np.pi * f * t) * rng.normal(1, 0.3, n)
+        else:  # whine
+            audio += rng.uniform(0.1, 0.5) * np.sin(2 * np.pi * rng.uniform(2000, 7000) * t)
+    return audio / np.max(np.abs(audio)) * rng.uniform(0.1, 0.9)
+
+
+def _ad(clips: int, seed: int, anomalous: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate(
+        [logmel_frames(machine(rng, rng.random() < anomalous)) for _ in range(clips)]
+    ).astype(np.float32)
+
+
+def logmel_frames(audio: np.ndarray, frames: int = 5) -> np.ndarray:
+    """The anomaly-detection reference's features: 64 ms Hann frames every 32 ms (FFT 1024,
+    hop 512), the power spectrum, 128 mel bands (Slaney, 0-8000 Hz), ``10 log10(x + ε)``,
+    then every run of ``frames`` consecutive frames flattened: (runs, 128 · frames)."""
+    fft, hop, bands = 1024, 512, 128
+    pad = np.pad(audio, fft // 2, mode="reflect")  # centred frames
+    count = 1 + (len(pad) - fft) // hop
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(fft) / fft)
+    spec = np.abs(np.fft.rfft(np.stack([pad[i * hop : i * hop + fft] for i in range(count)])
+                              * window)) ** 2  # fmt: skip
+    db = 10.0 * np.log10(spec @ _slaney_mel(bands, fft) + np.finfo(np.float32).eps)
+    runs = count - frames + 1
+    return np.stack([db[i : i + frames].reshape(-1) for i in range(runs)])
+
+
+def _slaney_mel(bands: int, fft: int) -> np.ndarray:
+    """librosa's default mel filter bank (Slaney's mel scale and area normalisation)."""
+
+    def mel(f):
+        f = np.asarray(f, dtype=np.float64)
+        lin = f / (200.0 / 3)
+        return np.where(f < 1000, lin, 15 + np.log(np.maximum(f, 1e-9) / 1000) / (np.log(6.4) / 27))
+
+    def hz(m):
+        return np.where(m < 15, m * 200.0 / 3, 1000 * np.exp((m - 15) * np.log(6.4) / 27))
+
+    freqs = np.linspace(0, RATE / 2, fft // 2 + 1)
+    edges = hz(np.linspace(mel(0.0), mel(RATE / 2), bands + 2))
+    lower = (freqs[:, None] - edges[None, :-2]) / (edges[1:-1] - edges[:-2])
+    upper = (edges[None, 2:] - freqs[:, None]) / (edges[2:] - edges[1:-1])
+    w = np.maximum(0.0, np.minimum(lower, upper))
+    return w * (2.0 / (edges[2:] - edges[:-2]))[None, :]
+
+
 def main() -> int:
     x = vww(16, 0)
     print(f"vww: {x.shape}, mean {x.mean():.3f}, range [{x.min():.3f}, {x.max():.3f}]")
     x, y = kws(24, 0)
     print(f"kws: {x.shape}, mean {x.mean():.2f}, std {x.std():.2f}; classes {np.bincount(y)}")
+    x = ad(2, 0, 0.5)
+    print(f"ad: {x.shape}, mean {x.mean():.1f} dB, range [{x.min():.1f}, {x.max():.1f}]")
     return 0
 
 

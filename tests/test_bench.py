@@ -62,3 +62,29 @@ def test_kws_features_follow_the_reference_recipe(monkeypatch):
     spec = np.abs(np.fft.rfft(0.5 * np.sin(2 * np.pi * 1000 * t[:480]), 512)) @ mel
     assert abs(peaks[spec.argmax()] - 1000) < 100
     sys.modules.pop("realdata", None)
+
+
+def test_ad_features_follow_the_reference_recipe(monkeypatch):
+    """bench/realdata.py's anomaly-detection frames: 128 Slaney mel bands over 0-8000 Hz (linear
+    below 1 kHz, each of unit area), the power in dB, five 32 ms frames flattened."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import realdata
+
+    mel = realdata._slaney_mel(128, 1024)
+    hz = np.linspace(0, 8000, 513)
+    assert mel.shape == (513, 128)
+    peaks = hz[mel.argmax(axis=0)]
+    assert np.all(np.diff(peaks) >= 0) and peaks[-1] > 7000
+    low = peaks[peaks < 900]
+    assert np.ptp(np.diff(low)) <= hz[1] + 1e-9  # equally spaced below 1 kHz
+    area = (mel * hz[1]).sum(axis=0)  # sampled: a narrow triangle's is off by a few %
+    assert abs(area[20:].mean() - 1) < 0.02 and np.all(np.abs(area[60:] - 1) < 0.05)
+    t = np.arange(10 * realdata.RATE) / realdata.RATE
+    x = realdata.logmel_frames(0.5 * np.sin(2 * np.pi * 1000 * t))
+    assert x.shape == (313 - 4, 640)
+    frame = x[100].reshape(5, 128)
+    assert abs(peaks[frame[2].argmax()] - 1000) < 60
+    np.testing.assert_array_equal(x[101, :512], x[100, 128:])  # runs overlap by four frames
+    rng = np.random.default_rng(0)
+    assert np.isfinite(realdata.logmel_frames(realdata.machine(rng, True, 1.0))).all()
+    sys.modules.pop("realdata", None)

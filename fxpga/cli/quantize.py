@@ -102,9 +102,16 @@ def add(sub, common):
     )
     q.add_argument(
         "--objective",
-        choices=("l1", "l2"),  # quantizer.OBJECTIVES
-        help="what the fl search minimises: l1, Σ|error| (Qiu et al.'s), or l2, Σ error² "
-        "[l2 in the dynamic scheme, else l1]",
+        choices=("l1", "l2", "output"),  # quantizer.OBJECTIVES
+        help="what the fl search minimises: l1, Σ|error| (Qiu et al.'s), or l2, Σ error², of "
+        "each tensor; or output, the squared error an activation's format leaves at the "
+        "network's output, the later layers in float [output in the dynamic scheme, else l1]",
+    )
+    q.add_argument(
+        "--rounding",
+        choices=("nearest", "gptq"),  # quantizer.ROUNDINGS
+        help="integer weights: nearest, or gptq, chosen against each layer's output error "
+        "on the calibration set (the same formats) [nearest]",
     )
     q.add_argument(
         "--calib", type=images, metavar="N", help="calibration images [all the dataset provides]"
@@ -178,6 +185,7 @@ def run(args) -> int:
         bias_correction=args.bias_correction,
         per_channel=args.per_channel,
         objective=args.objective,
+        rounding=args.rounding,
     )
     acc, summary = report.evaluate(qm, ds)
     qm.provenance = {

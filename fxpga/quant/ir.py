@@ -411,6 +411,15 @@ class Graph:
     def weighted(self) -> list[Node]:
         return [n for n in self.nodes if n.has_weights]
 
+    def forward_from(self, start: int, env: dict[str, torch.Tensor]) -> np.ndarray:
+        """Float64 reference of ``nodes[start:]`` alone: ``env`` gives every tensor they read
+        that an earlier node makes (or the input). Returns the output."""
+        env = dict(env)
+        with torch.no_grad():
+            for n in self.nodes[start:]:
+                env[n.name] = n.float_forward(*(env[j] for j in n.inputs))
+        return env[self.nodes[-1].name].numpy()
+
     def float_forward(self, x, keep: bool = False, batch: int = 1024):
         """Float64 reference on ``x`` (N, *input_shape).
 

@@ -7,7 +7,9 @@ following ReLU, where it is consumed. static: one fl for all weights and one for
 activations, each minimising the summed error over the whole float network. dynamic (the
 default): qiu's search with every option on (``SCHEMES``): unsigned formats where tensors
 cannot be negative, an fl per output channel for the weights, biases corrected for the mean
-error, the squared error as the objective.
+error, each activation's fl scored by the error it leaves at the network's output
+(``Search``). ``rounding="gptq"`` rounds the weights against the layer's output error
+(``rounding``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .qformat import (
     signed_width,
 )
 from .qmodel import QLayer, QModel
+from .rounding import round_weights
 
 SEARCH_BELOW = 2  # candidates: fl_fit − SEARCH_BELOW … fl_fit + bits (more saturation)
 # a layer's per-channel weight fl lie within this many of its smallest; a channel of near-zero
@@ -48,11 +51,12 @@ class Options:
     bias_correction: bool = False
     per_channel: bool = False
     objective: str = "l1"
+    rounding: str = "nearest"
 
 
 # the schemes and their options; an argument given to quantize_model wins
 SCHEMES = {
-    "dynamic": Options(unsigned=True, bias_correction=True, per_channel=True, objective="l2"),
+    "dynamic": Options(unsigned=True, bias_correction=True, per_channel=True, objective="output"),
     "qiu": Options(),
     "static": Options(),
 }
@@ -220,7 +224,12 @@ def _override(spec, where: str) -> Override:
     return Override(bits, fl, signed)
 
 
-OBJECTIVES = ("l1", "l2")  # Σ|error| (Qiu et al.'s) or Σ error²
+# Σ|error| (Qiu et al.'s) or Σ error² of the tensor itself; or the squared error it leaves
+# at the network's output (``Search``)
+OBJECTIVES = ("l1", "l2", "output")
+OUTPUT_SAMPLES = 128  # calibration inputs the output objective runs the later layers on
+# integer weights: each rounded to nearest, or chosen against the layer's output error
+ROUNDINGS = ("nearest", "gptq")
 
 
 def total_error(d: np.ndarray, objective: str = "l1") -> float:
@@ -248,6 +257,82 @@ def choose_fl(
     if static is not None:
         return static
     return best_fl(err_of, candidates(x, bits, signed))
+
+
+class Search:
+    """How the greedy search picks an activation's fl (the input's, or a conv, linear, add or
+    concat output's), given the integers ``out_of(fl)`` each candidate gives.
+
+    ``l1``/``l2``: the fl whose values are closest to the float tensor (after a ReLU that
+    alone reads it). ``output``: from the l2 choice, the search walks one fl at a time, finer
+    and then coarser, while the squared error at the network's output falls, that error taken
+    with the later layers in float on this tensor and on the live ones already quantized, on
+    ``OUTPUT_SAMPLES`` of the calibration inputs: an error is weighed by what it does
+    downstream. Ties go to the smaller fl."""
+
+    def __init__(self, graph, ref, x, objective, vals, fmts):
+        self.graph, self.ref, self.x, self.objective = graph, ref, x, objective
+        self.vals, self.fmts = vals, fmts  # the quantizer's live integers and formats
+        self.before_relu = read_by_relu_only(graph)
+        if objective == "output":
+            self.idx = np.unique(
+                np.linspace(0, len(x) - 1, min(len(x), OUTPUT_SAMPLES)).astype(int)
+            )
+            self.want = ref[graph.nodes[-1].name][self.idx]
+            made = {ir.INPUT: -1} | {n.name: k for k, n in enumerate(graph.nodes)}
+            # after node k: the tensors made at or before it that a later node reads
+            self.live = [
+                {i for n in graph.nodes[k + 1 :] for i in n.inputs if made[i] <= k}
+                for k in range(-1, len(graph.nodes))
+            ]
+
+    def target(self, name: str) -> np.ndarray:
+        """The float value a tensor is compared with: its own, after a ReLU that alone
+        reads it."""
+        if name == ir.INPUT:
+            return self.x
+        y = self.ref[name]
+        return np.maximum(y, 0) if name in self.before_relu else y
+
+    def difference(self, name: str, q: np.ndarray, fl: int) -> np.ndarray:
+        if name in self.before_relu:
+            q = np.maximum(q, 0)
+        return self.target(name) - np.ldexp(q.astype(np.float64), -fl)
+
+    def choose(self, k, name, given, static, out_of, bits, signed) -> int:
+        """The fl of tensor ``name``, made by node ``k`` (−1: the input): as ``--config``
+        gives it, else the static scheme's, else the search's."""
+        if given is not None:
+            return given
+        if static is not None:
+            return static
+        cands = candidates(self.target(name), bits, signed)
+        own = "l2" if self.objective == "output" else self.objective
+        start = best_fl(lambda fl: total_error(self.difference(name, out_of(fl), fl), own), cands)
+        if self.objective != "output":
+            return start
+        scores = {start: self.at_output(k, name, out_of(start), start)}
+        for step in (1, -1):  # walk from the l2 choice while the output error falls
+            fl = start + step
+            while fl in cands:
+                scores[fl] = self.at_output(k, name, out_of(fl), fl)
+                if scores[fl] >= scores[fl - step]:
+                    break
+                fl += step
+            if min(scores, key=lambda f: (scores[f], f)) > start:
+                break  # it fell towards finer formats: no need to look coarser
+        return min(scores, key=lambda f: (scores[f], f))
+
+    def at_output(self, k: int, name: str, q: np.ndarray, fl: int) -> float:
+        """The squared error at the network's output with tensor ``name`` as ``q · 2^-fl``."""
+        import torch
+
+        def real(v, f):
+            return torch.from_numpy(np.ldexp(v[self.idx].astype(np.float64), -f))
+
+        env = {j: real(self.vals[j], self.fmts[j].fl) for j in self.live[k + 1] if j != name}
+        env[name] = real(q, fl)
+        return total_error(self.graph.forward_from(k + 1, env) - self.want, "l2")
 
 
 def best_fl(err_of, cands) -> int:
@@ -353,6 +438,7 @@ def quantize_model(
     bias_correction: bool | None = None,
     per_channel: bool | None = None,
     objective: str | None = None,
+    rounding: str | None = None,
 ) -> QModel:
     """Choose every format and build the integer model. See the module docstring.
 
@@ -364,8 +450,10 @@ def quantize_model(
     its channel has on the calibration set (``_quantize_weighted``). ``per_channel``: each
     output channel's weights get their own fl, chosen as a layer's is, where neither
     ``--config`` nor the static scheme fixes it. ``objective``: what the greedy search
-    minimises, for weights and activations alike, ``l1`` (Σ|error|, Qiu et al.'s) or ``l2``
-    (Σ error², the squared error)."""
+    minimises: ``l1`` (Σ|error|, Qiu et al.'s) or ``l2`` (Σ error², the squared error), for
+    weights and activations alike, or ``output`` (``Search``; the weights' is l2).
+    ``rounding``: ``nearest``, or ``gptq``, each layer's integer weights chosen against its
+    output error on its quantized calibration input (``rounding.round_weights``)."""
     widths = widths or Widths()
     if scheme not in SCHEMES:
         raise FxpgaError(f"unknown scheme '{scheme}' ({', '.join(SCHEMES)})")
@@ -374,6 +462,9 @@ def quantize_model(
     bias_correction = preset.bias_correction if bias_correction is None else bias_correction
     per_channel = preset.per_channel if per_channel is None else per_channel
     objective = preset.objective if objective is None else objective
+    rounding = preset.rounding if rounding is None else rounding
+    if rounding not in ROUNDINGS:
+        raise FxpgaError(f"unknown rounding '{rounding}' ({' or '.join(ROUNDINGS)})")
     if objective not in OBJECTIVES:
         raise FxpgaError(f"unknown objective '{objective}' ({' or '.join(OBJECTIVES)})")
     config = config or Config()
@@ -396,17 +487,10 @@ def quantize_model(
     x_calib = np.asarray(x_calib, dtype=np.float64)
     config.check(graph)
     ref = graph.float_forward(x_calib, keep=True)
-    before_relu = read_by_relu_only(graph)
-
-    # the float value a tensor is compared with: its output, after a ReLU that alone reads it
-    def target(name: str) -> np.ndarray:
-        y = ref[name]
-        return np.maximum(y, 0) if name in before_relu else y
-
-    def error(name: str, q: np.ndarray, fl: int) -> float:
-        if name in before_relu:
-            q = np.maximum(q, 0)
-        return total_error(target(name) - np.ldexp(q.astype(np.float64), -fl), objective)
+    # every live tensor's integers, format and integer range, by name
+    vals, fmts, ranges = {}, {}, {}
+    search = Search(graph, ref, x_calib, objective, vals, fmts)
+    target, before_relu = search.target, search.before_relu
 
     static_w = static_a = None
     if scheme == "static":
@@ -416,20 +500,20 @@ def quantize_model(
     ov = config.input or Override()
     in_bits = ov.bits or widths.act
     in_signed = not input_unsigned if ov.signed is None else ov.signed
-    in_fl = choose_fl(
+    in_fl = search.choose(
+        -1,
+        ir.INPUT,
         ov.fl,
         static_a,
-        lambda fl: quantization_error(x_calib, QFormat(in_bits, fl, in_signed), objective),
-        x_calib,
+        lambda fl: quantize(x_calib, QFormat(in_bits, fl, in_signed)),
         in_bits,
         in_signed,
     )
     input_fmt = QFormat(in_bits, in_fl, in_signed)
     nonneg = unsigned_outputs(graph) if unsigned else set()
-    # every live tensor's integers, format and integer range, by name
-    vals = {ir.INPUT: quantize(x_calib, input_fmt)}
-    fmts = {ir.INPUT: input_fmt}
-    ranges = {ir.INPUT: (input_fmt.qmin, input_fmt.qmax)}
+    vals[ir.INPUT] = quantize(x_calib, input_fmt)
+    fmts[ir.INPUT] = input_fmt
+    ranges[ir.INPUT] = (input_fmt.qmin, input_fmt.qmax)
     last_use = graph.last_use()
 
     layers: list[QLayer] = []
@@ -448,14 +532,16 @@ def quantize_model(
                 entry,
                 widths,
                 static_w,
-                static_a,
+                lambda given, out_of, bits, signed, k=k, n=node.name: search.choose(
+                    k, n, given, static_a, out_of, bits, signed
+                ),
                 target,
-                error,
                 before_relu,
                 node.name not in nonneg,
                 ref[node.name] if bias_correction else None,
                 per_channel and scheme != "static",
-                objective,
+                "l2" if objective == "output" else objective,
+                rounding,
             )
         elif isinstance(node, ir.Add | ir.Concat):
             in_fmts = tuple(fmts[i] for i in ins)
@@ -469,14 +555,7 @@ def quantize_model(
                 probe.out_fmt = QFormat(obits, fl, osigned)
                 return golden.step(probe, *xs)
 
-            ofl = choose_fl(
-                oov.fl,
-                static_a,
-                lambda fl, n=node.name: error(n, merged(fl), fl),
-                target(node.name),
-                obits,
-                osigned,
-            )
+            ofl = search.choose(k, node.name, oov.fl, static_a, merged, obits, osigned)
             out_fmt = QFormat(obits, ofl, osigned)
             out = merged(ofl)
             in_ranges = tuple(ranges[i] for i in ins)
@@ -528,14 +607,14 @@ def _quantize_weighted(
     entry,
     widths,
     static_w,
-    static_a,
+    choose_out,
     target,
-    error,
     before_relu,
     signed=True,
     raw=None,
     per_channel=False,
     objective="l1",
+    rounding="nearest",
 ):
     """A conv/linear layer: its weight format, integer weights and bias, accumulator bound
     and output format (greedy, against ``target``). Returns the layer and its output.
@@ -547,7 +626,8 @@ def _quantize_weighted(
 
     ``per_channel``: each output channel's weight fl is chosen on that channel's weights
     alone (the same argmin), at most ``MAX_CHANNEL_FL_SPREAD`` above the smallest, unless
-    ``--config`` fixes the layer's."""
+    ``--config`` fixes the layer's. ``choose_out(given, out_of, bits, signed)``: the output's
+    fl (``Search.choose``). ``objective``: the weights' (the output objective's is l2)."""
     where = node.where()
     wov = entry.get("weight", Override())
     wbits = wov.bits or widths.weight_bits(node)
@@ -573,9 +653,12 @@ def _quantize_weighted(
         wfls = np.minimum(wfls, wfls.min() + MAX_CHANNEL_FL_SPREAD)
     else:
         wfls = np.full(len(node.weight), weight_fl(node.weight))
-    w = np.stack(
-        [quantize(wt, QFormat(wbits, int(f))) for wt, f in zip(node.weight, wfls, strict=True)]
-    )
+    if rounding == "gptq":
+        w = round_weights(node, cur, wfls, wbits)
+    else:
+        w = np.stack(
+            [quantize(wt, QFormat(wbits, int(f))) for wt, f in zip(node.weight, wfls, strict=True)]
+        )
     b = quantize_bias(node.bias, cur_fmt.fl + wfls, where)
     acc_range = _acc_bound(w, b, *cur_range)
     la = QLayer(
@@ -607,13 +690,8 @@ def _quantize_weighted(
     oov = entry.get("output", Override())
     obits = oov.bits or widths.act
     signed = signed if oov.signed is None else oov.signed
-    ofl = choose_fl(
-        oov.fl,
-        static_a,
-        lambda fl: error(node.name, requantize_channels(acc, acc_fl - fl, obits, signed), fl),
-        target(node.name),
-        obits,
-        signed,
+    ofl = choose_out(
+        oov.fl, lambda fl: requantize_channels(acc, acc_fl - fl, obits, signed), obits, signed
     )
     la.out_fmt = QFormat(obits, ofl, signed)
     la.out_range = (la.out_fmt.qmin, la.out_fmt.qmax)

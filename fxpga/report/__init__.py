@@ -184,8 +184,8 @@ def _accuracy(
             f"Top-1 % on {len(ds.y_test)} test images when the same float model is quantized at "
             f"each width (activations and weights alike): dynamic = fxpga's default scheme "
             f"(Qiu et al.'s per-layer fl, unsigned formats where values cannot be negative, a "
-            f"weight fl per output channel, bias correction, the l2 objective), static = one fl "
-            f"for all weights and one for all activations. The star is this "
+            f"weight fl per output channel, bias correction, the output objective), static = "
+            f"one fl for all weights and one for all activations. The star is this "
             f".fxq ({_pct(q_acc)}); the dotted line the float model ({_pct(f_acc)})."
         ],
         [(header, rows)],
