@@ -228,6 +228,11 @@ def _override(spec, where: str) -> Override:
 # at the network's output (``Search``)
 OBJECTIVES = ("l1", "l2", "output")
 OUTPUT_SAMPLES = 128  # calibration inputs the output objective runs the later layers on
+# how far the output objective may move an fl from the tensor's own l2 choice: the later
+# layers it scores with run in float, without the bias correction and the saturation they
+# get when they are quantized, so a format that saturates more than its own l2 choice by
+# several steps can look better there than it is
+MAX_WALK = 1
 # integer weights: each rounded to nearest, or chosen against the layer's output error
 ROUNDINGS = ("nearest", "gptq")
 
@@ -265,7 +270,8 @@ class Search:
 
     ``l1``/``l2``: the fl whose values are closest to the float tensor (after a ReLU that
     alone reads it). ``output``: from the l2 choice, the search walks one fl at a time, finer
-    and then coarser, while the squared error at the network's output falls, that error taken
+    and then coarser, at most ``MAX_WALK`` steps, while the squared error at the network's
+    output falls, that error taken
     with the later layers in float on this tensor and on the live ones already quantized, on
     ``OUTPUT_SAMPLES`` of the calibration inputs: an error is weighed by what it does
     downstream. Ties go to the smaller fl."""
@@ -314,7 +320,7 @@ class Search:
         scores = {start: self.at_output(k, name, out_of(start), start)}
         for step in (1, -1):  # walk from the l2 choice while the output error falls
             fl = start + step
-            while fl in cands:
+            while fl in cands and abs(fl - start) <= MAX_WALK:
                 scores[fl] = self.at_output(k, name, out_of(fl), fl)
                 if scores[fl] >= scores[fl - step]:
                     break
