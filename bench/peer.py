@@ -270,6 +270,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="vww,kws,fc-ae,digits-resnet,digits-dsnet")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # the quantization times are on one core
     which = set(args.models.split(","))
     if not realdata.SHARED.is_dir():
         which -= {"vww", "kws"}
