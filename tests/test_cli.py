@@ -1,5 +1,6 @@
 """The command line end to end, and every bad input: one line, non-zero exit, nothing written."""
 
+import argparse
 import copy
 import json
 import subprocess
@@ -521,3 +522,16 @@ def test_quantize_schemes_and_their_switches(tmp_path, capsys):
     assert formats("--no-per-channel") == ("dynamic", True, False)
     assert formats("--scheme", "qiu") == ("qiu", False, False)
     assert formats("--scheme", "qiu", "--per-channel") == ("qiu", False, True)
+
+
+def test_quantize_choices_are_the_quantizers():
+    """The CLI lists the schemes, objectives and roundings by hand (it imports the quantizer
+    only when it runs): they must be the quantizer's."""
+    from fxpga.cli import build_parser
+    from fxpga.quant import quantizer
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    opts = {a.dest: a.choices for a in sub.choices["quantize"]._actions}
+    assert tuple(opts["scheme"]) == tuple(quantizer.SCHEMES)
+    assert tuple(opts["objective"]) == quantizer.OBJECTIVES
+    assert tuple(opts["rounding"]) == quantizer.ROUNDINGS
