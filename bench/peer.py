@@ -3,12 +3,15 @@
 The peer is onnxruntime's ``quantize_static`` (QDQ, int8 weights and activations, MinMax
 calibration), per channel and per tensor, on the same float ONNX, the same calibration inputs
 and the same test inputs as fxpga. The figure is top-1 agreement with the float model (its
-own argmax is the label); accuracy against labels where there are labels.
+own argmax is the label), with the SQNR of the logits against float's; for the autoencoder,
+which is not a classifier, the SQNR of its output. Accuracy against labels where there are
+labels.
 
     python bench/peer.py            # prints the table, updates docs/RESULTS.md
 
 Models: the trained MLPerf Tiny VWW and KWS networks in ../shared/mlperf_tiny (inputs from
-bench/realdata.py), and fxpga's trained digits models (exported to ONNX here).
+bench/realdata.py), the MLPerf Tiny AD autoencoder trained here (``autoencoder``), and fxpga's
+trained digits models (exported to ONNX here).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import inspect
 import math
+import os
 import sys
 import tempfile
 import time
@@ -203,7 +208,16 @@ def autoencoder(work: Path) -> Case:
     import torch
     from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-    key = hashlib.sha256(repr(sorted(AE_TRAIN.items())).encode()).hexdigest()[:12]
+    # keyed by the training recipe, the data's and the model's definition
+    recipe = repr(
+        (
+            sorted(AE_TRAIN.items()),
+            inspect.getsource(realdata._ad),
+            inspect.getsource(realdata.machine),
+            repr(mlperf_tiny.FCAutoencoder()),
+        )
+    )
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     path = realdata.CACHE / f"fc-ae-{key}.npz"
     model = mlperf_tiny.FCAutoencoder()
     if path.is_file():
@@ -221,9 +235,10 @@ def autoencoder(work: Path) -> Case:
                 loss.backward()
                 opt.step()
         realdata.CACHE.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k: v.numpy() for k, v in model.state_dict().items()})
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(dir=realdata.CACHE, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: v.numpy() for k, v in model.state_dict().items()})
+        os.replace(tmp, path)
     model.eval()
     # BatchNorm folded before the export, as fxpga folds it: onnxruntime does not fuse a
     # BatchNormalization into the Gemm before it, and would quantize it on its own

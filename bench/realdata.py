@@ -180,9 +180,10 @@ def mfcc(audio: np.ndarray) -> np.ndarray:
 
 def ad(clips: int, seed: int, anomalous: float = 0.0) -> np.ndarray:
     """Frames for the MLPerf Tiny anomaly-detection autoencoder, (n, 640) float32: ``clips``
-    ten-second clips of synthetic machine sound, a share ``anomalous`` of them with a fault,
+    ten-second clips of synthetic machine sound, the first ``round(clips · anomalous)`` of
+    them with a fault,
     each featurized as the reference does (``logmel_frames``)."""
-    recipe = {"what": "ad-machine-v1", "clips": clips, "seed": seed, "anomalous": anomalous}
+    recipe = {"what": "ad-machine-v2", "clips": clips, "seed": seed, "anomalous": anomalous}
     return _cached("ad", recipe, lambda: {"x": _ad(clips, seed, anomalous)})["x"]
 
 
@@ -215,9 +216,9 @@ def machine(rng: np.random.Generator, fault: bool, seconds: float = 10.0) -> np.
 
 def _ad(clips: int, seed: int, anomalous: float) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.concatenate(
-        [logmel_frames(machine(rng, rng.random() < anomalous)) for _ in range(clips)]
-    ).astype(np.float32)
+    faulty = round(clips * anomalous)
+    frames = [logmel_frames(machine(rng, i < faulty)) for i in range(clips)]
+    return np.concatenate(frames).astype(np.float32)
 
 
 def logmel_frames(audio: np.ndarray, frames: int = 5) -> np.ndarray:

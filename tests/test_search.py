@@ -129,6 +129,41 @@ def test_gptq_lowers_the_output_error_on_the_formats_grid(rng):
     assert np.array_equal(rounding.gptq(w, np.diag(rng.uniform(1, 2, 24)), fls, 6), near)
 
 
+def test_round_weights_rounds_each_group_on_its_channels_grids(rng):
+    node = ir.Conv("c", weight=rng.normal(size=(4, 3, 3, 3)), bias=np.zeros(4), padding=(1, 1),
+                   groups=2)  # fmt: skip
+    ir.Graph((6, 5, 5), [node])
+    x = rng.integers(0, 16, size=(8, 6, 5, 5))
+    fls = np.array([3, 5, 4, 2])
+    got = rounding.round_weights(node, x, fls, 6)
+    h = rounding.hessians(node, x)
+    w = node.weight.reshape(4, -1)
+    for g in range(2):
+        want = rounding.gptq(w[2 * g : 2 * g + 2], h[g], fls[2 * g : 2 * g + 2], 6)
+        assert np.array_equal(got[2 * g : 2 * g + 2].reshape(2, -1), want)
+
+
+def test_gptq_refuses_a_layer_too_wide_before_it_allocates():
+    node = ir.Linear("wide", weight=np.zeros((1, rounding.MAX_K + 1)), bias=np.zeros(1))
+    ir.Graph((rounding.MAX_K + 1,), [node])
+    with pytest.raises(FxpgaError, match="layer 'wide': GPTQ rounding takes layers of at most"):
+        rounding.hessians(node, np.zeros((1, rounding.MAX_K + 1)))
+
+
+def test_given_and_static_formats_are_not_scored(rng, monkeypatch):
+    g, x = mlp(rng)
+    calls = []
+    real = quantizer.Search.at_output
+    monkeypatch.setattr(
+        quantizer.Search, "at_output", lambda self, k, *a: calls.append(k) or real(self, k, *a)
+    )
+    quantizer.quantize_model(g, x, scheme="static", objective="output")
+    assert calls == []
+    cfg = quantizer.Config(input=quantizer.Override(8, 6))
+    quantizer.quantize_model(g, x, scheme="qiu", objective="output", config=cfg)
+    assert calls and -1 not in calls  # the layers are scored, the given input is not
+
+
 def test_gptq_rounded_models_run_bit_exact_in_the_compiler():
     model, ds_name = zoo.builtin("digits-dsnet")
     ds = data.load(ds_name)
@@ -150,8 +185,11 @@ def test_rounding_and_objective_on_the_command_line(tmp_path, capsys):
     out = tmp_path / "g.fxq"
     argv = ["quantize", "digits-cnn", "--rounding", "gptq", "--calib", "64", "-o", str(out)]
     assert main(argv) == 0
-    qm = artifact.load(out)
-    assert qm.layers[0].w is not None
+    near = tmp_path / "n.fxq"
+    assert main([*argv[:2], "--calib", "64", "-o", str(near)]) == 0
+    qm, qn = artifact.load(out), artifact.load(near)
+    assert any(not np.array_equal(a.w, b.w) for a, b in zip(qm.layers, qn.layers, strict=True)
+               if a.w is not None)  # fmt: skip
     with pytest.raises(FxpgaError, match="unknown rounding 'up'"):
         quantizer.quantize_model(qm.graph, np.zeros((1, *qm.graph.input_shape)), rounding="up")
     with pytest.raises(SystemExit):

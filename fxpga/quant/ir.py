@@ -415,9 +415,12 @@ class Graph:
         """Float64 reference of ``nodes[start:]`` alone: ``env`` gives every tensor they read
         that an earlier node makes (or the input). Returns the output."""
         env = dict(env)
+        last_use = self.last_use()
         with torch.no_grad():
-            for n in self.nodes[start:]:
+            for k, n in enumerate(self.nodes[start:], start):
                 env[n.name] = n.float_forward(*(env[j] for j in n.inputs))
+                for j in last_use.get(k, ()):
+                    del env[j]
         return env[self.nodes[-1].name].numpy()
 
     def float_forward(self, x, keep: bool = False, batch: int = 1024):

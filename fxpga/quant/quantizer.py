@@ -274,7 +274,7 @@ class Search:
     output falls, that error taken
     with the later layers in float on this tensor and on the live ones already quantized, on
     ``OUTPUT_SAMPLES`` of the calibration inputs: an error is weighed by what it does
-    downstream. Ties go to the smaller fl."""
+    downstream. Ties go to the fl nearer the l2 choice."""
 
     def __init__(self, graph, ref, x, objective, vals, fmts):
         self.graph, self.ref, self.x, self.objective = graph, ref, x, objective
@@ -325,9 +325,9 @@ class Search:
                 if scores[fl] >= scores[fl - step]:
                     break
                 fl += step
-            if min(scores, key=lambda f: (scores[f], f)) > start:
+            if min(scores, key=lambda f: (scores[f], abs(f - start), f)) > start:
                 break  # it fell towards finer formats: no need to look coarser
-        return min(scores, key=lambda f: (scores[f], f))
+        return min(scores, key=lambda f: (scores[f], abs(f - start), f))
 
     def at_output(self, k: int, name: str, q: np.ndarray, fl: int) -> float:
         """The squared error at the network's output with tensor ``name`` as ``q · 2^-fl``."""

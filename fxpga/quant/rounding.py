@@ -13,33 +13,43 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import FxpgaError
 from . import golden, ir
 
 # the dampening added to H's diagonal, as a share of its mean: keeps H invertible where the
 # inputs are few or correlated (Frantar et al.'s value)
 DAMP = 0.01
-BATCH = 32  # images per step of H's sum: bounds the receptive-field copy
+STEP_VALUES = 1 << 22  # receptive-field values per step of H's sum (32 MiB of float64)
+# the inputs one output reads, at most: H and its factors are K×K float64 (128 MiB each at
+# the bound), and the rounding loop is O(O·K²)
+MAX_K = 4096
 
 
 def hessians(node: ir.Node, x: np.ndarray) -> np.ndarray:
     """``H = Σ x xᵀ`` over the calibration set, per group: (groups, K, K), for the integer
     input ``x`` of a conv (K = C/groups·KH·KW, in the weights' flattening order) or a linear
     layer (one group, K = its inputs)."""
+    k = node.weight[0].size
+    if k > MAX_K:
+        raise FxpgaError(
+            f"{node.where()}: GPTQ rounding takes layers of at most {MAX_K:,} inputs per "
+            f"output, this one has {k:,} (use --rounding nearest)"
+        )
     if isinstance(node, ir.Linear):
         xf = x.reshape(len(x), -1).astype(np.float64)
         return (xf.T @ xf)[None]
     groups = node.groups
     ci = node.weight.shape[1]
-    k = ci * node.weight.shape[2] * node.weight.shape[3]
     h = np.zeros((groups, k, k))
-    for i in range(0, len(x), BATCH):
+    batch = max(1, STEP_VALUES // (groups * k * node.out_shape[1] * node.out_shape[2]))
+    for i in range(0, len(x), batch):  # (N, C, OH, OW, KH, KW) windows
         win = golden._windows(
-            x[i : i + BATCH].astype(np.float64),
+            x[i : i + batch].astype(np.float64),
             node.weight.shape[2:],
             node.stride,
             node.padding,
             0,
-        )  # fmt: skip  (N, C, OH, OW, KH, KW)
+        )
         n, _, oh, ow, kh, kw = win.shape
         # (groups, rows, K): a group's receptive fields, in (c, kh, kw) order
         r = win.reshape(n, groups, ci, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
@@ -59,7 +69,7 @@ def gptq(w: np.ndarray, h: np.ndarray, fls: np.ndarray, bits: int) -> np.ndarray
     diag = np.diag(h).copy()
     dead = diag <= 0  # an input that is always 0: its weights do not reach the output
     h[dead, dead] = 1.0
-    h += np.eye(k) * DAMP * float(np.mean(np.diag(h)))
+    h[np.diag_indices(k)] += DAMP * float(np.mean(np.diag(h)))
     order = np.argsort(-np.diag(h), kind="stable")  # the inputs that matter most first
     h = h[np.ix_(order, order)]
     w = w[:, order]
