@@ -280,17 +280,15 @@ class Search:
         self.graph, self.ref, self.x, self.objective = graph, ref, x, objective
         self.vals, self.fmts = vals, fmts  # the quantizer's live integers and formats
         self.before_relu = read_by_relu_only(graph)
+        # the objective of a tensor's own error (the weights', and where the walk starts)
+        self.own = "l2" if objective == "output" else objective
         if objective == "output":
             self.idx = np.unique(
                 np.linspace(0, len(x) - 1, min(len(x), OUTPUT_SAMPLES)).astype(int)
             )
             self.want = ref[graph.nodes[-1].name][self.idx]
-            made = {ir.INPUT: -1} | {n.name: k for k, n in enumerate(graph.nodes)}
-            # after node k: the tensors made at or before it that a later node reads
-            self.live = [
-                {i for n in graph.nodes[k + 1 :] for i in n.inputs if made[i] <= k}
-                for k in range(-1, len(graph.nodes))
-            ]
+            # tensor → the index of its last reader
+            self.last = {t: k for k, ts in graph.last_use().items() for t in ts}
 
     def target(self, name: str) -> np.ndarray:
         """The float value a tensor is compared with: its own, after a ReLU that alone
@@ -313,8 +311,9 @@ class Search:
         if static is not None:
             return static
         cands = candidates(self.target(name), bits, signed)
-        own = "l2" if self.objective == "output" else self.objective
-        start = best_fl(lambda fl: total_error(self.difference(name, out_of(fl), fl), own), cands)
+        start = best_fl(
+            lambda fl: total_error(self.difference(name, out_of(fl), fl), self.own), cands
+        )
         if self.objective != "output":
             return start
         scores = {start: self.at_output(k, name, out_of(start), start)}
@@ -336,7 +335,12 @@ class Search:
         def real(v, f):
             return torch.from_numpy(np.ldexp(v[self.idx].astype(np.float64), -f))
 
-        env = {j: real(self.vals[j], self.fmts[j].fl) for j in self.live[k + 1] if j != name}
+        # the live tensors a later node reads (the quantizer frees the others)
+        env = {
+            j: real(v, self.fmts[j].fl)
+            for j, v in self.vals.items()
+            if j != name and self.last.get(j, -1) > k
+        }
         env[name] = real(q, fl)
         return total_error(self.graph.forward_from(k + 1, env) - self.want, "l2")
 
@@ -546,7 +550,7 @@ def quantize_model(
                 node.name not in nonneg,
                 ref[node.name] if bias_correction else None,
                 per_channel and scheme != "static",
-                "l2" if objective == "output" else objective,
+                search.own,
                 rounding,
             )
         elif isinstance(node, ir.Add | ir.Concat):
