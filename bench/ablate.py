@@ -47,9 +47,8 @@ def measure(case: peer.Case) -> list[list[str]]:
         )
         out = golden.run(qm, case.test).reshape(len(case.test), -1)
         got = dequantize(out, qm.output_fmt.fl)
-        agree = float(np.mean(got.argmax(1) == ref.argmax(1)))
-        sqnr = 10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2))
-        rows.append([case.name, label, f"{100 * agree:.1f}%", f"{sqnr:.1f}"])
+        agree, db = peer.score(case, ref, got)
+        rows.append([case.name, label, f"{100 * agree:.1f}%", f"{db:.1f}"])
         print(*rows[-1], sep="  ", flush=True)
     return rows
 

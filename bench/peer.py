@@ -51,16 +51,11 @@ class Case:
     classifier: bool = True  # else the figure is the output's SQNR against float, in dB
 
 
-def sqnr(ref: np.ndarray, got: np.ndarray) -> float:
-    """The SQNR of outputs ``got`` against the float ones ``ref``, over the set (dB)."""
-    return float(10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2)))
-
-
 def score(case: Case, ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     """Top-1 agreement of ``got`` with the float outputs ``ref`` (NaN for a model that is not
     a classifier), and the SQNR of ``got`` against them (dB)."""
     agree = float((got.argmax(1) == ref.argmax(1)).mean()) if case.classifier else math.nan
-    return agree, sqnr(ref, got)
+    return agree, quantizer.sqnr_db(ref, got)
 
 
 def ort_outputs(path: Path, x: np.ndarray) -> np.ndarray:
@@ -161,7 +156,8 @@ def measure(case: Case, work: Path) -> dict[str, float]:
     want = ref.argmax(1)
     g = onnx_import.from_onnx(case.onnx)
     fx_float = g.float_forward(case.test.astype(np.float64)).reshape(len(case.test), -1)
-    assert sqnr(ref, fx_float) > 60, f"{case.name}: fxpga's float differs from onnxruntime's"
+    same = quantizer.sqnr_db(ref, fx_float)
+    assert same > 60, f"{case.name}: fxpga's float differs from onnxruntime's ({same:.1f} dB)"
     row = {}
     if case.labels is not None:
         row["float accuracy"] = float((want == case.labels).mean())
